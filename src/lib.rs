@@ -1,0 +1,5 @@
+//! Fresco: an HTTP edge cache whose invalidation is correct by construction.
+//!
+//! See ARCHITECTURE.md for how the modules fit together.
+
+pub mod policy;

@@ -1,0 +1,138 @@
+//! Secondary cache keys (RFC 9111 §4.1).
+//!
+//! A stored response with `Vary` can only answer requests whose listed
+//! header fields match those of the request that produced it. Values are
+//! normalised first (lines combined, whitespace around list commas removed,
+//! case folded for fields whose values are case-insensitive), so trivially
+//! different requests share one variant.
+
+use http::HeaderMap;
+use http::header::{HeaderName, VARY};
+
+/// The request header values a variant was selected by.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct VaryKey {
+    /// (field name, normalised value or None when absent), in Vary order.
+    pub fields: Vec<(HeaderName, Option<String>)>,
+}
+
+/// True when the response's Vary contains `*`, which never matches (§4.1).
+pub fn is_star(response_headers: &HeaderMap) -> bool {
+    vary_members(response_headers).any(|m| m == "*")
+}
+
+fn vary_members(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers.get_all(VARY).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).filter(|m| !m.is_empty())
+}
+
+/// The field names listed in the response's Vary, lowercased and without
+/// duplicates. `None` when Vary lists `*` or an invalid name.
+pub fn vary_names(response_headers: &HeaderMap) -> Option<Vec<HeaderName>> {
+    let mut names: Vec<HeaderName> = Vec::new();
+    for member in vary_members(response_headers) {
+        if member == "*" {
+            return None;
+        }
+        let name = HeaderName::from_bytes(member.as_bytes()).ok()?;
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Some(names)
+}
+
+/// Fields whose values compare case-insensitively.
+fn case_insensitive(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "accept" | "accept-encoding" | "accept-language" | "accept-charset" | "origin" | "host")
+}
+
+/// The normalised value of `name` in `request`, or None when absent.
+pub fn normalised(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let mut out = String::new();
+    let mut any = false;
+    for value in request.get_all(name) {
+        any = true;
+        let text = String::from_utf8_lossy(value.as_bytes());
+        for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(&member.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
+    }
+    if !any {
+        return None;
+    }
+    if case_insensitive(name) {
+        out.make_ascii_lowercase();
+    }
+    Some(out)
+}
+
+impl VaryKey {
+    /// The key of `request` for a response that varies on `names`.
+    pub fn for_request(names: &[HeaderName], request: &HeaderMap) -> VaryKey {
+        VaryKey { fields: names.iter().map(|n| (n.clone(), normalised(request, n))).collect() }
+    }
+
+    /// §4.1: does `request` select this variant?
+    pub fn matches(&self, request: &HeaderMap) -> bool {
+        self.fields.iter().all(|(name, value)| normalised(request, name) == *value)
+    }
+
+    /// Bytes used on the heap, for the memory budget.
+    pub fn heap_size(&self) -> usize {
+        self.fields.iter().map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, String::len) + 48).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn rfc9111_4_1_vary_star_never_matches() {
+        assert!(is_star(&headers(&[("vary", "Accept, *")])));
+        assert_eq!(vary_names(&headers(&[("vary", "*")])), None);
+    }
+
+    #[test]
+    fn rfc9111_4_1_names_from_all_lines_deduplicated() {
+        let names = vary_names(&headers(&[("vary", "Accept-Encoding, accept"), ("vary", "ACCEPT-ENCODING")])).unwrap();
+        assert_eq!(names, vec![HeaderName::from_static("accept-encoding"), HeaderName::from_static("accept")]);
+    }
+
+    #[test]
+    fn rfc9111_4_1_normalised_whitespace_and_lines_match() {
+        let names = [HeaderName::from_static("accept-encoding")];
+        let key = VaryKey::for_request(&names, &headers(&[("accept-encoding", "gzip,  br")]));
+        assert!(key.matches(&headers(&[("accept-encoding", "GZIP, br")])));
+        assert!(key.matches(&headers(&[("accept-encoding", "gzip"), ("accept-encoding", "br")])));
+        assert!(!key.matches(&headers(&[("accept-encoding", "br, gzip")])));
+    }
+
+    #[test]
+    fn rfc9111_4_1_absent_field_matches_only_absent() {
+        let names = [HeaderName::from_static("x-flag")];
+        let key = VaryKey::for_request(&names, &HeaderMap::new());
+        assert!(key.matches(&HeaderMap::new()));
+        assert!(!key.matches(&headers(&[("x-flag", "")])));
+        assert!(!key.matches(&headers(&[("x-flag", "on")])));
+    }
+
+    #[test]
+    fn rfc9111_4_1_case_sensitive_fields_keep_case() {
+        let names = [HeaderName::from_static("x-cohort")];
+        let key = VaryKey::for_request(&names, &headers(&[("x-cohort", "A")]));
+        assert!(!key.matches(&headers(&[("x-cohort", "a")])));
+    }
+}
