@@ -1,0 +1,299 @@
+//! Node configuration: a TOML file and command-line flags with the same
+//! names (flags win), every option with a default, validated up front so a
+//! bad value stops the node with a message naming the key, the value and
+//! what is accepted.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use http::Uri;
+use serde::Deserialize;
+
+/// Options as written in the file or on the command line, before defaults
+/// and validation. Every field is optional so the two sources can be merged.
+#[derive(Debug, Default, Clone, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub struct RawConfig {
+    /// Data listener address (the proxy) [default: 127.0.0.1:8081]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Origin base URL, e.g. http://127.0.0.1:8080
+    #[arg(long)]
+    pub origin: Option<String>,
+    /// Admin listener address [default: 127.0.0.1:9091]
+    #[arg(long)]
+    pub admin: Option<String>,
+    /// Cache memory budget, e.g. 512MiB [default: 256MiB]
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// Largest response body that is stored; larger ones stream through [default: 16MiB]
+    #[arg(long)]
+    pub max_object_size: Option<String>,
+    /// Largest request head accepted; larger gets 431 [default: 64KiB]
+    #[arg(long)]
+    pub max_header_size: Option<String>,
+    /// Upstream connect timeout [default: 2s]
+    #[arg(long)]
+    pub connect_timeout: Option<String>,
+    /// Time to wait for the upstream response head [default: 30s]
+    #[arg(long)]
+    pub first_byte_timeout: Option<String>,
+    /// Time limit for a whole upstream response, body included [default: 300s]
+    #[arg(long)]
+    pub total_timeout: Option<String>,
+    /// PEM certificate chain; with --tls-key the data listener speaks TLS
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Store responses that carry Set-Cookie (off: they pass uncached) [default: false]
+    #[arg(long)]
+    pub store_set_cookie: Option<bool>,
+    /// Sort query parameters in the cache key [default: false]
+    #[arg(long)]
+    pub sort_query: Option<bool>,
+    /// Keep Surrogate-Key / Cache-Tag / Cache-Groups on client responses [default: false]
+    #[arg(long)]
+    pub expose_tag_headers: Option<bool>,
+    /// Name of this cache in Cache-Status and Via [default: fresco]
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Query parameters that do not count in the cache key (file only: a list)
+    #[arg(skip)]
+    pub ignore_query_params: Option<Vec<String>>,
+    /// Request headers that count in the cache key (file only: a list)
+    #[arg(skip)]
+    pub key_headers: Option<Vec<String>>,
+    /// Cookie names whose values count in the cache key (file only: a list)
+    #[arg(skip)]
+    pub key_cookies: Option<Vec<String>>,
+}
+
+impl RawConfig {
+    /// `self` with every unset option taken from `base`.
+    pub fn or(self, base: RawConfig) -> RawConfig {
+        RawConfig {
+            listen: self.listen.or(base.listen),
+            origin: self.origin.or(base.origin),
+            admin: self.admin.or(base.admin),
+            memory: self.memory.or(base.memory),
+            max_object_size: self.max_object_size.or(base.max_object_size),
+            max_header_size: self.max_header_size.or(base.max_header_size),
+            connect_timeout: self.connect_timeout.or(base.connect_timeout),
+            first_byte_timeout: self.first_byte_timeout.or(base.first_byte_timeout),
+            total_timeout: self.total_timeout.or(base.total_timeout),
+            tls_cert: self.tls_cert.or(base.tls_cert),
+            tls_key: self.tls_key.or(base.tls_key),
+            store_set_cookie: self.store_set_cookie.or(base.store_set_cookie),
+            sort_query: self.sort_query.or(base.sort_query),
+            expose_tag_headers: self.expose_tag_headers.or(base.expose_tag_headers),
+            node_name: self.node_name.or(base.node_name),
+            ignore_query_params: self.ignore_query_params.or(base.ignore_query_params),
+            key_headers: self.key_headers.or(base.key_headers),
+            key_cookies: self.key_cookies.or(base.key_cookies),
+        }
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &std::path::Path) -> Result<RawConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+    }
+}
+
+/// A configuration problem, worded for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(key: &str, value: &str, accepted: &str) -> ConfigError {
+    ConfigError(format!("invalid value for `{key}`: {value:?}; accepted: {accepted}"))
+}
+
+/// The validated configuration of a node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub origin: Uri,
+    pub admin: SocketAddr,
+    pub memory: u64,
+    pub max_object_size: u64,
+    pub max_header_size: usize,
+    pub connect_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub total_timeout: Duration,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub store_set_cookie: bool,
+    pub sort_query: bool,
+    pub expose_tag_headers: bool,
+    pub node_name: String,
+    pub ignore_query_params: Vec<String>,
+    pub key_headers: Vec<http::HeaderName>,
+    pub key_cookies: Vec<String>,
+}
+
+impl Config {
+    pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
+        let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            v.parse().map_err(|_| invalid(key, &v, "an IP address and port, e.g. 127.0.0.1:8081"))
+        };
+        let size = |key: &str, v: Option<String>, default: &str| -> Result<u64, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            parse_size(&v).ok_or_else(|| invalid(key, &v, "a size such as 512MiB, 64KiB, 1GB or 1048576"))
+        };
+        let duration = |key: &str, v: Option<String>, default: &str| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(key, &v, "a positive duration such as 500ms, 2s, 5m or 1h"))
+        };
+        let origin_text = raw.origin.ok_or_else(|| {
+            ConfigError("missing `origin`: give --origin URL or `origin = \"http://host:port\"` in the config file".into())
+        })?;
+        let origin: Uri = origin_text
+            .parse()
+            .ok()
+            .filter(|u: &Uri| u.scheme_str() == Some("http") && u.authority().is_some())
+            .ok_or_else(|| invalid("origin", &origin_text, "an http:// URL with a host, e.g. http://127.0.0.1:8080"))?;
+        let tls = match (raw.tls_cert, raw.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            (Some(_), None) => return Err(ConfigError("`tls_cert` is set but `tls_key` is not; give both or neither".into())),
+            (None, Some(_)) => return Err(ConfigError("`tls_key` is set but `tls_cert` is not; give both or neither".into())),
+        };
+        let memory = size("memory", raw.memory, "256MiB")?;
+        if memory < 1 << 20 {
+            return Err(invalid("memory", &memory.to_string(), "at least 1MiB"));
+        }
+        let max_header_size = size("max_header_size", raw.max_header_size, "64KiB")?;
+        if !(8192..=1 << 24).contains(&max_header_size) {
+            return Err(invalid("max_header_size", &max_header_size.to_string(), "between 8KiB and 16MiB"));
+        }
+        let key_headers = raw
+            .key_headers
+            .unwrap_or_default()
+            .into_iter()
+            .map(|h| http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| invalid("key_headers", &h, "header field names")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let node_name = raw.node_name.unwrap_or_else(|| "fresco".to_string());
+        if node_name.is_empty() || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(invalid("node_name", &node_name, "letters, digits, '-', '_' and '.'"));
+        }
+        Ok(Config {
+            listen: addr("listen", raw.listen, "127.0.0.1:8081")?,
+            origin,
+            admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
+            memory,
+            max_object_size: size("max_object_size", raw.max_object_size, "16MiB")?,
+            max_header_size: max_header_size as usize,
+            connect_timeout: duration("connect_timeout", raw.connect_timeout, "2s")?,
+            first_byte_timeout: duration("first_byte_timeout", raw.first_byte_timeout, "30s")?,
+            total_timeout: duration("total_timeout", raw.total_timeout, "300s")?,
+            tls,
+            store_set_cookie: raw.store_set_cookie.unwrap_or(false),
+            sort_query: raw.sort_query.unwrap_or(false),
+            expose_tag_headers: raw.expose_tag_headers.unwrap_or(false),
+            node_name,
+            ignore_query_params: raw.ignore_query_params.unwrap_or_default(),
+            key_headers,
+            key_cookies: raw.key_cookies.unwrap_or_default(),
+        })
+    }
+}
+
+/// Parses `512MiB`, `64KiB`, `1GB`, `100kb`, `1048576`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// Parses `500ms`, `2s`, `5m`, `1h`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit.trim() {
+        "ms" => Some(Duration::from_millis(n)),
+        "" | "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(origin: &str) -> RawConfig {
+        RawConfig { origin: Some(origin.into()), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_apply_with_only_an_origin() {
+        let c = Config::from_raw(raw("http://127.0.0.1:8080")).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8081");
+        assert_eq!(c.admin.to_string(), "127.0.0.1:9091");
+        assert_eq!(c.memory, 256 << 20);
+    }
+
+    #[test]
+    fn bad_values_name_key_value_and_what_is_accepted() {
+        let err = Config::from_raw(RawConfig { memory: Some("lots".into()), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`memory`") && err.0.contains("\"lots\"") && err.0.contains("512MiB"), "{err}");
+        let err = Config::from_raw(raw("ftp://x")).unwrap_err();
+        assert!(err.0.contains("`origin`"), "{err}");
+        let err = Config::from_raw(RawConfig { first_byte_timeout: Some("0s".into()), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("first_byte_timeout"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let file = RawConfig { listen: Some("127.0.0.1:1".into()), memory: Some("2MiB".into()), ..raw("http://o:1") };
+        let flags = RawConfig { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let c = Config::from_raw(flags.or(file)).unwrap();
+        assert_eq!(c.listen.port(), 2);
+        assert_eq!(c.memory, 2 << 20);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        let err = toml::from_str::<RawConfig>("origin = \"http://o:1\"\nmemroy = \"1GiB\"").unwrap_err();
+        assert!(err.to_string().contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("1GB"), Some(1_000_000_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("soon"), None);
+    }
+}

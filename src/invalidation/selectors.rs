@@ -1,0 +1,275 @@
+//! The in-memory selector records and the per-object validity check.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::store::CachedObject;
+
+/// Hard removes; soft marks stale (usable for stale-while-revalidate and
+/// stale-if-error, revalidated with validators).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Hard,
+    Soft,
+}
+
+/// What an invalidation selects.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Selector {
+    /// One normalised URL, all its variants.
+    Url(String),
+    /// Every URL under a normalised scheme://host/path prefix, by whole
+    /// path segments.
+    Prefix(String),
+    Tag(String),
+    All,
+}
+
+/// The invalidation position a fetch started at. `log` orders invalidations
+/// from the log (embedded or distributed); `local` orders this node's own
+/// unsafe-method invalidations (RFC 9111 §4.4), which are not logged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub log: u64,
+    pub local: u64,
+}
+
+/// The verdict on one stored object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Valid,
+    Soft,
+    Hard,
+}
+
+/// The highest versions recorded for one selector, per mode.
+#[derive(Debug, Clone, Copy, Default)]
+struct Mark {
+    hard: u64,
+    soft: u64,
+    local: u64,
+}
+
+impl Mark {
+    fn record(&mut self, mode: Mode, version: u64) {
+        match mode {
+            Mode::Hard => self.hard = self.hard.max(version),
+            Mode::Soft => self.soft = self.soft.max(version),
+        }
+    }
+
+    fn judge(&self, stamp: Stamp) -> Validity {
+        if self.hard > stamp.log || self.local > stamp.local {
+            Validity::Hard
+        } else if self.soft > stamp.log {
+            Validity::Soft
+        } else {
+            Validity::Valid
+        }
+    }
+}
+
+type Table = RwLock<HashMap<Arc<str>, Mark>>;
+
+/// All selector records of a node.
+#[derive(Default)]
+pub struct Invalidations {
+    applied: AtomicU64,
+    local: AtomicU64,
+    /// Number of records, so the common case (nothing invalidated) costs
+    /// one atomic load per lookup.
+    records: AtomicUsize,
+    urls: Table,
+    prefixes: Table,
+    tags: Table,
+    all: RwLock<Mark>,
+}
+
+impl Invalidations {
+    /// The stamp for a fetch starting now.
+    pub fn stamp(&self) -> Stamp {
+        Stamp { log: self.applied.load(Ordering::Acquire), local: self.local.load(Ordering::Acquire) }
+    }
+
+    /// The highest log version applied.
+    pub fn applied(&self) -> u64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Records `selector` at log `version`. Idempotent and order-free.
+    pub fn apply(&self, selector: &Selector, mode: Mode, version: u64) {
+        match selector {
+            Selector::Url(u) => self.record(&self.urls, u, |m| m.record(mode, version)),
+            Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| m.record(mode, version)),
+            Selector::Tag(t) => self.record(&self.tags, t, |m| m.record(mode, version)),
+            Selector::All => {
+                self.all.write().expect("invalidation lock").record(mode, version);
+                self.records.fetch_add(1, Ordering::Release);
+            }
+        }
+        self.applied.fetch_max(version, Ordering::AcqRel);
+    }
+
+    /// RFC 9111 §4.4: this node saw a successful unsafe request for `url`.
+    pub fn invalidate_local(&self, url: &str) {
+        let seq = self.local.fetch_add(1, Ordering::AcqRel) + 1;
+        self.record(&self.urls, url, |m| m.local = m.local.max(seq));
+    }
+
+    fn record(&self, table: &Table, key: &str, f: impl FnOnce(&mut Mark)) {
+        let mut map = table.write().expect("invalidation lock");
+        let mark = match map.get_mut(key) {
+            Some(m) => m,
+            None => {
+                self.records.fetch_add(1, Ordering::Release);
+                map.entry(Arc::from(key)).or_default()
+            }
+        };
+        f(mark);
+    }
+
+    /// Is `object` still valid? Looks up only the selectors that could
+    /// match it: O(tags + path depth), independent of the record count.
+    pub fn check(&self, object: &CachedObject) -> Validity {
+        if self.records.load(Ordering::Acquire) == 0 {
+            return Validity::Valid;
+        }
+        let stamp = object.stamp;
+        let mut worst = self.all.read().expect("invalidation lock").judge(stamp);
+        let mut consider = |v: Validity| {
+            worst = match (worst, v) {
+                (Validity::Hard, _) | (_, Validity::Hard) => Validity::Hard,
+                (Validity::Soft, _) | (_, Validity::Soft) => Validity::Soft,
+                _ => Validity::Valid,
+            }
+        };
+        if let Some(m) = self.urls.read().expect("invalidation lock").get(&*object.url) {
+            consider(m.judge(stamp));
+        }
+        {
+            let prefixes = self.prefixes.read().expect("invalidation lock");
+            if !prefixes.is_empty() {
+                for prefix in path_prefixes(&object.url) {
+                    if let Some(m) = prefixes.get(prefix) {
+                        consider(m.judge(stamp));
+                    }
+                }
+            }
+        }
+        if !object.tags.is_empty() {
+            let tags = self.tags.read().expect("invalidation lock");
+            for tag in object.tags.iter() {
+                if let Some(m) = tags.get(&**tag) {
+                    consider(m.judge(stamp));
+                }
+            }
+        }
+        worst
+    }
+}
+
+/// The whole-segment prefixes of a normalised URL, shortest first:
+/// `http://h/a/b?q` gives `http://h`, `http://h/a`, `http://h/a/b`.
+pub fn path_prefixes(url: &str) -> impl Iterator<Item = &str> {
+    let without_query = url.split(['?', '#']).next().unwrap_or(url);
+    let path_start = without_query.find("://").map_or(0, |i| i + 3);
+    let path_start = without_query[path_start..].find('/').map_or(without_query.len(), |i| path_start + i);
+    let ends = std::iter::once(path_start)
+        .chain(without_query[path_start + 1.min(without_query.len() - path_start)..].match_indices('/').map(move |(i, _)| path_start + 1 + i))
+        .chain(std::iter::once(without_query.len()));
+    let mut last = usize::MAX;
+    ends.filter_map(move |end| {
+        let p = without_query[..end].trim_end_matches('/');
+        if p.len() == last || p.is_empty() {
+            return None;
+        }
+        last = p.len();
+        Some(p)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::response::{PolicyConfig, ResponsePolicy};
+    use std::time::SystemTime;
+
+    fn object(url: &str, tags: &[&str], stamp: Stamp) -> CachedObject {
+        let now = SystemTime::now();
+        CachedObject {
+            status: http::StatusCode::OK,
+            headers: http::HeaderMap::new(),
+            body: bytes::Bytes::new(),
+            policy: ResponsePolicy::new(http::StatusCode::OK, &http::HeaderMap::new(), now, now, &PolicyConfig::default()),
+            vary: Default::default(),
+            url: Arc::from(url),
+            tags: tags.iter().map(|t| Arc::from(*t)).collect(),
+            stamp,
+        }
+    }
+
+    #[test]
+    fn prefixes_are_whole_segments() {
+        let got: Vec<&str> = path_prefixes("http://h/foo/bar/baz?x=1").collect();
+        assert_eq!(got, vec!["http://h", "http://h/foo", "http://h/foo/bar", "http://h/foo/bar/baz"]);
+        let got: Vec<&str> = path_prefixes("http://h/").collect();
+        assert_eq!(got, vec!["http://h"]);
+    }
+
+    #[test]
+    fn prefix_matches_segments_not_substrings() {
+        let inv = Invalidations::default();
+        inv.apply(&Selector::Prefix("http://h/foo/bar".into()), Mode::Hard, 1);
+        assert_eq!(inv.check(&object("http://h/foo/bar/baz", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/foo/bar?x", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/foo/barbaz", &[], Stamp::default())), Validity::Valid);
+    }
+
+    #[test]
+    fn object_fetched_after_invalidation_is_valid() {
+        let inv = Invalidations::default();
+        inv.apply(&Selector::Tag("p-1".into()), Mode::Hard, 5);
+        assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 4, local: 0 })), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 5, local: 0 })), Validity::Valid);
+    }
+
+    #[test]
+    fn duplicate_and_reordered_application_gives_same_state() {
+        let a = Invalidations::default();
+        let b = Invalidations::default();
+        let ops = [(Selector::Tag("t".into()), Mode::Soft, 3), (Selector::Tag("t".into()), Mode::Hard, 2)];
+        for (s, m, v) in &ops {
+            a.apply(s, *m, *v);
+        }
+        for (s, m, v) in ops.iter().rev().chain(ops.iter()) {
+            b.apply(s, *m, *v);
+        }
+        for log in 0..5 {
+            let o = object("http://h/x", &["t"], Stamp { log, local: 0 });
+            assert_eq!(a.check(&o), b.check(&o), "stamp {log}");
+        }
+        assert_eq!(a.applied(), b.applied());
+    }
+
+    #[test]
+    fn soft_then_hard_is_hard_for_old_objects() {
+        let inv = Invalidations::default();
+        inv.apply(&Selector::All, Mode::Soft, 1);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Soft);
+        inv.apply(&Selector::Url("http://h/x".into()), Mode::Hard, 2);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 1, local: 0 })), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 2, local: 0 })), Validity::Valid);
+    }
+
+    #[test]
+    fn rfc9111_4_4_local_invalidation_uses_its_own_sequence() {
+        let inv = Invalidations::default();
+        let before = inv.stamp();
+        inv.invalidate_local("http://h/cart");
+        assert_eq!(inv.check(&object("http://h/cart", &[], before)), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/cart", &[], inv.stamp())), Validity::Valid);
+    }
+}
