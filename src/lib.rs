@@ -2,8 +2,15 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
-pub mod policy;
+pub mod admin;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod invalidation;
 pub mod key;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod server;
 pub mod store;
+pub mod tls;

@@ -10,6 +10,7 @@
 //! - [`conditional`]: validation and freshening (§4.3)
 //! - [`vary`]: secondary keys (§4.1)
 //! - [`headers`]: hop-by-hop fields and unsafe-method invalidation (§3.1, §4.4)
+//! - [`tags`]: invalidation tags from Surrogate-Key, Cache-Tag, Cache-Groups
 //! - [`cache_status`]: the Cache-Status field (RFC 9211)
 
 pub mod age;
@@ -19,6 +20,7 @@ pub mod conditional;
 pub mod headers;
 pub mod request;
 pub mod response;
+pub mod tags;
 pub mod vary;
 
 #[cfg(test)]

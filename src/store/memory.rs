@@ -45,8 +45,17 @@ impl MemoryStore {
         let counter = evictions.0.clone();
         // Sized for ~4 KiB objects; the map grows if they are smaller.
         let estimated_items = (budget / 4096).clamp(1024, 1 << 24) as usize;
-        let cache = Cache::with(estimated_items, budget, ByBytes, DefaultHashBuilder::default(), evictions);
-        MemoryStore { cache, evictions: counter }
+        let cache = Cache::with(
+            estimated_items,
+            budget,
+            ByBytes,
+            DefaultHashBuilder::default(),
+            evictions,
+        );
+        MemoryStore {
+            cache,
+            evictions: counter,
+        }
     }
 }
 
@@ -86,7 +95,9 @@ impl Store for MemoryStore {
     fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>) {
         let keys: Vec<Arc<str>> = self.cache.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let Some(current) = self.cache.peek(&*key) else { continue };
+            let Some(current) = self.cache.peek(&*key) else {
+                continue;
+            };
             if let Some(kept) = f(&key, &current) {
                 // Only replace what we looked at; a newer fill wins.
                 let removed = self.cache.remove_if(&*key, |v| Arc::ptr_eq(v, &current));

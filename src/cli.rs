@@ -1,0 +1,100 @@
+//! The `fresco` command line: one subcommand per file would be overkill
+//! while each is a few lines, so they live here and call into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, RawConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fresco",
+    version,
+    about = "An HTTP edge cache whose invalidation is correct by construction"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run an edge node: the caching proxy and its admin listener.
+    Serve {
+        /// TOML configuration file; flags override its values.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        flags: RawConfig,
+    },
+    /// Run a demo origin app behind an edge node and print what to try.
+    Demo {
+        /// Edge (cache) listener.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: SocketAddr,
+        /// Admin listener.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: SocketAddr,
+        /// Demo origin listener.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        origin: SocketAddr,
+    },
+    /// Run only the demo origin app (used by the benchmarks).
+    Origin {
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Resolves `serve`'s configuration: file, then flags on top.
+pub fn serve_config(config: Option<PathBuf>, flags: RawConfig) -> Result<Config, String> {
+    let file = match config {
+        Some(path) => RawConfig::from_file(&path).map_err(|e| e.to_string())?,
+        None => RawConfig::default(),
+    };
+    Config::from_raw(flags.or(file)).map_err(|e| e.to_string())
+}
+
+pub async fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Serve { config, flags } => {
+            let cfg = serve_config(config, flags)?;
+            crate::server::run(cfg, crate::server::shutdown_signal()).await
+        }
+        Command::Demo {
+            listen,
+            admin,
+            origin,
+        } => {
+            let origin_listener = tokio::net::TcpListener::bind(origin).await.map_err(|e| {
+                format!(
+                    "cannot listen on {origin} for the demo origin: {e}; pick another with --origin"
+                )
+            })?;
+            let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
+            tokio::spawn(crate::demo::serve_origin(origin_listener));
+            let raw = RawConfig {
+                listen: Some(listen.to_string()),
+                admin: Some(admin.to_string()),
+                origin: Some(format!("http://{origin_addr}")),
+                ..Default::default()
+            };
+            let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;
+            crate::demo::print_guide(listen, admin, origin_addr);
+            crate::server::run(cfg, crate::server::shutdown_signal()).await
+        }
+        Command::Origin { listen } => {
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            println!(
+                "fresco origin ready on {}",
+                listener.local_addr().map_err(|e| e.to_string())?
+            );
+            crate::demo::serve_origin(listener).await;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The demo: a small origin app that exercises Fresco's features, served on
+//! loopback behind an edge node. `fresco origin` runs the app alone, which
+//! the benchmarks use as their origin.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+#[derive(Default)]
+struct App {
+    counter: AtomicU64,
+    price: AtomicU64,
+}
+
+/// Serves the demo origin on `listener` forever.
+pub async fn serve_origin(listener: TcpListener) {
+    let app = Arc::new(App {
+        counter: AtomicU64::new(0),
+        price: AtomicU64::new(1999),
+    });
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(route(&app, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    headers: &[(&'static str, String)],
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
+    *resp.status_mut() = status;
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(v) {
+            resp.headers_mut().append(*k, v);
+        }
+    }
+    resp
+}
+
+/// A fixed Last-Modified for the static pages.
+fn published() -> String {
+    httpdate::fmt_http_date(SystemTime::UNIX_EPOCH + Duration::from_secs(1_767_225_600))
+}
+
+async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let html = ("content-type", "text/html; charset=utf-8".to_string());
+    let json = ("content-type", "application/json".to_string());
+    match (method, path.as_str()) {
+        (Method::GET | Method::HEAD, "/") => respond(
+            StatusCode::OK,
+            &[
+                html,
+                // Browsers revalidate every time; the edge keeps it a minute.
+                ("cache-control", "no-cache".into()),
+                ("cdn-cache-control", "max-age=60".into()),
+                ("etag", "\"home-v1\"".into()),
+                ("surrogate-key", "html home".into()),
+            ],
+            "<!doctype html><title>Fresco demo</title><h1>Fresco demo shop</h1>\
+             <p><a href=/about>About</a> · <a href=/api/products/42>Product 42</a></p>\
+             <script src=/assets/app.3f9a1c.js></script>\n",
+        ),
+        (Method::GET | Method::HEAD, "/about") => respond(
+            StatusCode::OK,
+            &[
+                html,
+                ("cache-control", "max-age=300".into()),
+                ("last-modified", published()),
+                ("surrogate-key", "html".into()),
+            ],
+            "<!doctype html><title>About</title><p>A page cached for five minutes.</p>\n",
+        ),
+        (Method::GET | Method::HEAD, "/assets/app.3f9a1c.js") => respond(
+            StatusCode::OK,
+            &[
+                ("content-type", "text/javascript".into()),
+                (
+                    "cache-control",
+                    "public, max-age=31536000, immutable".into(),
+                ),
+            ],
+            "console.log('fingerprinted asset: cached for a year');\n",
+        ),
+        (Method::GET | Method::HEAD, "/assets/app.js") => respond(
+            StatusCode::OK,
+            &[
+                ("content-type", "text/javascript".into()),
+                (
+                    "cache-control",
+                    "max-age=10, stale-while-revalidate=30, stale-if-error=86400".into(),
+                ),
+                ("last-modified", published()),
+            ],
+            "console.log('unfingerprinted asset: short TTL, served stale while revalidating');\n",
+        ),
+        (Method::GET | Method::HEAD, "/api/products/42") => {
+            let price = app.price.load(Ordering::Relaxed);
+            respond(
+                StatusCode::OK,
+                &[
+                    json,
+                    ("cache-control", "max-age=0, s-maxage=300".into()),
+                    ("etag", format!("\"p42-{price}\"")),
+                    ("surrogate-key", "product-42 products".into()),
+                    ("cache-tag", "api".into()),
+                ],
+                format!("{{\"id\":42,\"name\":\"Espresso cup\",\"price_cents\":{price}}}\n"),
+            )
+        }
+        (Method::POST, "/api/products/42/price") => {
+            let price = app.price.fetch_add(100, Ordering::Relaxed) + 100;
+            respond(
+                StatusCode::OK,
+                &[json, ("cache-group-invalidation", "\"product-42\"".into())],
+                format!("{{\"id\":42,\"price_cents\":{price}}}\n"),
+            )
+        }
+        (Method::GET | Method::HEAD, "/api/counter") => respond(
+            StatusCode::OK,
+            &[json, ("cache-control", "max-age=30".into())],
+            format!("{{\"count\":{}}}\n", app.counter.load(Ordering::Relaxed)),
+        ),
+        (Method::POST, "/api/counter") => {
+            let n = app.counter.fetch_add(1, Ordering::Relaxed) + 1;
+            respond(
+                StatusCode::OK,
+                &[json, ("content-location", "/api/counter".into())],
+                format!("{{\"count\":{n}}}\n"),
+            )
+        }
+        (Method::GET | Method::HEAD, "/private") => respond(
+            StatusCode::OK,
+            &[("cache-control", "private, max-age=60".into())],
+            "per-user content: never stored by a shared cache\n",
+        ),
+        (Method::GET | Method::HEAD, p) if p.starts_with("/bytes/") => {
+            let n: usize = p["/bytes/".len()..].parse().unwrap_or(0).min(64 << 20);
+            respond(
+                StatusCode::OK,
+                &[
+                    ("cache-control", "max-age=3600".into()),
+                    ("content-type", "application/octet-stream".into()),
+                ],
+                vec![b'x'; n],
+            )
+        }
+        (Method::GET | Method::HEAD, p) if p.starts_with("/delay/") => {
+            let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0).min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            respond(
+                StatusCode::OK,
+                &[("cache-control", "max-age=3600".into())],
+                format!("waited {ms} ms\n"),
+            )
+        }
+        _ => {
+            // Drain any body so the connection stays usable.
+            let _ = req.into_body().collect().await;
+            respond(
+                StatusCode::NOT_FOUND,
+                &[("cache-control", "max-age=10".into())],
+                "not found\n",
+            )
+        }
+    }
+}
+
+/// Prints what to try against a running demo.
+pub fn print_guide(edge: SocketAddr, admin: SocketAddr, origin: SocketAddr) {
+    println!(
+        "\nFresco demo\n  edge (cache): http://{edge}/\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n\n\
+Try:\n\
+  curl -si http://{edge}/                       # twice: Cache-Status goes from fwd=uri-miss to hit\n\
+  curl -si http://{edge}/assets/app.3f9a1c.js   # immutable, cached for a year\n\
+  curl -si http://{edge}/assets/app.js          # after 10 s: served stale while revalidating\n\
+  curl -si http://{edge}/api/products/42        # s-maxage=300, tagged product-42 (tag headers hidden)\n\
+  curl -si -X POST http://{edge}/api/products/42/price  # origin changes the price\n\
+  curl -si http://{edge}/api/counter; curl -si -X POST http://{edge}/api/counter; curl -si http://{edge}/api/counter\n\
+                                                # the POST invalidates /api/counter (RFC 9111 §4.4)\n\
+  curl -si -H 'If-None-Match: \"home-v1\"' http://{edge}/   # 304 from cache\n\
+  curl -si http://{edge}/private                # never stored: Cache-Status detail=private\n\
+  curl -s  http://{admin}/metrics | grep fresco_  # requests by cache status, objects, bytes\n\n\
+Ctrl-C stops it.\n"
+    );
+}

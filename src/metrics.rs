@@ -1,0 +1,117 @@
+//! Prometheus metrics. Counters are recorded with the `metrics` facade on
+//! the request path; store figures are read when /metrics is scraped.
+
+use std::time::Duration;
+
+use http::Response;
+use metrics::{counter, histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::store::Store;
+
+/// Installs the global recorder; returns the handle that renders it.
+pub fn install() -> PrometheusHandle {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ])
+        .expect("static buckets are valid")
+        .build_recorder();
+    let handle = recorder.handle();
+    // A second install (tests in one process) keeps the first recorder.
+    let _ = metrics::set_global_recorder(recorder);
+    handle
+}
+
+/// Classifies a finished response by its Cache-Status entry.
+pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) {
+    let status = resp
+        .headers()
+        .get_all("cache-status")
+        .iter()
+        .last()
+        .and_then(|v| v.to_str().ok())
+        .map(cache_label)
+        .unwrap_or("none");
+    counter!("fresco_requests_total", "cache" => status).increment(1);
+    histogram!("fresco_request_duration_seconds", "cache" => status).record(elapsed.as_secs_f64());
+}
+
+fn cache_label(entry: &str) -> &'static str {
+    let has = |p: &str| {
+        entry
+            .split(';')
+            .any(|s| s.trim() == p || s.trim().starts_with(&format!("{p}=")))
+    };
+    if has("hit") {
+        "hit"
+    } else if entry.contains("detail=stale-while-revalidate")
+        || entry.contains("detail=stale-if-error")
+    {
+        "stale"
+    } else if entry.contains("fwd=stale") || entry.contains("fwd=request") {
+        "revalidated"
+    } else if entry.contains("fwd=method") || entry.contains("fwd=bypass") {
+        "pass"
+    } else {
+        "miss"
+    }
+}
+
+pub fn origin_request(kind: &'static str) {
+    counter!("fresco_origin_requests_total", "kind" => kind).increment(1);
+}
+
+pub fn origin_error(kind: &'static str) {
+    counter!("fresco_origin_errors_total", "kind" => kind).increment(1);
+}
+
+pub fn coalesce(outcome: &'static str) {
+    counter!("fresco_coalesced_requests_total", "outcome" => outcome).increment(1);
+}
+
+pub fn background_revalidation() {
+    counter!("fresco_background_revalidations_total").increment(1);
+}
+
+pub fn stale_served(reason: &'static str) {
+    counter!("fresco_stale_served_total", "reason" => reason).increment(1);
+}
+
+pub fn local_invalidation() {
+    counter!("fresco_unsafe_method_invalidations_total").increment(1);
+}
+
+/// Renders all metrics, with the store's figures as gauges.
+pub fn render(handle: &PrometheusHandle, store: &dyn Store) -> String {
+    let s = store.stats();
+    let mut out = handle.render();
+    let gauges = [
+        (
+            "fresco_store_objects",
+            "Stored responses (all variants).",
+            s.objects,
+        ),
+        ("fresco_store_keys", "Cache keys in the store.", s.keys),
+        (
+            "fresco_store_bytes",
+            "Bytes accounted in the store.",
+            s.bytes,
+        ),
+        (
+            "fresco_store_capacity_bytes",
+            "The store's byte budget.",
+            s.capacity,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "# HELP fresco_store_evictions_total Objects evicted for space.\n# TYPE fresco_store_evictions_total counter\nfresco_store_evictions_total {}\n",
+        s.evictions
+    ));
+    out
+}

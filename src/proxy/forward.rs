@@ -1,0 +1,244 @@
+//! Requests Fresco does not answer from its store: unsafe methods (with the
+//! invalidation RFC 9111 §4.4 requires), authenticated requests, and HEAD
+//! requests that miss (with the freshening of §4.3.5).
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::header::{HOST, HeaderName, HeaderValue, VIA};
+use http::request::Parts;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use super::upstream::{BoxError, UpstreamBody};
+use super::{Client, Proxy, Target};
+use crate::metrics;
+use crate::policy::cache_status::{CacheStatus, Fwd};
+use crate::policy::{conditional, headers};
+use crate::store::CachedObject;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+impl Proxy {
+    /// The request Fresco sends upstream for a client request: hop-by-hop
+    /// fields removed, Via and X-Forwarded-* added, and for fills the
+    /// client's own conditionals replaced by Fresco's `validators`.
+    pub(super) fn upstream_request(
+        &self,
+        method: &Method,
+        target: &Target,
+        client: Client,
+        client_headers: &HeaderMap,
+        fill: bool,
+        validators: Vec<(HeaderName, HeaderValue)>,
+        body: UpstreamBody,
+    ) -> Request<UpstreamBody> {
+        let mut h = client_headers.clone();
+        headers::remove_hop_by_hop(&mut h);
+        if fill {
+            for name in conditional::CLIENT_CONDITIONALS {
+                h.remove(name);
+            }
+            // Fills fetch the whole representation.
+            h.remove(http::header::RANGE);
+            h.remove(http::header::IF_RANGE);
+        }
+        for (name, value) in validators {
+            h.insert(name, value);
+        }
+        if !h.contains_key(HOST) {
+            if let Ok(v) = HeaderValue::from_str(&target.authority) {
+                h.insert(HOST, v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", self.settings.node_name)) {
+            h.append(VIA, v);
+        }
+        append_forwarded_for(&mut h, client.addr.ip());
+        if !h.contains_key(X_FORWARDED_PROTO) {
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
+        }
+        let mut req = Request::new(body);
+        *req.method_mut() = method.clone();
+        *req.uri_mut() = self.upstream.uri_for(&target.path_and_query);
+        *req.headers_mut() = h;
+        req
+    }
+
+    /// Forwards a request and streams the response back, storing nothing.
+    /// After a successful unsafe method the target URI and same-origin
+    /// Location / Content-Location are invalidated (RFC 9111 §4.4).
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        target: &Target,
+        client: Client,
+        mut status: CacheStatus,
+    ) -> Response<UpstreamBody> {
+        let (parts, body) = req.into_parts();
+        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        let upstream_req = self.upstream_request(
+            &parts.method,
+            target,
+            client,
+            &parts.headers,
+            false,
+            Vec::new(),
+            body,
+        );
+        metrics::origin_request("pass");
+        let started = Instant::now();
+        let resp = match self.upstream.send(upstream_req).await {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::origin_error(e.detail());
+                status.detail = Some(e.detail().into());
+                return self.error(e.status(), status, &format!("{e}\n"));
+            }
+        };
+        let (resp_parts, resp_body) = resp.into_parts();
+        self.invalidate_after_unsafe(
+            &parts.method,
+            resp_parts.status,
+            target,
+            client,
+            &resp_parts.headers,
+        );
+        status.fwd_status = Some(resp_parts.status.as_u16());
+        let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
+        let body = with_deadline(resp_body, deadline);
+        self.relay(resp_parts.status, resp_parts.headers, body, status)
+    }
+
+    /// A HEAD that Fresco cannot answer from its store goes upstream as
+    /// HEAD. A 200 then freshens the stored GET response it describes, or
+    /// marks it stale when it describes another one (§4.3.5).
+    pub(super) async fn forward_head(
+        self: &Arc<Self>,
+        parts: Parts,
+        target: &Target,
+        client: Client,
+        stored: Option<Arc<CachedObject>>,
+        fwd: Fwd,
+    ) -> Response<UpstreamBody> {
+        let mut status = CacheStatus::forward(fwd);
+        let request_time = SystemTime::now();
+        let stamp = self.invalidations.stamp();
+        let req = self.upstream_request(
+            &Method::HEAD,
+            target,
+            client,
+            &parts.headers,
+            false,
+            Vec::new(),
+            super::respond::empty(),
+        );
+        metrics::origin_request("head");
+        let resp = match self.upstream.send(req).await {
+            Ok(r) => r,
+            Err(e) => {
+                metrics::origin_error(e.detail());
+                status.detail = Some(e.detail().into());
+                let code = if stored.is_some() {
+                    StatusCode::GATEWAY_TIMEOUT
+                } else {
+                    e.status()
+                };
+                return self.error(code, status, "");
+            }
+        };
+        let response_time = SystemTime::now();
+        let (resp_parts, _) = resp.into_parts();
+        status.fwd_status = Some(resp_parts.status.as_u16());
+        if resp_parts.status == StatusCode::OK {
+            let stored = stored.or_else(|| {
+                self.store
+                    .get(&target.key.key)
+                    .and_then(|v| v.select(&parts.headers).cloned())
+            });
+            if let Some(obj) = stored {
+                let updated = if conditional::head_matches(&obj.headers, &resp_parts.headers) {
+                    self.freshened(
+                        &obj,
+                        &resp_parts.headers,
+                        request_time,
+                        response_time,
+                        stamp,
+                    )
+                } else {
+                    let mut stale = (*obj).clone();
+                    stale.policy.lifetime = std::time::Duration::ZERO;
+                    Arc::new(stale)
+                };
+                self.store_object(&target.key.key, updated);
+            }
+        }
+        self.relay(
+            resp_parts.status,
+            resp_parts.headers,
+            super::respond::empty(),
+            status,
+        )
+    }
+
+    /// RFC 9111 §4.4.
+    fn invalidate_after_unsafe(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        target: &Target,
+        client: Client,
+        response: &HeaderMap,
+    ) {
+        let Ok(uri) = Uri::builder()
+            .scheme(client.scheme)
+            .authority(target.authority.as_str())
+            .path_and_query(target.path_and_query.as_str())
+            .build()
+        else {
+            return;
+        };
+        for t in headers::unsafe_invalidation_targets(method, status, &uri, response) {
+            let key = self.settings.keys.key(
+                t.scheme_str().unwrap_or(client.scheme),
+                t.authority()
+                    .map_or(target.authority.as_str(), |a| a.as_str()),
+                t.path_and_query().map_or("/", |p| p.as_str()),
+                &HeaderMap::new(),
+            );
+            self.invalidations.invalidate_local(&key.url);
+            metrics::local_invalidation();
+        }
+    }
+}
+
+fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
+    let value = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+/// A pass-through body that fails once the total timeout passes.
+fn with_deadline(body: Incoming, deadline: tokio::time::Instant) -> UpstreamBody {
+    let stream = futures_util::stream::unfold(Some(body), move |state| async move {
+        let mut body = state?;
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => Some((
+                Err::<hyper::body::Frame<Bytes>, BoxError>("upstream body timed out".into()),
+                None,
+            )),
+            Ok(None) => None,
+            Ok(Some(Err(e))) => Some((Err(Box::new(e) as BoxError), None)),
+            Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),
+        }
+    });
+    http_body_util::StreamBody::new(stream).boxed()
+}

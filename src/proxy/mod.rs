@@ -1,0 +1,285 @@
+//! The data path: a request comes in, is looked up, and is answered from
+//! the store, from a (shared) upstream fetch, or by forwarding it as it is.
+//!
+//! Every caching decision is delegated to [`crate::policy`] with `now`
+//! passed in; this module does the I/O around those decisions.
+//!
+//! - [`fetch`]: coalesced fills and revalidations, storing what may be stored
+//! - [`forward`]: pass-through of uncacheable requests, RFC 9111 §4.4 and §4.3.5
+//! - [`respond`]: building client responses (Age, Cache-Status, 304s, HEAD)
+//! - [`fill`]: one upstream body streamed to many clients
+//! - [`upstream`]: the pooled client to the origin or a parent
+
+pub mod fetch;
+pub mod fill;
+pub mod forward;
+pub mod respond;
+pub mod upstream;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::{AUTHORIZATION, HOST};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::invalidation::{Invalidations, Validity};
+use crate::key::{CacheKey, KeyPolicy};
+use crate::metrics;
+use crate::policy::cache_status::{CacheStatus, Fwd};
+use crate::policy::request::{
+    self, ObjectState, RequestDirectives, Reuse, StaleDefaults, ValidateReason,
+};
+use crate::policy::response::PolicyConfig;
+use crate::store::Store;
+
+use fill::Fill;
+use upstream::{Upstream, UpstreamBody};
+
+/// How the data path behaves; built from the node's configuration.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// This cache's name in Cache-Status and Via.
+    pub node_name: String,
+    pub policy: PolicyConfig,
+    pub keys: KeyPolicy,
+    pub max_object_size: usize,
+    /// Limit on a whole upstream response, body included.
+    pub total_timeout: Duration,
+    pub expose_tag_headers: bool,
+    /// How long a client waits on another client's fetch before fetching
+    /// itself.
+    pub lock_timeout: Duration,
+    /// How long a key whose response could not be shared skips coalescing
+    /// (Varnish's hit-for-pass), so its requests do not queue.
+    pub uncacheable_ttl: Duration,
+    pub max_variants: usize,
+    pub stale: StaleDefaults,
+}
+
+impl ProxySettings {
+    pub fn new(node_name: String) -> ProxySettings {
+        ProxySettings {
+            node_name,
+            policy: PolicyConfig::default(),
+            keys: KeyPolicy::default(),
+            max_object_size: 16 << 20,
+            total_timeout: Duration::from_secs(300),
+            expose_tag_headers: false,
+            lock_timeout: Duration::from_secs(10),
+            uncacheable_ttl: Duration::from_secs(10),
+            max_variants: 16,
+            stale: StaleDefaults::default(),
+        }
+    }
+}
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Client {
+    pub addr: SocketAddr,
+    /// `http` or `https`, as the client spoke to us.
+    pub scheme: &'static str,
+}
+
+/// The request target, resolved once.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub key: CacheKey,
+    pub path_and_query: String,
+    pub authority: String,
+}
+
+pub struct Proxy {
+    pub settings: ProxySettings,
+    pub store: Arc<dyn Store>,
+    pub invalidations: Arc<Invalidations>,
+    upstream: Upstream,
+    /// Fills in progress, by cache key.
+    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Keys whose last response could not be shared, until when.
+    uncacheable: Mutex<HashMap<String, Instant>>,
+}
+
+impl Proxy {
+    pub fn new(
+        settings: ProxySettings,
+        store: Arc<dyn Store>,
+        invalidations: Arc<Invalidations>,
+        upstream: Upstream,
+    ) -> Proxy {
+        Proxy {
+            settings,
+            store,
+            invalidations,
+            upstream,
+            inflight: Mutex::new(HashMap::new()),
+            uncacheable: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Answers one client request. Never fails: every problem becomes a
+    /// response with a status and a Cache-Status detail.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Response<UpstreamBody> {
+        let started = Instant::now();
+        let resp = self.dispatch(req, client).await;
+        metrics::request_finished(&resp, started.elapsed());
+        resp
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        client: Client,
+    ) -> Response<UpstreamBody> {
+        let Some(authority) = req.uri().authority().map(|a| a.to_string()).or_else(|| {
+            req.headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .filter(|h| !h.is_empty())
+                .map(str::to_string)
+        }) else {
+            return self.error(
+                StatusCode::BAD_REQUEST,
+                CacheStatus::forward(Fwd::Bypass).with_detail("missing-host"),
+                "request has no Host\n",
+            );
+        };
+        let path_and_query = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        let key = self
+            .settings
+            .keys
+            .key(client.scheme, &authority, &path_and_query, req.headers());
+        let target = Target {
+            key,
+            path_and_query,
+            authority,
+        };
+        let method = req.method().clone();
+        if method != Method::GET && method != Method::HEAD {
+            return self
+                .forward(req, &target, client, CacheStatus::forward(Fwd::Method))
+                .await;
+        }
+        // §3.5: an authenticated request is answered by the origin; Fresco
+        // does not decide which user may see what.
+        if req.headers().contains_key(AUTHORIZATION) {
+            return self
+                .forward(
+                    req,
+                    &target,
+                    client,
+                    CacheStatus::forward(Fwd::Bypass).with_detail("authorization"),
+                )
+                .await;
+        }
+        self.lookup(req, target, client).await
+    }
+
+    async fn lookup(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        target: Target,
+        client: Client,
+    ) -> Response<UpstreamBody> {
+        let now = SystemTime::now();
+        let rd = RequestDirectives::from_headers(req.headers());
+        let variants = self.store.get(&target.key.key);
+        let mut fwd = if variants.is_some() {
+            Fwd::VaryMiss
+        } else {
+            Fwd::UriMiss
+        };
+        let mut detail = None;
+        let selected = variants
+            .as_ref()
+            .and_then(|v| v.select(req.headers()).cloned());
+        let candidate = selected.and_then(|obj| match self.invalidations.check(&obj) {
+            Validity::Valid => Some((obj, ObjectState::default())),
+            Validity::Soft => Some((
+                obj,
+                ObjectState {
+                    soft_invalidated: true,
+                },
+            )),
+            Validity::Hard => {
+                fwd = Fwd::UriMiss;
+                detail = Some("invalidated");
+                None
+            }
+        });
+        let head = req.method() == Method::HEAD;
+        // GET and HEAD carry no content Fresco would forward.
+        let (parts, _) = req.into_parts();
+        let Some((obj, state)) = candidate else {
+            if rd.cc.only_if_cached {
+                return self.only_if_cached(fwd);
+            }
+            if head {
+                return self.forward_head(parts, &target, client, None, fwd).await;
+            }
+            let status = CacheStatus {
+                fwd: Some(fwd),
+                detail: detail.map(str::to_string),
+                ..Default::default()
+            };
+            return self.fetch(parts, target, client, rd, None, status).await;
+        };
+        match request::reuse(&rd, &obj.policy, state, self.settings.stale, now) {
+            Reuse::Fresh | Reuse::StaleAccepted => {
+                let status = CacheStatus::hit(obj.policy.ttl(now));
+                self.serve_stored(&parts, &obj, status, false, now)
+            }
+            Reuse::Validate {
+                reason,
+                serve_stale_meanwhile,
+            } => {
+                if rd.cc.only_if_cached {
+                    return self.only_if_cached(Fwd::Stale);
+                }
+                let fwd = match reason {
+                    ValidateReason::Stale => Fwd::Stale,
+                    ValidateReason::Request => Fwd::Request,
+                };
+                let mut status = CacheStatus::forward(fwd);
+                if state.soft_invalidated {
+                    status.detail = Some("invalidated".into());
+                }
+                if serve_stale_meanwhile {
+                    self.revalidate_in_background(&parts, &target, client, &rd, &obj);
+                    metrics::stale_served("stale-while-revalidate");
+                    status.ttl = Some(obj.policy.ttl(now));
+                    status.detail = Some("stale-while-revalidate".into());
+                    return self.serve_stored(&parts, &obj, status, false, now);
+                }
+                if head {
+                    return self
+                        .forward_head(parts, &target, client, Some(obj), fwd)
+                        .await;
+                }
+                self.fetch(parts, target, client, rd, Some((obj, state)), status)
+                    .await
+            }
+        }
+    }
+
+    /// §5.2.1.7: nothing usable is stored, so 504.
+    fn only_if_cached(&self, fwd: Fwd) -> Response<UpstreamBody> {
+        let status = CacheStatus::forward(fwd).with_detail("only-if-cached");
+        self.error(
+            StatusCode::GATEWAY_TIMEOUT,
+            status,
+            "only-if-cached: no stored response can be used\n",
+        )
+    }
+}

@@ -1,0 +1,169 @@
+//! Client responses: replaying a stored object (with Age, a 304 when the
+//! client's validators match, no body for HEAD), relaying a fetched one,
+//! and Fresco's own errors. Every one carries Cache-Status (RFC 9211).
+
+use std::convert::Infallible;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::header::{
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, DATE, ETAG, EXPIRES,
+    HeaderName, HeaderValue, LAST_MODIFIED, VARY, VIA,
+};
+use http::request::Parts;
+use http::{HeaderMap, Method, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+
+use super::Proxy;
+use super::fill::{FetchedHead, Reader};
+use super::upstream::UpstreamBody;
+use crate::policy::cache_status::CacheStatus;
+use crate::policy::{conditional, headers, tags};
+use crate::store::CachedObject;
+
+const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
+
+/// Header fields a 304 carries (RFC 9110 §15.4.5), plus the cache's own.
+const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
+    CACHE_CONTROL,
+    CONTENT_LOCATION,
+    DATE,
+    ETAG,
+    EXPIRES,
+    VARY,
+    LAST_MODIFIED,
+];
+
+pub fn empty() -> UpstreamBody {
+    Empty::new().map_err(|e: Infallible| match e {}).boxed()
+}
+
+pub fn full(bytes: Bytes) -> UpstreamBody {
+    Full::new(bytes).map_err(|e: Infallible| match e {}).boxed()
+}
+
+impl Proxy {
+    /// Replays `obj`. `validated` is true when it was just confirmed by
+    /// upstream, so fields named by `no-cache="..."` may be sent (§5.2.2.4).
+    pub(super) fn serve_stored(
+        &self,
+        req: &Parts,
+        obj: &CachedObject,
+        status: CacheStatus,
+        validated: bool,
+        now: SystemTime,
+    ) -> Response<UpstreamBody> {
+        let mut h = obj.headers.clone();
+        if !validated {
+            headers::remove_no_cache_fields(&mut h, obj.policy.directives.no_cache.as_ref());
+        }
+        h.insert(
+            AGE,
+            HeaderValue::from(obj.policy.current_age(now).as_secs()),
+        );
+        let conditional_match = obj.status == StatusCode::OK
+            && conditional::not_modified(&req.headers, &obj.headers, obj.policy.response_time);
+        if conditional_match {
+            let mut short = HeaderMap::new();
+            for name in NOT_MODIFIED_FIELDS.iter().chain([&AGE, &CACHE_STATUS]) {
+                for v in h.get_all(name) {
+                    short.append(name.clone(), v.clone());
+                }
+            }
+            return self.relay(StatusCode::NOT_MODIFIED, short, empty(), status);
+        }
+        if !(obj.status == StatusCode::NO_CONTENT
+            || obj.status == StatusCode::NOT_MODIFIED
+            || obj.status.is_informational())
+        {
+            h.insert(CONTENT_LENGTH, HeaderValue::from(obj.body.len()));
+        }
+        let body = if req.method == Method::HEAD {
+            empty()
+        } else {
+            full(obj.body.clone())
+        };
+        self.relay(obj.status, h, body, status)
+    }
+
+    /// Streams a fetched response to one client, answering its own
+    /// conditional with 304 when the response matches it.
+    pub(super) fn serve_fetched(
+        &self,
+        req: &Parts,
+        head: &FetchedHead,
+        reader: Reader,
+        status: CacheStatus,
+    ) -> Response<UpstreamBody> {
+        if head.status == StatusCode::OK
+            && conditional::not_modified(&req.headers, &head.headers, head.policy.response_time)
+        {
+            let mut short = HeaderMap::new();
+            for name in NOT_MODIFIED_FIELDS.iter().chain([&AGE, &CACHE_STATUS]) {
+                for v in head.headers.get_all(name) {
+                    short.append(name.clone(), v.clone());
+                }
+            }
+            return self.relay(StatusCode::NOT_MODIFIED, short, empty(), status);
+        }
+        let body = if req.method == Method::HEAD {
+            empty()
+        } else {
+            reader.into_body()
+        };
+        self.relay(head.status, head.headers.clone(), body, status)
+    }
+
+    /// The last step for every response: hop-by-hop fields out, targeted
+    /// and tag fields out (RFC 9213: they are for this cache), Via and our
+    /// Cache-Status entry appended after any upstream entries.
+    pub(super) fn relay(
+        &self,
+        code: StatusCode,
+        mut h: HeaderMap,
+        body: UpstreamBody,
+        status: CacheStatus,
+    ) -> Response<UpstreamBody> {
+        headers::remove_hop_by_hop(&mut h);
+        for name in &self.settings.policy.targeted_fields {
+            h.remove(name);
+        }
+        h.remove("surrogate-control");
+        if !self.settings.expose_tag_headers {
+            for name in tags::TAG_FIELDS {
+                h.remove(name);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&status.render(&self.settings.node_name)) {
+            h.append(CACHE_STATUS, v);
+        }
+        if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", self.settings.node_name)) {
+            h.append(VIA, v);
+        }
+        let mut resp = Response::new(body);
+        *resp.status_mut() = code;
+        *resp.headers_mut() = h;
+        resp
+    }
+
+    /// An error Fresco generates itself.
+    pub(super) fn error(
+        &self,
+        code: StatusCode,
+        status: CacheStatus,
+        message: &str,
+    ) -> Response<UpstreamBody> {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        self.relay(
+            code,
+            h,
+            full(Bytes::copy_from_slice(message.as_bytes())),
+            status,
+        )
+    }
+}

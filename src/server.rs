@@ -1,0 +1,171 @@
+//! A running node: binds the data and admin listeners, wires the store,
+//! the invalidation state and the proxy together, and shuts down gracefully
+//! on SIGINT / SIGTERM.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::invalidation::Invalidations;
+use crate::key::KeyPolicy;
+use crate::proxy::upstream::Upstream;
+use crate::proxy::{Client, Proxy, ProxySettings};
+use crate::store::MemoryStore;
+use crate::{metrics, tls};
+
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Builds the proxy a configuration describes.
+pub fn build_proxy(cfg: &Config) -> Arc<Proxy> {
+    let mut settings = ProxySettings::new(cfg.node_name.clone());
+    settings.policy.store_set_cookie = cfg.store_set_cookie;
+    settings.keys = KeyPolicy {
+        sort_query: cfg.sort_query,
+        ignore_query_params: cfg.ignore_query_params.clone(),
+        headers: cfg.key_headers.clone(),
+        cookies: cfg.key_cookies.clone(),
+    };
+    settings.max_object_size = cfg.max_object_size as usize;
+    settings.total_timeout = cfg.total_timeout;
+    settings.expose_tag_headers = cfg.expose_tag_headers;
+    let store = Arc::new(MemoryStore::new(cfg.memory));
+    let upstream = Upstream::new(
+        cfg.origin.clone(),
+        cfg.connect_timeout,
+        cfg.first_byte_timeout,
+    );
+    Arc::new(Proxy::new(
+        settings,
+        store,
+        Arc::new(Invalidations::default()),
+        upstream,
+    ))
+}
+
+/// Runs a node until `shutdown` turns true. Prints one `ready` line with
+/// the bound addresses once both listeners accept connections.
+pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    let proxy = build_proxy(&cfg);
+    let tls = match &cfg.tls {
+        Some((cert, key)) => Some(tls::acceptor(cert, key)?),
+        None => None,
+    };
+    let data = TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {} (`listen`): {e}", cfg.listen))?;
+    let admin_listener = TcpListener::bind(cfg.admin)
+        .await
+        .map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
+    let data_addr = data.local_addr().map_err(|e| e.to_string())?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    let state = AdminState {
+        proxy: proxy.clone(),
+        metrics: metrics::install(),
+    };
+    let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
+    println!(
+        "fresco ready data={data_addr} admin={admin_addr} origin={}",
+        cfg.origin
+    );
+    tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
+
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(cfg.max_header_size.max(8192));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_size as u32);
+    let builder = Arc::new(builder);
+    let graceful = GracefulShutdown::new();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    loop {
+        tokio::select! {
+            accepted = data.accept() => {
+                let (stream, addr) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let client = Client { addr, scheme };
+                let proxy = proxy.clone();
+                let svc = service_fn(move |req| {
+                    let proxy = proxy.clone();
+                    async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let result = match tls {
+                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
+                            Err(e) => {
+                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                        },
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(%addr, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(data);
+    tracing::info!("draining connections");
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN:?}; closing");
+    }
+    let _ = admin_task.await;
+    Ok(())
+}
+
+/// A watch channel that turns true on SIGINT or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
