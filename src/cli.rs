@@ -9,11 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::config::{Config, RawConfig};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "fresco",
-    version,
-    about = "An HTTP edge cache whose invalidation is correct by construction"
-)]
+#[command(name = "fresco", version, about = "An HTTP edge cache whose invalidation is correct by construction")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -63,15 +59,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             let cfg = serve_config(config, flags)?;
             crate::server::run(cfg, crate::server::shutdown_signal()).await
         }
-        Command::Demo {
-            listen,
-            admin,
-            origin,
-        } => {
+        Command::Demo { listen, admin, origin } => {
             let origin_listener = tokio::net::TcpListener::bind(origin).await.map_err(|e| {
-                format!(
-                    "cannot listen on {origin} for the demo origin: {e}; pick another with --origin"
-                )
+                format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin")
             })?;
             let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
             tokio::spawn(crate::demo::serve_origin(origin_listener));
@@ -86,13 +76,9 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             crate::server::run(cfg, crate::server::shutdown_signal()).await
         }
         Command::Origin { listen } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            println!(
-                "fresco origin ready on {}",
-                listener.local_addr().map_err(|e| e.to_string())?
-            );
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            println!("fresco origin ready on {}", listener.local_addr().map_err(|e| e.to_string())?);
             crate::demo::serve_origin(listener).await;
             Ok(())
         }

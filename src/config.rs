@@ -100,8 +100,7 @@ impl RawConfig {
     pub fn from_file(path: &std::path::Path) -> Result<RawConfig, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
+        toml::from_str(&text).map_err(|e| ConfigError(format!("config file {}: {e}", path.display())))
     }
 }
 
@@ -118,9 +117,7 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 fn invalid(key: &str, value: &str, accepted: &str) -> ConfigError {
-    ConfigError(format!(
-        "invalid value for `{key}`: {value:?}; accepted: {accepted}"
-    ))
+    ConfigError(format!("invalid value for `{key}`: {value:?}; accepted: {accepted}"))
 }
 
 /// The validated configuration of a node.
@@ -147,50 +144,38 @@ pub struct Config {
 
 impl Config {
     pub fn from_raw(raw: RawConfig) -> Result<Config, ConfigError> {
-        let addr =
-            |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
-                let v = v.unwrap_or_else(|| default.to_string());
-                v.parse()
-                    .map_err(|_| invalid(key, &v, "an IP address and port, e.g. 127.0.0.1:8081"))
-            };
+        let addr = |key: &str, v: Option<String>, default: &str| -> Result<SocketAddr, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            v.parse().map_err(|_| invalid(key, &v, "an IP address and port, e.g. 127.0.0.1:8081"))
+        };
         let size = |key: &str, v: Option<String>, default: &str| -> Result<u64, ConfigError> {
             let v = v.unwrap_or_else(|| default.to_string());
-            parse_size(&v)
-                .ok_or_else(|| invalid(key, &v, "a size such as 512MiB, 64KiB, 1GB or 1048576"))
+            parse_size(&v).ok_or_else(|| invalid(key, &v, "a size such as 512MiB, 64KiB, 1GB or 1048576"))
         };
-        let duration =
-            |key: &str, v: Option<String>, default: &str| -> Result<Duration, ConfigError> {
-                let v = v.unwrap_or_else(|| default.to_string());
-                parse_duration(&v).filter(|d| !d.is_zero()).ok_or_else(|| {
-                    invalid(key, &v, "a positive duration such as 500ms, 2s, 5m or 1h")
-                })
-            };
+        let duration = |key: &str, v: Option<String>, default: &str| -> Result<Duration, ConfigError> {
+            let v = v.unwrap_or_else(|| default.to_string());
+            parse_duration(&v)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| invalid(key, &v, "a positive duration such as 500ms, 2s, 5m or 1h"))
+        };
         let origin_text = raw.origin.ok_or_else(|| {
-            ConfigError("missing `origin`: give --origin URL or `origin = \"http://host:port\"` in the config file".into())
+            ConfigError(
+                "missing `origin`: give --origin URL or `origin = \"http://host:port\"` in the config file".into(),
+            )
         })?;
         let origin: Uri = origin_text
             .parse()
             .ok()
             .filter(|u: &Uri| u.scheme_str() == Some("http") && u.authority().is_some())
-            .ok_or_else(|| {
-                invalid(
-                    "origin",
-                    &origin_text,
-                    "an http:// URL with a host, e.g. http://127.0.0.1:8080",
-                )
-            })?;
+            .ok_or_else(|| invalid("origin", &origin_text, "an http:// URL with a host, e.g. http://127.0.0.1:8080"))?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(ConfigError(
-                    "`tls_cert` is set but `tls_key` is not; give both or neither".into(),
-                ));
+                return Err(ConfigError("`tls_cert` is set but `tls_key` is not; give both or neither".into()));
             }
             (None, Some(_)) => {
-                return Err(ConfigError(
-                    "`tls_key` is set but `tls_cert` is not; give both or neither".into(),
-                ));
+                return Err(ConfigError("`tls_key` is set but `tls_cert` is not; give both or neither".into()));
             }
         };
         let memory = size("memory", raw.memory, "256MiB")?;
@@ -199,32 +184,19 @@ impl Config {
         }
         let max_header_size = size("max_header_size", raw.max_header_size, "64KiB")?;
         if !(8192..=1 << 24).contains(&max_header_size) {
-            return Err(invalid(
-                "max_header_size",
-                &max_header_size.to_string(),
-                "between 8KiB and 16MiB",
-            ));
+            return Err(invalid("max_header_size", &max_header_size.to_string(), "between 8KiB and 16MiB"));
         }
         let key_headers = raw
             .key_headers
             .unwrap_or_default()
             .into_iter()
             .map(|h| {
-                http::HeaderName::from_bytes(h.as_bytes())
-                    .map_err(|_| invalid("key_headers", &h, "header field names"))
+                http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| invalid("key_headers", &h, "header field names"))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let node_name = raw.node_name.unwrap_or_else(|| "fresco".to_string());
-        if node_name.is_empty()
-            || !node_name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(invalid(
-                "node_name",
-                &node_name,
-                "letters, digits, '-', '_' and '.'",
-            ));
+        if node_name.is_empty() || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
+            return Err(invalid("node_name", &node_name, "letters, digits, '-', '_' and '.'"));
         }
         Ok(Config {
             listen: addr("listen", raw.listen, "127.0.0.1:8081")?,
@@ -251,9 +223,7 @@ impl Config {
 /// Parses `512MiB`, `64KiB`, `1GB`, `100kb`, `1048576`.
 pub fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
@@ -272,9 +242,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
 /// Parses `500ms`, `2s`, `5m`, `1h`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     let n: u64 = digits.parse().ok()?;
     match unit.trim() {
@@ -291,10 +259,7 @@ mod tests {
     use super::*;
 
     fn raw(origin: &str) -> RawConfig {
-        RawConfig {
-            origin: Some(origin.into()),
-            ..Default::default()
-        }
+        RawConfig { origin: Some(origin.into()), ..Default::default() }
     }
 
     #[test]
@@ -307,36 +272,19 @@ mod tests {
 
     #[test]
     fn bad_values_name_key_value_and_what_is_accepted() {
-        let err = Config::from_raw(RawConfig {
-            memory: Some("lots".into()),
-            ..raw("http://o:1")
-        })
-        .unwrap_err();
-        assert!(
-            err.0.contains("`memory`") && err.0.contains("\"lots\"") && err.0.contains("512MiB"),
-            "{err}"
-        );
+        let err = Config::from_raw(RawConfig { memory: Some("lots".into()), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`memory`") && err.0.contains("\"lots\"") && err.0.contains("512MiB"), "{err}");
         let err = Config::from_raw(raw("ftp://x")).unwrap_err();
         assert!(err.0.contains("`origin`"), "{err}");
-        let err = Config::from_raw(RawConfig {
-            first_byte_timeout: Some("0s".into()),
-            ..raw("http://o:1")
-        })
-        .unwrap_err();
+        let err =
+            Config::from_raw(RawConfig { first_byte_timeout: Some("0s".into()), ..raw("http://o:1") }).unwrap_err();
         assert!(err.0.contains("first_byte_timeout"), "{err}");
     }
 
     #[test]
     fn flags_override_file() {
-        let file = RawConfig {
-            listen: Some("127.0.0.1:1".into()),
-            memory: Some("2MiB".into()),
-            ..raw("http://o:1")
-        };
-        let flags = RawConfig {
-            listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        };
+        let file = RawConfig { listen: Some("127.0.0.1:1".into()), memory: Some("2MiB".into()), ..raw("http://o:1") };
+        let flags = RawConfig { listen: Some("127.0.0.1:2".into()), ..Default::default() };
         let c = Config::from_raw(flags.or(file)).unwrap();
         assert_eq!(c.listen.port(), 2);
         assert_eq!(c.memory, 2 << 20);
@@ -344,8 +292,7 @@ mod tests {
 
     #[test]
     fn unknown_file_keys_are_refused_by_name() {
-        let err =
-            toml::from_str::<RawConfig>("origin = \"http://o:1\"\nmemroy = \"1GiB\"").unwrap_err();
+        let err = toml::from_str::<RawConfig>("origin = \"http://o:1\"\nmemroy = \"1GiB\"").unwrap_err();
         assert!(err.to_string().contains("memroy"), "{err}");
     }
 

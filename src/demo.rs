@@ -25,10 +25,7 @@ struct App {
 
 /// Serves the demo origin on `listener` forever.
 pub async fn serve_origin(listener: TcpListener) {
-    let app = Arc::new(App {
-        counter: AtomicU64::new(0),
-        price: AtomicU64::new(1999),
-    });
+    let app = Arc::new(App { counter: AtomicU64::new(0), price: AtomicU64::new(1999) });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -40,18 +37,12 @@ pub async fn serve_origin(listener: TcpListener) {
                 let app = app.clone();
                 async move { Ok::<_, Infallible>(route(&app, req).await) }
             });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
+            let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-fn respond(
-    status: StatusCode,
-    headers: &[(&'static str, String)],
-    body: impl Into<Bytes>,
-) -> Response<Full<Bytes>> {
+fn respond(status: StatusCode, headers: &[(&'static str, String)], body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     for (k, v) in headers {
@@ -101,10 +92,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             &[
                 ("content-type", "text/javascript".into()),
-                (
-                    "cache-control",
-                    "public, max-age=31536000, immutable".into(),
-                ),
+                ("cache-control", "public, max-age=31536000, immutable".into()),
             ],
             "console.log('fingerprinted asset: cached for a year');\n",
         ),
@@ -112,10 +100,7 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             StatusCode::OK,
             &[
                 ("content-type", "text/javascript".into()),
-                (
-                    "cache-control",
-                    "max-age=10, stale-while-revalidate=30, stale-if-error=86400".into(),
-                ),
+                ("cache-control", "max-age=10, stale-while-revalidate=30, stale-if-error=86400".into()),
                 ("last-modified", published()),
             ],
             "console.log('unfingerprinted asset: short TTL, served stale while revalidating');\n",
@@ -164,30 +149,19 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             let n: usize = p["/bytes/".len()..].parse().unwrap_or(0).min(64 << 20);
             respond(
                 StatusCode::OK,
-                &[
-                    ("cache-control", "max-age=3600".into()),
-                    ("content-type", "application/octet-stream".into()),
-                ],
+                &[("cache-control", "max-age=3600".into()), ("content-type", "application/octet-stream".into())],
                 vec![b'x'; n],
             )
         }
         (Method::GET | Method::HEAD, p) if p.starts_with("/delay/") => {
             let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0).min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            respond(
-                StatusCode::OK,
-                &[("cache-control", "max-age=3600".into())],
-                format!("waited {ms} ms\n"),
-            )
+            respond(StatusCode::OK, &[("cache-control", "max-age=3600".into())], format!("waited {ms} ms\n"))
         }
         _ => {
             // Drain any body so the connection stays usable.
             let _ = req.into_body().collect().await;
-            respond(
-                StatusCode::NOT_FOUND,
-                &[("cache-control", "max-age=10".into())],
-                "not found\n",
-            )
+            respond(StatusCode::NOT_FOUND, &[("cache-control", "max-age=10".into())], "not found\n")
         }
     }
 }

@@ -26,13 +26,7 @@ pub struct CacheKey {
 }
 
 impl KeyPolicy {
-    pub fn key(
-        &self,
-        scheme: &str,
-        authority: &str,
-        path_and_query: &str,
-        headers: &HeaderMap,
-    ) -> CacheKey {
+    pub fn key(&self, scheme: &str, authority: &str, path_and_query: &str, headers: &HeaderMap) -> CacheKey {
         let (path, query) = match path_and_query.split_once('?') {
             Some((p, q)) => (p, Some(q)),
             None => (path_and_query, None),
@@ -80,11 +74,7 @@ impl KeyPolicy {
 /// Lowercase scheme and host, default port removed (RFC 3986 §6.2.2.1, §6.2.3).
 pub fn normalise_origin(scheme: &str, authority: &str) -> String {
     let scheme = scheme.to_ascii_lowercase();
-    let mut host = authority
-        .rsplit('@')
-        .next()
-        .unwrap_or(authority)
-        .to_ascii_lowercase();
+    let mut host = authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase();
     let default_port = if scheme == "https" { ":443" } else { ":80" };
     if host.ends_with(default_port) {
         host.truncate(host.len() - default_port.len());
@@ -174,50 +164,29 @@ mod tests {
     fn rfc3986_6_2_case_port_and_percent_normalisation() {
         let p = KeyPolicy::default();
         assert_eq!(url(&p, "HTTP", "Example.COM:80", ""), "http://example.com/");
-        assert_eq!(
-            url(&p, "https", "a.test:443", "/%7euser/%2f"),
-            "https://a.test/~user/%2F"
-        );
+        assert_eq!(url(&p, "https", "a.test:443", "/%7euser/%2f"), "https://a.test/~user/%2F");
         assert_eq!(url(&p, "http", "a.test:8080", "/x"), "http://a.test:8080/x");
-        assert_eq!(
-            url(&p, "http", "a.test", "/a/./b/../c"),
-            "http://a.test/a/c"
-        );
+        assert_eq!(url(&p, "http", "a.test", "/a/./b/../c"), "http://a.test/a/c");
     }
 
     #[test]
     fn query_order_kept_unless_sorting_is_configured() {
         let p = KeyPolicy::default();
         assert_eq!(url(&p, "http", "a", "/p?b=2&a=1"), "http://a/p?b=2&a=1");
-        let sorted = KeyPolicy {
-            sort_query: true,
-            ..Default::default()
-        };
-        assert_eq!(
-            url(&sorted, "http", "a", "/p?b=2&a=1"),
-            "http://a/p?a=1&b=2"
-        );
+        let sorted = KeyPolicy { sort_query: true, ..Default::default() };
+        assert_eq!(url(&sorted, "http", "a", "/p?b=2&a=1"), "http://a/p?a=1&b=2");
     }
 
     #[test]
     fn ignored_query_params_do_not_count() {
-        let p = KeyPolicy {
-            ignore_query_params: vec!["utm_source".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            url(&p, "http", "a", "/p?utm_source=x&id=3"),
-            "http://a/p?id=3"
-        );
+        let p = KeyPolicy { ignore_query_params: vec!["utm_source".into()], ..Default::default() };
+        assert_eq!(url(&p, "http", "a", "/p?utm_source=x&id=3"), "http://a/p?id=3");
         assert_eq!(url(&p, "http", "a", "/p?utm_source=x"), "http://a/p");
     }
 
     #[test]
     fn cohort_cookie_separates_keys_but_not_urls() {
-        let p = KeyPolicy {
-            cookies: vec!["exp".into()],
-            ..Default::default()
-        };
+        let p = KeyPolicy { cookies: vec!["exp".into()], ..Default::default() };
         let mut a = HeaderMap::new();
         a.insert("cookie", HeaderValue::from_static("sid=1; exp=blue"));
         let mut b = HeaderMap::new();

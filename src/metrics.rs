@@ -12,9 +12,7 @@ use crate::store::Store;
 /// Installs the global recorder; returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
     let recorder = PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ])
+        .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         .expect("static buckets are valid")
         .build_recorder();
     let handle = recorder.handle();
@@ -38,16 +36,10 @@ pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) {
 }
 
 fn cache_label(entry: &str) -> &'static str {
-    let has = |p: &str| {
-        entry
-            .split(';')
-            .any(|s| s.trim() == p || s.trim().starts_with(&format!("{p}=")))
-    };
+    let has = |p: &str| entry.split(';').any(|s| s.trim() == p || s.trim().starts_with(&format!("{p}=")));
     if has("hit") {
         "hit"
-    } else if entry.contains("detail=stale-while-revalidate")
-        || entry.contains("detail=stale-if-error")
-    {
+    } else if entry.contains("detail=stale-while-revalidate") || entry.contains("detail=stale-if-error") {
         "stale"
     } else if entry.contains("fwd=stale") || entry.contains("fwd=request") {
         "revalidated"
@@ -87,27 +79,13 @@ pub fn render(handle: &PrometheusHandle, store: &dyn Store) -> String {
     let s = store.stats();
     let mut out = handle.render();
     let gauges = [
-        (
-            "fresco_store_objects",
-            "Stored responses (all variants).",
-            s.objects,
-        ),
+        ("fresco_store_objects", "Stored responses (all variants).", s.objects),
         ("fresco_store_keys", "Cache keys in the store.", s.keys),
-        (
-            "fresco_store_bytes",
-            "Bytes accounted in the store.",
-            s.bytes,
-        ),
-        (
-            "fresco_store_capacity_bytes",
-            "The store's byte budget.",
-            s.capacity,
-        ),
+        ("fresco_store_bytes", "Bytes accounted in the store.", s.bytes),
+        ("fresco_store_capacity_bytes", "The store's byte budget.", s.capacity),
     ];
     for (name, help, value) in gauges {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
-        ));
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
     }
     out.push_str(&format!(
         "# HELP fresco_store_evictions_total Objects evicted for space.\n# TYPE fresco_store_evictions_total counter\nfresco_store_evictions_total {}\n",

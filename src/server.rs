@@ -39,17 +39,8 @@ pub fn build_proxy(cfg: &Config) -> Arc<Proxy> {
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
     let store = Arc::new(MemoryStore::new(cfg.memory));
-    let upstream = Upstream::new(
-        cfg.origin.clone(),
-        cfg.connect_timeout,
-        cfg.first_byte_timeout,
-    );
-    Arc::new(Proxy::new(
-        settings,
-        store,
-        Arc::new(Invalidations::default()),
-        upstream,
-    ))
+    let upstream = Upstream::new(cfg.origin.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
+    Arc::new(Proxy::new(settings, store, Arc::new(Invalidations::default()), upstream))
 }
 
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
@@ -60,23 +51,15 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
     };
-    let data = TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {} (`listen`): {e}", cfg.listen))?;
-    let admin_listener = TcpListener::bind(cfg.admin)
-        .await
-        .map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
+    let data =
+        TcpListener::bind(cfg.listen).await.map_err(|e| format!("cannot listen on {} (`listen`): {e}", cfg.listen))?;
+    let admin_listener =
+        TcpListener::bind(cfg.admin).await.map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
     let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AdminState {
-        proxy: proxy.clone(),
-        metrics: metrics::install(),
-    };
+    let state = AdminState { proxy: proxy.clone(), metrics: metrics::install() };
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
-    println!(
-        "fresco ready data={data_addr} admin={admin_addr} origin={}",
-        cfg.origin
-    );
+    println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
 
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -85,10 +68,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(cfg.max_header_size.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_size as u32);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(cfg.max_header_size as u32);
     let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -135,10 +115,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     }
     drop(data);
     tracing::info!("draining connections");
-    if tokio::time::timeout(DRAIN, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN:?}; closing");
     }
     let _ = admin_task.await;

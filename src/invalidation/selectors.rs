@@ -90,10 +90,7 @@ pub struct Invalidations {
 impl Invalidations {
     /// The stamp for a fetch starting now.
     pub fn stamp(&self) -> Stamp {
-        Stamp {
-            log: self.applied.load(Ordering::Acquire),
-            local: self.local.load(Ordering::Acquire),
-        }
+        Stamp { log: self.applied.load(Ordering::Acquire), local: self.local.load(Ordering::Acquire) }
     }
 
     /// The highest log version applied.
@@ -105,15 +102,10 @@ impl Invalidations {
     pub fn apply(&self, selector: &Selector, mode: Mode, version: u64) {
         match selector {
             Selector::Url(u) => self.record(&self.urls, u, |m| m.record(mode, version)),
-            Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| {
-                m.record(mode, version)
-            }),
+            Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| m.record(mode, version)),
             Selector::Tag(t) => self.record(&self.tags, t, |m| m.record(mode, version)),
             Selector::All => {
-                self.all
-                    .write()
-                    .expect("invalidation lock")
-                    .record(mode, version);
+                self.all.write().expect("invalidation lock").record(mode, version);
                 self.records.fetch_add(1, Ordering::Release);
             }
         }
@@ -153,12 +145,7 @@ impl Invalidations {
                 _ => Validity::Valid,
             }
         };
-        if let Some(m) = self
-            .urls
-            .read()
-            .expect("invalidation lock")
-            .get(&*object.url)
-        {
+        if let Some(m) = self.urls.read().expect("invalidation lock").get(&*object.url) {
             consider(m.judge(stamp));
         }
         {
@@ -188,9 +175,7 @@ impl Invalidations {
 pub fn path_prefixes(url: &str) -> impl Iterator<Item = &str> {
     let without_query = url.split(['?', '#']).next().unwrap_or(url);
     let path_start = without_query.find("://").map_or(0, |i| i + 3);
-    let path_start = without_query[path_start..]
-        .find('/')
-        .map_or(without_query.len(), |i| path_start + i);
+    let path_start = without_query[path_start..].find('/').map_or(without_query.len(), |i| path_start + i);
     let ends = std::iter::once(path_start)
         .chain(
             without_query[path_start + 1.min(without_query.len() - path_start)..]
@@ -238,15 +223,7 @@ mod tests {
     #[test]
     fn prefixes_are_whole_segments() {
         let got: Vec<&str> = path_prefixes("http://h/foo/bar/baz?x=1").collect();
-        assert_eq!(
-            got,
-            vec![
-                "http://h",
-                "http://h/foo",
-                "http://h/foo/bar",
-                "http://h/foo/bar/baz"
-            ]
-        );
+        assert_eq!(got, vec!["http://h", "http://h/foo", "http://h/foo/bar", "http://h/foo/bar/baz"]);
         let got: Vec<&str> = path_prefixes("http://h/").collect();
         assert_eq!(got, vec!["http://h"]);
     }
@@ -255,42 +232,24 @@ mod tests {
     fn prefix_matches_segments_not_substrings() {
         let inv = Invalidations::default();
         inv.apply(&Selector::Prefix("http://h/foo/bar".into()), Mode::Hard, 1);
-        assert_eq!(
-            inv.check(&object("http://h/foo/bar/baz", &[], Stamp::default())),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/foo/bar?x", &[], Stamp::default())),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/foo/barbaz", &[], Stamp::default())),
-            Validity::Valid
-        );
+        assert_eq!(inv.check(&object("http://h/foo/bar/baz", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/foo/bar?x", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/foo/barbaz", &[], Stamp::default())), Validity::Valid);
     }
 
     #[test]
     fn object_fetched_after_invalidation_is_valid() {
         let inv = Invalidations::default();
         inv.apply(&Selector::Tag("p-1".into()), Mode::Hard, 5);
-        assert_eq!(
-            inv.check(&object("http://h/a", &["p-1"], Stamp { log: 4, local: 0 })),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/a", &["p-1"], Stamp { log: 5, local: 0 })),
-            Validity::Valid
-        );
+        assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 4, local: 0 })), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 5, local: 0 })), Validity::Valid);
     }
 
     #[test]
     fn duplicate_and_reordered_application_gives_same_state() {
         let a = Invalidations::default();
         let b = Invalidations::default();
-        let ops = [
-            (Selector::Tag("t".into()), Mode::Soft, 3),
-            (Selector::Tag("t".into()), Mode::Hard, 2),
-        ];
+        let ops = [(Selector::Tag("t".into()), Mode::Soft, 3), (Selector::Tag("t".into()), Mode::Hard, 2)];
         for (s, m, v) in &ops {
             a.apply(s, *m, *v);
         }
@@ -308,23 +267,11 @@ mod tests {
     fn soft_then_hard_is_hard_for_old_objects() {
         let inv = Invalidations::default();
         inv.apply(&Selector::All, Mode::Soft, 1);
-        assert_eq!(
-            inv.check(&object("http://h/x", &[], Stamp::default())),
-            Validity::Soft
-        );
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Soft);
         inv.apply(&Selector::Url("http://h/x".into()), Mode::Hard, 2);
-        assert_eq!(
-            inv.check(&object("http://h/x", &[], Stamp::default())),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/x", &[], Stamp { log: 1, local: 0 })),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/x", &[], Stamp { log: 2, local: 0 })),
-            Validity::Valid
-        );
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 1, local: 0 })), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 2, local: 0 })), Validity::Valid);
     }
 
     #[test]
@@ -332,13 +279,7 @@ mod tests {
         let inv = Invalidations::default();
         let before = inv.stamp();
         inv.invalidate_local("http://h/cart");
-        assert_eq!(
-            inv.check(&object("http://h/cart", &[], before)),
-            Validity::Hard
-        );
-        assert_eq!(
-            inv.check(&object("http://h/cart", &[], inv.stamp())),
-            Validity::Valid
-        );
+        assert_eq!(inv.check(&object("http://h/cart", &[], before)), Validity::Hard);
+        assert_eq!(inv.check(&object("http://h/cart", &[], inv.stamp())), Validity::Valid);
     }
 }

@@ -40,9 +40,7 @@ pub fn age_value(headers: &HeaderMap) -> Option<Duration> {
     if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let secs = first
-        .parse::<u64>()
-        .map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX));
+    let secs = first.parse::<u64>().map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX));
     Some(Duration::from_secs(secs))
 }
 
@@ -56,26 +54,16 @@ pub fn date_value(headers: &HeaderMap, response_time: SystemTime) -> SystemTime 
 }
 
 /// `corrected_initial_age` of §4.2.3, computed once when a response arrives.
-pub fn corrected_initial_age(
-    headers: &HeaderMap,
-    request_time: SystemTime,
-    response_time: SystemTime,
-) -> Duration {
+pub fn corrected_initial_age(headers: &HeaderMap, request_time: SystemTime, response_time: SystemTime) -> Duration {
     let date = date_value(headers, response_time);
     let apparent_age = response_time.duration_since(date).unwrap_or(Duration::ZERO);
-    let response_delay = response_time
-        .duration_since(request_time)
-        .unwrap_or(Duration::ZERO);
+    let response_delay = response_time.duration_since(request_time).unwrap_or(Duration::ZERO);
     let corrected_age_value = age_value(headers).unwrap_or(Duration::ZERO) + response_delay;
     apparent_age.max(corrected_age_value)
 }
 
 /// `current_age` of §4.2.3.
-pub fn current_age(
-    corrected_initial_age: Duration,
-    response_time: SystemTime,
-    now: SystemTime,
-) -> Duration {
+pub fn current_age(corrected_initial_age: Duration, response_time: SystemTime, now: SystemTime) -> Duration {
     corrected_initial_age + now.duration_since(response_time).unwrap_or(Duration::ZERO)
 }
 
@@ -116,45 +104,24 @@ mod tests {
     #[test]
     fn rfc9111_4_2_3_corrected_age_uses_response_delay() {
         let mut h = HeaderMap::new();
-        h.insert(
-            DATE,
-            HeaderValue::from_str(&format_http_date(at(1000))).unwrap(),
-        );
+        h.insert(DATE, HeaderValue::from_str(&format_http_date(at(1000))).unwrap());
         h.insert(AGE, HeaderValue::from_static("10"));
         // Requested at 1000, received at 1004: Age 10 plus 4 s in flight.
-        assert_eq!(
-            corrected_initial_age(&h, at(1000), at(1004)),
-            Duration::from_secs(14)
-        );
+        assert_eq!(corrected_initial_age(&h, at(1000), at(1004)), Duration::from_secs(14));
     }
 
     #[test]
     fn rfc9111_4_2_3_apparent_age_wins_when_larger() {
         let mut h = HeaderMap::new();
-        h.insert(
-            DATE,
-            HeaderValue::from_str(&format_http_date(at(900))).unwrap(),
-        );
-        assert_eq!(
-            corrected_initial_age(&h, at(1000), at(1000)),
-            Duration::from_secs(100)
-        );
+        h.insert(DATE, HeaderValue::from_str(&format_http_date(at(900))).unwrap());
+        assert_eq!(corrected_initial_age(&h, at(1000), at(1000)), Duration::from_secs(100));
     }
 
     #[test]
     fn rfc9111_4_2_3_date_in_the_future_gives_zero_apparent_age() {
         let mut h = HeaderMap::new();
-        h.insert(
-            DATE,
-            HeaderValue::from_str(&format_http_date(at(5000))).unwrap(),
-        );
-        assert_eq!(
-            corrected_initial_age(&h, at(1000), at(1000)),
-            Duration::ZERO
-        );
-        assert_eq!(
-            current_age(Duration::ZERO, at(1000), at(1042)),
-            Duration::from_secs(42)
-        );
+        h.insert(DATE, HeaderValue::from_str(&format_http_date(at(5000))).unwrap());
+        assert_eq!(corrected_initial_age(&h, at(1000), at(1000)), Duration::ZERO);
+        assert_eq!(current_age(Duration::ZERO, at(1000), at(1042)), Duration::from_secs(42));
     }
 }

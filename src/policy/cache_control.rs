@@ -29,10 +29,7 @@ impl Delta {
         if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
             return Delta::Invalid;
         }
-        Delta::Valid(
-            arg.parse::<u64>()
-                .map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)),
-        )
+        Delta::Valid(arg.parse::<u64>().map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)))
     }
 
     /// Seconds, with an invalid argument counted as zero ("treat as stale").
@@ -126,9 +123,7 @@ impl CacheControl {
             "max-age" => first(&mut self.max_age, || Delta::parse(arg)),
             "s-maxage" => first(&mut self.s_maxage, || Delta::parse(arg)),
             "min-fresh" => first(&mut self.min_fresh, || Delta::parse(arg)),
-            "stale-while-revalidate" => {
-                first(&mut self.stale_while_revalidate, || Delta::parse(arg))
-            }
+            "stale-while-revalidate" => first(&mut self.stale_while_revalidate, || Delta::parse(arg)),
             "stale-if-error" => first(&mut self.stale_if_error, || Delta::parse(arg)),
             "max-stale" => first(&mut self.max_stale, || {
                 match arg.map(|a| Delta::parse(Some(a))) {
@@ -159,15 +154,9 @@ fn merge_scope(slot: &mut Option<FieldScope>, arg: Option<&str>) {
     let new = match arg {
         None => FieldScope::All,
         Some(list) => {
-            let names: Vec<HeaderName> = list
-                .split(',')
-                .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-                .collect();
-            if names.is_empty() {
-                FieldScope::All
-            } else {
-                FieldScope::Fields(names)
-            }
+            let names: Vec<HeaderName> =
+                list.split(',').filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok()).collect();
+            if names.is_empty() { FieldScope::All } else { FieldScope::Fields(names) }
         }
     };
     *slot = Some(match (slot.take(), new) {
@@ -220,11 +209,7 @@ pub fn split_list(text: &str) -> impl Iterator<Item = &str> {
                 }
             }
             let item = rest[..end].trim();
-            rest = if end < bytes.len() {
-                &rest[end + 1..]
-            } else {
-                ""
-            };
+            rest = if end < bytes.len() { &rest[end + 1..] } else { "" };
             if !item.is_empty() {
                 return Some(item);
             }
@@ -287,11 +272,7 @@ pub fn parse_cdn_cache_control(headers: &HeaderMap, name: &HeaderName) -> Option
                     sfparse::Value::Token(r) => Some(joined[r].to_string()),
                     sfparse::Value::String { range, escape } => {
                         let raw = &joined[range];
-                        Some(if escape {
-                            raw.replace("\\\"", "\"").replace("\\\\", "\\")
-                        } else {
-                            raw.to_string()
-                        })
+                        Some(if escape { raw.replace("\\\"", "\"").replace("\\\\", "\\") } else { raw.to_string() })
                     }
                     // Negative integers, decimals and the like are not valid
                     // arguments for any directive.
@@ -333,15 +314,9 @@ pub fn parse_surrogate_control(headers: &HeaderMap, device: &str) -> Option<Cach
             if name == "content" {
                 continue;
             }
-            let name = if name == "no-store-remote" {
-                "no-store".to_string()
-            } else {
-                name
-            };
+            let name = if name == "no-store-remote" { "no-store".to_string() } else { name };
             let arg = match (name.as_str(), arg) {
-                ("max-age", Some(a)) => {
-                    Some(a.split('+').next().unwrap_or_default().trim().to_string())
-                }
+                ("max-age", Some(a)) => Some(a.split('+').next().unwrap_or_default().trim().to_string()),
                 (_, a) => a,
             };
             match target {
@@ -351,11 +326,7 @@ pub fn parse_surrogate_control(headers: &HeaderMap, device: &str) -> Option<Cach
             }
         }
     }
-    let chosen = if targeted.is_empty() {
-        general
-    } else {
-        targeted
-    };
+    let chosen = if targeted.is_empty() { general } else { targeted };
     if chosen.is_empty() {
         return None;
     }
@@ -374,10 +345,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -391,38 +359,19 @@ mod tests {
 
     #[test]
     fn rfc9111_5_2_quoted_arguments_are_accepted() {
-        assert_eq!(
-            CacheControl::parse("max-age=\"30\"").max_age,
-            Some(Delta::Valid(30))
-        );
+        assert_eq!(CacheControl::parse("max-age=\"30\"").max_age, Some(Delta::Valid(30)));
     }
 
     #[test]
     fn rfc9111_4_2_1_duplicate_directive_uses_first() {
-        let h = headers(&[
-            ("cache-control", "max-age=10"),
-            ("cache-control", "max-age=99"),
-        ]);
-        assert_eq!(
-            CacheControl::from_headers(&h).max_age,
-            Some(Delta::Valid(10))
-        );
+        let h = headers(&[("cache-control", "max-age=10"), ("cache-control", "max-age=99")]);
+        assert_eq!(CacheControl::from_headers(&h).max_age, Some(Delta::Valid(10)));
     }
 
     #[test]
     fn rfc9111_4_2_1_invalid_max_age_is_kept_as_invalid() {
-        for bad in [
-            "max-age=abc",
-            "max-age=-5",
-            "max-age=1.5",
-            "max-age",
-            "max-age=",
-        ] {
-            assert_eq!(
-                CacheControl::parse(bad).max_age,
-                Some(Delta::Invalid),
-                "{bad}"
-            );
+        for bad in ["max-age=abc", "max-age=-5", "max-age=1.5", "max-age", "max-age="] {
+            assert_eq!(CacheControl::parse(bad).max_age, Some(Delta::Invalid), "{bad}");
         }
     }
 
@@ -437,10 +386,7 @@ mod tests {
         let cc = CacheControl::parse("private=\"Set-Cookie, X-User\", max-age=5");
         assert_eq!(
             cc.private,
-            Some(FieldScope::Fields(vec![
-                HeaderName::from_static("set-cookie"),
-                HeaderName::from_static("x-user")
-            ]))
+            Some(FieldScope::Fields(vec![HeaderName::from_static("set-cookie"), HeaderName::from_static("x-user")]))
         );
         assert_eq!(cc.max_age, Some(Delta::Valid(5)));
     }
@@ -453,14 +399,8 @@ mod tests {
 
     #[test]
     fn rfc9111_5_2_1_2_max_stale_with_and_without_value() {
-        assert_eq!(
-            CacheControl::parse("max-stale").max_stale,
-            Some(MaxStale::Any)
-        );
-        assert_eq!(
-            CacheControl::parse("max-stale=20").max_stale,
-            Some(MaxStale::Limit(20))
-        );
+        assert_eq!(CacheControl::parse("max-stale").max_stale, Some(MaxStale::Any));
+        assert_eq!(CacheControl::parse("max-stale=20").max_stale, Some(MaxStale::Limit(20)));
     }
 
     #[test]
@@ -471,9 +411,7 @@ mod tests {
 
     #[test]
     fn rfc8246_immutable_and_rfc5861_windows_are_parsed() {
-        let cc = CacheControl::parse(
-            "max-age=1, immutable, stale-while-revalidate=30, stale-if-error=86400",
-        );
+        let cc = CacheControl::parse("max-age=1, immutable, stale-while-revalidate=30, stale-if-error=86400");
         assert!(cc.immutable);
         assert_eq!(cc.stale_while_revalidate, Some(Delta::Valid(30)));
         assert_eq!(cc.stale_if_error, Some(Delta::Valid(86400)));
@@ -482,11 +420,8 @@ mod tests {
     #[test]
     fn rfc9213_cdn_cache_control_is_a_dictionary() {
         let name = HeaderName::from_static("cdn-cache-control");
-        let cc = parse_cdn_cache_control(
-            &headers(&[("cdn-cache-control", "max-age=600, must-revalidate")]),
-            &name,
-        )
-        .unwrap();
+        let cc =
+            parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=600, must-revalidate")]), &name).unwrap();
         assert_eq!(cc.max_age, Some(Delta::Valid(600)));
         assert!(cc.must_revalidate);
     }
@@ -494,10 +429,7 @@ mod tests {
     #[test]
     fn rfc9213_2_1_invalid_or_empty_cdn_cache_control_is_ignored() {
         let name = HeaderName::from_static("cdn-cache-control");
-        assert!(
-            parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=6,,")]), &name)
-                .is_none()
-        );
+        assert!(parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=6,,")]), &name).is_none());
         assert!(parse_cdn_cache_control(&headers(&[("cdn-cache-control", "")]), &name).is_none());
         assert!(parse_cdn_cache_control(&HeaderMap::new(), &name).is_none());
     }
@@ -505,17 +437,13 @@ mod tests {
     #[test]
     fn rfc9213_cdn_cache_control_decimal_max_age_is_invalid() {
         let name = HeaderName::from_static("cdn-cache-control");
-        let cc = parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=1.5")]), &name)
-            .unwrap();
+        let cc = parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=1.5")]), &name).unwrap();
         assert_eq!(cc.max_age, Some(Delta::Invalid));
     }
 
     #[test]
     fn surrogate_control_targeting_picks_our_directives() {
-        let h = headers(&[(
-            "surrogate-control",
-            "max-age=300;fresco, max-age=10;other, no-store;other",
-        )]);
+        let h = headers(&[("surrogate-control", "max-age=300;fresco, max-age=10;other, no-store;other")]);
         let cc = parse_surrogate_control(&h, "fresco").unwrap();
         assert_eq!(cc.max_age, Some(Delta::Valid(300)));
         assert!(!cc.no_store);
@@ -526,9 +454,6 @@ mod tests {
         let h = headers(&[("surrogate-control", "no-store;akamai, content=\"ESI/1.0\"")]);
         assert!(parse_surrogate_control(&h, "fresco").is_none());
         let h = headers(&[("surrogate-control", "max-age=60+30, content=\"ESI/1.0\"")]);
-        assert_eq!(
-            parse_surrogate_control(&h, "fresco").unwrap().max_age,
-            Some(Delta::Valid(60))
-        );
+        assert_eq!(parse_surrogate_control(&h, "fresco").unwrap().max_age, Some(Delta::Valid(60)));
     }
 }

@@ -44,18 +44,11 @@ pub struct CacheStatus {
 
 impl CacheStatus {
     pub fn hit(ttl: i64) -> CacheStatus {
-        CacheStatus {
-            hit: true,
-            ttl: Some(ttl),
-            ..Default::default()
-        }
+        CacheStatus { hit: true, ttl: Some(ttl), ..Default::default() }
     }
 
     pub fn forward(fwd: Fwd) -> CacheStatus {
-        CacheStatus {
-            fwd: Some(fwd),
-            ..Default::default()
-        }
+        CacheStatus { fwd: Some(fwd), ..Default::default() }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> CacheStatus {
@@ -88,9 +81,7 @@ impl CacheStatus {
             // A token when it is one, else a quoted string (RFC 9651 §3.3).
             if !detail.is_empty()
                 && detail.starts_with(|c: char| c.is_ascii_alphabetic())
-                && detail
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
+                && detail.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
             {
                 let _ = write!(out, "; detail={detail}");
             } else {
@@ -120,19 +111,13 @@ mod tests {
             ttl: Some(60),
             ..Default::default()
         };
-        assert_eq!(
-            s.render("fresco"),
-            "fresco; fwd=stale; fwd-status=304; stored; ttl=60"
-        );
+        assert_eq!(s.render("fresco"), "fresco; fwd=stale; fwd-status=304; stored; ttl=60");
     }
 
     #[test]
     fn rfc9211_2_8_detail_is_quoted_when_not_a_token() {
         let s = CacheStatus::forward(Fwd::UriMiss).with_detail("origin timeout");
-        assert_eq!(
-            s.render("fresco"),
-            "fresco; fwd=uri-miss; detail=\"origin timeout\""
-        );
+        assert_eq!(s.render("fresco"), "fresco; fwd=uri-miss; detail=\"origin timeout\"");
         let s = CacheStatus::forward(Fwd::Bypass).with_detail("private");
         assert_eq!(s.render("fresco"), "fresco; fwd=bypass; detail=private");
     }

@@ -5,9 +5,7 @@
 use std::time::SystemTime;
 
 use http::HeaderMap;
-use http::header::{
-    CONTENT_LENGTH, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED,
-};
+use http::header::{CONTENT_LENGTH, ETAG, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH, LAST_MODIFIED};
 
 use super::age;
 use super::headers::is_hop_by_hop;
@@ -61,23 +59,14 @@ fn last_modified(stored: &HeaderMap, response_time: SystemTime) -> SystemTime {
 pub fn not_modified(request: &HeaderMap, stored: &HeaderMap, response_time: SystemTime) -> bool {
     let inm: Vec<&HeaderValue> = request.get_all(IF_NONE_MATCH).iter().collect();
     if !inm.is_empty() {
-        let Some(stored_tag) = stored
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_etag)
-        else {
+        let Some(stored_tag) = stored.get(ETAG).and_then(|v| v.to_str().ok()).and_then(parse_etag) else {
             // `*` matches any current representation.
-            return inm
-                .iter()
-                .any(|v| v.to_str().is_ok_and(|t| t.trim() == "*"));
+            return inm.iter().any(|v| v.to_str().is_ok_and(|t| t.trim() == "*"));
         };
-        return inm
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .any(|line| match etag_list(line) {
-                None => true,
-                Some(tags) => tags.iter().any(|t| weak_match(t, &stored_tag)),
-            });
+        return inm.iter().filter_map(|v| v.to_str().ok()).any(|line| match etag_list(line) {
+            None => true,
+            Some(tags) => tags.iter().any(|t| weak_match(t, &stored_tag)),
+        });
     }
     match age::single_date(request, &IF_MODIFIED_SINCE) {
         Some(Ok(since)) => last_modified(stored, response_time) <= since,
@@ -108,14 +97,8 @@ pub fn has_validator(stored: &HeaderMap) -> bool {
 
 /// §4.3.4: may this 304 update the stored response we validated?
 pub fn not_modified_applies(stored: &HeaderMap, response: &HeaderMap) -> bool {
-    let new_tag = response
-        .get(ETAG)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_etag);
-    let old_tag = stored
-        .get(ETAG)
-        .and_then(|v| v.to_str().ok())
-        .and_then(parse_etag);
+    let new_tag = response.get(ETAG).and_then(|v| v.to_str().ok()).and_then(parse_etag);
+    let old_tag = stored.get(ETAG).and_then(|v| v.to_str().ok()).and_then(parse_etag);
     match (new_tag, old_tag) {
         (Some(new), Some(old)) if !new.weak => !old.weak && new.opaque == old.opaque,
         (Some(new), Some(old)) => new.opaque == old.opaque,
@@ -146,8 +129,7 @@ pub fn head_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
 pub fn freshen(stored: &mut HeaderMap, update: &HeaderMap) {
     let mut replaced: Vec<HeaderName> = Vec::new();
     for (name, value) in update {
-        if is_hop_by_hop(name, update) || *name == CONTENT_LENGTH || name.as_str() == "cache-status"
-        {
+        if is_hop_by_hop(name, update) || *name == CONTENT_LENGTH || name.as_str() == "cache-status" {
             continue;
         }
         if !replaced.contains(name) {
@@ -170,10 +152,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -185,53 +164,25 @@ mod tests {
     #[test]
     fn rfc9110_13_1_2_if_none_match_is_weak_comparison() {
         let stored = headers(&[("etag", "W/\"v1\"")]);
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"v1\"")]),
-            &stored,
-            at(0)
-        ));
-        assert!(not_modified(
-            &headers(&[("if-none-match", "\"x\", W/\"v1\"")]),
-            &stored,
-            at(0)
-        ));
-        assert!(!not_modified(
-            &headers(&[("if-none-match", "\"v2\"")]),
-            &stored,
-            at(0)
-        ));
+        assert!(not_modified(&headers(&[("if-none-match", "\"v1\"")]), &stored, at(0)));
+        assert!(not_modified(&headers(&[("if-none-match", "\"x\", W/\"v1\"")]), &stored, at(0)));
+        assert!(!not_modified(&headers(&[("if-none-match", "\"v2\"")]), &stored, at(0)));
     }
 
     #[test]
     fn rfc9110_13_1_2_star_matches_any_stored_response() {
-        assert!(not_modified(
-            &headers(&[("if-none-match", "*")]),
-            &HeaderMap::new(),
-            at(0)
-        ));
+        assert!(not_modified(&headers(&[("if-none-match", "*")]), &HeaderMap::new(), at(0)));
     }
 
     #[test]
     fn rfc9111_4_3_2_if_modified_since_uses_last_modified_then_date() {
         let lm = age::format_http_date(at(100));
         let stored = headers(&[("last-modified", &lm)]);
-        assert!(not_modified(
-            &headers(&[("if-modified-since", &lm)]),
-            &stored,
-            at(500)
-        ));
+        assert!(not_modified(&headers(&[("if-modified-since", &lm)]), &stored, at(500)));
         let earlier = age::format_http_date(at(99));
-        assert!(!not_modified(
-            &headers(&[("if-modified-since", &earlier)]),
-            &stored,
-            at(500)
-        ));
+        assert!(!not_modified(&headers(&[("if-modified-since", &earlier)]), &stored, at(500)));
         let stored = headers(&[("date", &age::format_http_date(at(200)))]);
-        assert!(not_modified(
-            &headers(&[("if-modified-since", &age::format_http_date(at(200)))]),
-            &stored,
-            at(500)
-        ));
+        assert!(not_modified(&headers(&[("if-modified-since", &age::format_http_date(at(200)))]), &stored, at(500)));
     }
 
     #[test]
@@ -244,35 +195,21 @@ mod tests {
 
     #[test]
     fn rfc9111_4_3_2_invalid_if_modified_since_is_ignored() {
-        assert!(!not_modified(
-            &headers(&[("if-modified-since", "yesterday")]),
-            &HeaderMap::new(),
-            at(0)
-        ));
+        assert!(!not_modified(&headers(&[("if-modified-since", "yesterday")]), &HeaderMap::new(), at(0)));
     }
 
     #[test]
     fn rfc9111_4_3_4_strong_validator_must_match_to_update() {
         let stored = headers(&[("etag", "\"a\"")]);
-        assert!(not_modified_applies(
-            &stored,
-            &headers(&[("etag", "\"a\"")])
-        ));
-        assert!(!not_modified_applies(
-            &stored,
-            &headers(&[("etag", "\"b\"")])
-        ));
+        assert!(not_modified_applies(&stored, &headers(&[("etag", "\"a\"")])));
+        assert!(!not_modified_applies(&stored, &headers(&[("etag", "\"b\"")])));
         assert!(not_modified_applies(&stored, &HeaderMap::new()));
     }
 
     #[test]
     fn rfc9111_3_2_freshen_replaces_fields_but_not_content_length() {
-        let mut stored = headers(&[
-            ("cache-control", "max-age=1"),
-            ("content-length", "5"),
-            ("x-a", "old"),
-            ("age", "50"),
-        ]);
+        let mut stored =
+            headers(&[("cache-control", "max-age=1"), ("content-length", "5"), ("x-a", "old"), ("age", "50")]);
         let update = headers(&[
             ("cache-control", "max-age=60"),
             ("content-length", "0"),
@@ -290,14 +227,8 @@ mod tests {
     #[test]
     fn rfc9111_4_3_5_head_with_different_validator_does_not_match() {
         let stored = headers(&[("etag", "\"a\""), ("content-length", "10")]);
-        assert!(head_matches(
-            &stored,
-            &headers(&[("etag", "\"a\""), ("content-length", "10")])
-        ));
+        assert!(head_matches(&stored, &headers(&[("etag", "\"a\""), ("content-length", "10")])));
         assert!(!head_matches(&stored, &headers(&[("etag", "\"b\"")])));
-        assert!(!head_matches(
-            &stored,
-            &headers(&[("content-length", "11")])
-        ));
+        assert!(!head_matches(&stored, &headers(&[("content-length", "11")])));
     }
 }

@@ -3,8 +3,8 @@
 //! the unsafe-method invalidation targets of RFC 9111 §4.4.
 
 use http::header::{
-    CONNECTION, CONTENT_LOCATION, HeaderName, LOCATION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION,
-    TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
+    CONNECTION, CONTENT_LOCATION, HeaderName, LOCATION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, Method, StatusCode, Uri};
 
@@ -15,45 +15,23 @@ const ALWAYS_HOP_BY_HOP: [&str; 3] = ["keep-alive", "proxy-connection", "http2-s
 /// True when `name` is hop-by-hop in a message with these `headers`: one of
 /// the fixed set, or listed in its Connection field.
 pub fn is_hop_by_hop(name: &HeaderName, headers: &HeaderMap) -> bool {
-    matches!(
-        *name,
-        CONNECTION
-            | TE
-            | TRANSFER_ENCODING
-            | UPGRADE
-            | TRAILER
-            | PROXY_AUTHENTICATE
-            | PROXY_AUTHORIZATION
-    ) || ALWAYS_HOP_BY_HOP.contains(&name.as_str())
+    matches!(*name, CONNECTION | TE | TRANSFER_ENCODING | UPGRADE | TRAILER | PROXY_AUTHENTICATE | PROXY_AUTHORIZATION)
+        || ALWAYS_HOP_BY_HOP.contains(&name.as_str())
         || connection_listed(headers).any(|n| n.eq_ignore_ascii_case(name.as_str()))
 }
 
 fn connection_listed(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(CONNECTION)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
+    headers.get_all(CONNECTION).into_iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim)
 }
 
 /// Removes hop-by-hop fields before a message is forwarded or stored.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = connection_listed(headers)
-        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
-        .collect();
+    let listed: Vec<HeaderName> =
+        connection_listed(headers).filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok()).collect();
     for name in listed {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        TE,
-        TRANSFER_ENCODING,
-        UPGRADE,
-        TRAILER,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-    ] {
+    for name in [CONNECTION, TE, TRANSFER_ENCODING, UPGRADE, TRAILER, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION] {
         headers.remove(name);
     }
     for name in ALWAYS_HOP_BY_HOP {
@@ -158,22 +136,15 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
 
     #[test]
     fn rfc9110_7_6_1_connection_listed_fields_are_removed() {
-        let mut h = headers(&[
-            ("connection", "close, x-secret"),
-            ("x-secret", "1"),
-            ("keep-alive", "5"),
-            ("x-kept", "1"),
-        ]);
+        let mut h =
+            headers(&[("connection", "close, x-secret"), ("x-secret", "1"), ("keep-alive", "5"), ("x-kept", "1")]);
         remove_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
@@ -182,19 +153,12 @@ mod tests {
     #[test]
     fn rfc9111_4_4_unsafe_success_invalidates_target_location_and_content_location() {
         let target: Uri = "http://shop.test/cart".parse().unwrap();
-        let resp = headers(&[
-            ("location", "/cart/42"),
-            ("content-location", "http://shop.test/cart?v=2"),
-        ]);
+        let resp = headers(&[("location", "/cart/42"), ("content-location", "http://shop.test/cart?v=2")]);
         let got = unsafe_invalidation_targets(&Method::POST, StatusCode::CREATED, &target, &resp);
-        let want: Vec<Uri> = [
-            "http://shop.test/cart",
-            "http://shop.test/cart/42",
-            "http://shop.test/cart?v=2",
-        ]
-        .iter()
-        .map(|u| u.parse().unwrap())
-        .collect();
+        let want: Vec<Uri> = ["http://shop.test/cart", "http://shop.test/cart/42", "http://shop.test/cart?v=2"]
+            .iter()
+            .map(|u| u.parse().unwrap())
+            .collect();
         assert_eq!(got, want);
     }
 
@@ -210,36 +174,19 @@ mod tests {
     fn rfc9111_4_4_errors_and_safe_methods_invalidate_nothing() {
         let target: Uri = "http://shop.test/cart".parse().unwrap();
         assert!(
-            unsafe_invalidation_targets(
-                &Method::POST,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &target,
-                &HeaderMap::new()
-            )
-            .is_empty()
-        );
-        assert!(
-            unsafe_invalidation_targets(
-                &Method::POST,
-                StatusCode::NOT_FOUND,
-                &target,
-                &HeaderMap::new()
-            )
-            .is_empty()
-        );
-        assert!(
-            unsafe_invalidation_targets(&Method::GET, StatusCode::OK, &target, &HeaderMap::new())
+            unsafe_invalidation_targets(&Method::POST, StatusCode::INTERNAL_SERVER_ERROR, &target, &HeaderMap::new())
                 .is_empty()
         );
+        assert!(
+            unsafe_invalidation_targets(&Method::POST, StatusCode::NOT_FOUND, &target, &HeaderMap::new()).is_empty()
+        );
+        assert!(unsafe_invalidation_targets(&Method::GET, StatusCode::OK, &target, &HeaderMap::new()).is_empty());
     }
 
     #[test]
     fn rfc9111_4_4_methods_of_unknown_safety_invalidate() {
         let target: Uri = "http://shop.test/x".parse().unwrap();
         let m = Method::from_bytes(b"FROB").unwrap();
-        assert_eq!(
-            unsafe_invalidation_targets(&m, StatusCode::OK, &target, &HeaderMap::new()),
-            vec![target]
-        );
+        assert_eq!(unsafe_invalidation_targets(&m, StatusCode::OK, &target, &HeaderMap::new()), vec![target]);
     }
 }

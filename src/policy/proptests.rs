@@ -16,10 +16,8 @@ fn header_map(name: &'static str, values: &[Vec<u8>]) -> HeaderMap {
 }
 
 fn field_bytes() -> impl Strategy<Value = Vec<Vec<u8>>> {
-    let chunk = prop_oneof![
-        prop::collection::vec(any::<u8>(), 0..64),
-        "[a-z=\",;*/ 0-9-]{0,40}".prop_map(String::into_bytes),
-    ];
+    let chunk =
+        prop_oneof![prop::collection::vec(any::<u8>(), 0..64), "[a-z=\",;*/ 0-9-]{0,40}".prop_map(String::into_bytes),];
     prop::collection::vec(chunk, 0..4)
 }
 

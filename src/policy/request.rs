@@ -26,16 +26,9 @@ impl RequestDirectives {
                 .get_all(PRAGMA)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .any(|v| {
-                    v.split(',')
-                        .any(|t| t.trim().eq_ignore_ascii_case("no-cache"))
-                });
+                .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("no-cache")));
         RequestDirectives {
-            cc: if has_cc {
-                CacheControl::from_headers(headers)
-            } else {
-                CacheControl::default()
-            },
+            cc: if has_cc { CacheControl::from_headers(headers) } else { CacheControl::default() },
             pragma_no_cache,
         }
     }
@@ -65,10 +58,7 @@ pub enum Reuse {
     StaleAccepted,
     /// Must be validated with upstream before use. `serve_stale_meanwhile`
     /// is true inside a `stale-while-revalidate` window (RFC 5861 §3).
-    Validate {
-        reason: ValidateReason,
-        serve_stale_meanwhile: bool,
-    },
+    Validate { reason: ValidateReason, serve_stale_meanwhile: bool },
 }
 
 /// State of a stored object that is not in its headers: whether an
@@ -113,32 +103,20 @@ pub fn reuse(
     // §5.2.2.4: unqualified no-cache always needs validation. A soft purge
     // is validated too, but may still be served inside a stale window.
     if d.no_cache == Some(FieldScope::All) {
-        return Reuse::Validate {
-            reason: ValidateReason::Stale,
-            serve_stale_meanwhile: false,
-        };
+        return Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
     }
     if req.no_cache() {
-        return Reuse::Validate {
-            reason: ValidateReason::Request,
-            serve_stale_meanwhile: false,
-        };
+        return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
     }
     if let Some(max_age) = req.cc.max_age {
         if age.as_secs() > max_age.seconds() {
-            return Reuse::Validate {
-                reason: ValidateReason::Request,
-                serve_stale_meanwhile: false,
-            };
+            return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
         }
     }
     if !is_stale(stored, state, now) {
         if let Some(min_fresh) = req.cc.min_fresh {
             if (stored.lifetime - age).as_secs() < min_fresh.seconds() {
-                return Reuse::Validate {
-                    reason: ValidateReason::Request,
-                    serve_stale_meanwhile: false,
-                };
+                return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
             }
         }
         return Reuse::Fresh;
@@ -146,10 +124,7 @@ pub fn reuse(
     // Stale from here on. RFC 8246: immutable never makes a stale response
     // fresh, so it plays no part.
     if stored.forbids_stale() || defaults.forbid {
-        return Reuse::Validate {
-            reason: ValidateReason::Stale,
-            serve_stale_meanwhile: false,
-        };
+        return Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
     }
     let staleness = stored.staleness(now);
     let accepted = match req.cc.max_stale {
@@ -162,10 +137,7 @@ pub fn reuse(
     }
     let swr = window(d.stale_while_revalidate, defaults.stale_while_revalidate);
     let serve_stale_meanwhile = swr.is_some_and(|w| staleness < w);
-    Reuse::Validate {
-        reason: ValidateReason::Stale,
-        serve_stale_meanwhile,
-    }
+    Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile }
 }
 
 /// RFC 5861 §4 and RFC 9111 §4.2.4: after an upstream error (5xx, timeout,
@@ -199,8 +171,7 @@ pub fn stale_if_error(
     };
     match client {
         Some(limit) => staleness <= limit,
-        None => window(stored.directives.stale_if_error, defaults.stale_if_error)
-            .is_some_and(|w| staleness <= w),
+        None => window(stored.directives.stale_if_error, defaults.stale_if_error).is_some_and(|w| staleness <= w),
     }
 }
 
@@ -219,10 +190,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -230,10 +198,7 @@ mod tests {
     /// A response received at t=0 with this Cache-Control.
     fn stored(cc: &str) -> ResponsePolicy {
         let mut h = headers(&[("cache-control", cc)]);
-        h.insert(
-            "date",
-            HeaderValue::from_str(&httpdate::fmt_http_date(at(0))).unwrap(),
-        );
+        h.insert("date", HeaderValue::from_str(&httpdate::fmt_http_date(at(0))).unwrap());
         ResponsePolicy::new(StatusCode::OK, &h, at(0), at(0), &PolicyConfig::default())
     }
 
@@ -246,23 +211,11 @@ mod tests {
     }
 
     fn decide(r: &str, s: &str, t: u64) -> Reuse {
-        reuse(
-            &req(r),
-            &stored(s),
-            ObjectState::default(),
-            StaleDefaults::default(),
-            at(t),
-        )
+        reuse(&req(r), &stored(s), ObjectState::default(), StaleDefaults::default(), at(t))
     }
 
-    const STALE: Reuse = Reuse::Validate {
-        reason: ValidateReason::Stale,
-        serve_stale_meanwhile: false,
-    };
-    const BY_REQUEST: Reuse = Reuse::Validate {
-        reason: ValidateReason::Request,
-        serve_stale_meanwhile: false,
-    };
+    const STALE: Reuse = Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
+    const BY_REQUEST: Reuse = Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
 
     #[test]
     fn rfc9111_4_2_fresh_until_lifetime_then_stale() {
@@ -279,30 +232,9 @@ mod tests {
     fn rfc9111_5_4_pragma_no_cache_only_without_cache_control() {
         let s = stored("max-age=60");
         let pragma = RequestDirectives::from_headers(&headers(&[("pragma", "no-cache")]));
-        assert_eq!(
-            reuse(
-                &pragma,
-                &s,
-                ObjectState::default(),
-                StaleDefaults::default(),
-                at(1)
-            ),
-            BY_REQUEST
-        );
-        let both = RequestDirectives::from_headers(&headers(&[
-            ("pragma", "no-cache"),
-            ("cache-control", "max-stale"),
-        ]));
-        assert_eq!(
-            reuse(
-                &both,
-                &s,
-                ObjectState::default(),
-                StaleDefaults::default(),
-                at(1)
-            ),
-            Reuse::Fresh
-        );
+        assert_eq!(reuse(&pragma, &s, ObjectState::default(), StaleDefaults::default(), at(1)), BY_REQUEST);
+        let both = RequestDirectives::from_headers(&headers(&[("pragma", "no-cache"), ("cache-control", "max-stale")]));
+        assert_eq!(reuse(&both, &s, ObjectState::default(), StaleDefaults::default(), at(1)), Reuse::Fresh);
     }
 
     #[test]
@@ -319,24 +251,14 @@ mod tests {
 
     #[test]
     fn rfc9111_5_2_1_2_max_stale_with_and_without_value() {
-        assert_eq!(
-            decide("max-stale", "max-age=60", 1000),
-            Reuse::StaleAccepted
-        );
-        assert_eq!(
-            decide("max-stale=10", "max-age=60", 70),
-            Reuse::StaleAccepted
-        );
+        assert_eq!(decide("max-stale", "max-age=60", 1000), Reuse::StaleAccepted);
+        assert_eq!(decide("max-stale=10", "max-age=60", 70), Reuse::StaleAccepted);
         assert_eq!(decide("max-stale=10", "max-age=60", 71), STALE);
     }
 
     #[test]
     fn rfc9111_4_2_4_max_stale_cannot_override_must_revalidate() {
-        for cc in [
-            "max-age=60, must-revalidate",
-            "max-age=60, proxy-revalidate",
-            "s-maxage=60",
-        ] {
+        for cc in ["max-age=60, must-revalidate", "max-age=60, proxy-revalidate", "s-maxage=60"] {
             assert_eq!(decide("max-stale", cc, 100), STALE, "{cc}");
         }
     }
@@ -354,45 +276,18 @@ mod tests {
 
     #[test]
     fn rfc5861_3_stale_while_revalidate_window() {
-        let swr = Reuse::Validate {
-            reason: ValidateReason::Stale,
-            serve_stale_meanwhile: true,
-        };
+        let swr = Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: true };
         assert_eq!(decide("", "max-age=60, stale-while-revalidate=30", 70), swr);
-        assert_eq!(
-            decide("", "max-age=60, stale-while-revalidate=30", 91),
-            STALE
-        );
-        assert_eq!(
-            decide(
-                "",
-                "max-age=60, stale-while-revalidate=30, must-revalidate",
-                70
-            ),
-            STALE
-        );
+        assert_eq!(decide("", "max-age=60, stale-while-revalidate=30", 91), STALE);
+        assert_eq!(decide("", "max-age=60, stale-while-revalidate=30, must-revalidate", 70), STALE);
     }
 
     #[test]
     fn soft_invalidation_makes_fresh_object_stale_but_inside_swr() {
         let s = stored("max-age=600, stale-while-revalidate=30");
-        let soft = ObjectState {
-            soft_invalidated: true,
-        };
-        let r = reuse(
-            &RequestDirectives::default(),
-            &s,
-            soft,
-            StaleDefaults::default(),
-            at(5),
-        );
-        assert_eq!(
-            r,
-            Reuse::Validate {
-                reason: ValidateReason::Stale,
-                serve_stale_meanwhile: true
-            }
-        );
+        let soft = ObjectState { soft_invalidated: true };
+        let r = reuse(&RequestDirectives::default(), &s, soft, StaleDefaults::default(), at(5));
+        assert_eq!(r, Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: true });
     }
 
     #[test]
@@ -400,90 +295,36 @@ mod tests {
         let s = stored("max-age=60, stale-if-error=100");
         let rd = RequestDirectives::default();
         let none = ObjectState::default();
-        assert!(stale_if_error(
-            &rd,
-            &s,
-            none,
-            StaleDefaults::default(),
-            at(160)
-        ));
-        assert!(!stale_if_error(
-            &rd,
-            &s,
-            none,
-            StaleDefaults::default(),
-            at(161)
-        ));
+        assert!(stale_if_error(&rd, &s, none, StaleDefaults::default(), at(160)));
+        assert!(!stale_if_error(&rd, &s, none, StaleDefaults::default(), at(161)));
     }
 
     #[test]
     fn rfc5861_4_request_stale_if_error_grants_and_bounds() {
         let none = ObjectState::default();
         let d = StaleDefaults::default();
-        assert!(stale_if_error(
-            &req("stale-if-error=50"),
-            &stored("max-age=60"),
-            none,
-            d,
-            at(110)
-        ));
-        assert!(!stale_if_error(
-            &req("stale-if-error=5"),
-            &stored("max-age=60, stale-if-error=100"),
-            none,
-            d,
-            at(110)
-        ));
-        assert!(stale_if_error(
-            &req("max-stale"),
-            &stored("max-age=60"),
-            none,
-            d,
-            at(10_000)
-        ));
+        assert!(stale_if_error(&req("stale-if-error=50"), &stored("max-age=60"), none, d, at(110)));
+        assert!(!stale_if_error(&req("stale-if-error=5"), &stored("max-age=60, stale-if-error=100"), none, d, at(110)));
+        assert!(stale_if_error(&req("max-stale"), &stored("max-age=60"), none, d, at(10_000)));
     }
 
     #[test]
     fn rfc9111_4_2_4_stale_if_error_never_overrides_must_revalidate() {
-        let d = StaleDefaults {
-            stale_if_error: Some(Duration::from_secs(86400)),
-            ..Default::default()
-        };
+        let d = StaleDefaults { stale_if_error: Some(Duration::from_secs(86400)), ..Default::default() };
         let none = ObjectState::default();
-        for cc in [
-            "max-age=1, must-revalidate, stale-if-error=100",
-            "s-maxage=1",
-            "max-age=1, proxy-revalidate",
-            "no-cache",
-        ] {
-            assert!(
-                !stale_if_error(&req("max-stale"), &stored(cc), none, d, at(5)),
-                "{cc}"
-            );
+        for cc in
+            ["max-age=1, must-revalidate, stale-if-error=100", "s-maxage=1", "max-age=1, proxy-revalidate", "no-cache"]
+        {
+            assert!(!stale_if_error(&req("max-stale"), &stored(cc), none, d, at(5)), "{cc}");
         }
     }
 
     #[test]
     fn content_class_defaults_apply_when_origin_is_silent() {
         let none = ObjectState::default();
-        let d = StaleDefaults {
-            stale_if_error: Some(Duration::from_secs(100)),
-            ..Default::default()
-        };
-        assert!(stale_if_error(
-            &RequestDirectives::default(),
-            &stored("max-age=60"),
-            none,
-            d,
-            at(150)
-        ));
+        let d = StaleDefaults { stale_if_error: Some(Duration::from_secs(100)), ..Default::default() };
+        assert!(stale_if_error(&RequestDirectives::default(), &stored("max-age=60"), none, d, at(150)));
         let forbid = StaleDefaults { forbid: true, ..d };
-        assert!(!stale_if_error(
-            &RequestDirectives::default(),
-            &stored("max-age=60"),
-            none,
-            forbid,
-            at(150)
-        ));
+        assert!(!stale_if_error(&RequestDirectives::default(), &stored("max-age=60"), none, forbid, at(150)));
     }
 }

@@ -103,20 +103,14 @@ impl NotStorable {
 
 /// Status codes that are heuristically cacheable (RFC 9110 §15.1).
 pub fn heuristically_cacheable(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
-    )
+    matches!(status.as_u16(), 200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
 /// Status codes whose caching semantics Fresco implements, for
 /// `must-understand` (§5.2.2.3). 206 is absent: Fresco does not store
 /// partial content.
 fn understood(status: StatusCode) -> bool {
-    matches!(
-        status.as_u16(),
-        200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501
-    )
+    matches!(status.as_u16(), 200 | 203 | 204 | 300 | 301 | 302 | 303 | 307 | 308 | 404 | 405 | 410 | 414 | 501)
 }
 
 impl ResponsePolicy {
@@ -130,19 +124,9 @@ impl ResponsePolicy {
         cfg: &PolicyConfig,
     ) -> ResponsePolicy {
         let (directives, source) = governing_directives(headers, cfg);
-        let corrected_initial_age =
-            age::corrected_initial_age(headers, request_time, response_time);
-        let (lifetime, heuristic) =
-            freshness_lifetime(status, headers, &directives, &source, response_time, cfg);
-        ResponsePolicy {
-            directives,
-            source,
-            lifetime,
-            heuristic,
-            request_time,
-            response_time,
-            corrected_initial_age,
-        }
+        let corrected_initial_age = age::corrected_initial_age(headers, request_time, response_time);
+        let (lifetime, heuristic) = freshness_lifetime(status, headers, &directives, &source, response_time, cfg);
+        ResponsePolicy { directives, source, lifetime, heuristic, request_time, response_time, corrected_initial_age }
     }
 
     /// `current_age` (§4.2.3) at `now`.
@@ -167,19 +151,13 @@ impl ResponsePolicy {
     /// `no-cache` (§5.2.2.4).
     pub fn forbids_stale(&self) -> bool {
         let d = &self.directives;
-        d.must_revalidate
-            || d.proxy_revalidate
-            || d.s_maxage.is_some()
-            || d.no_cache == Some(FieldScope::All)
+        d.must_revalidate || d.proxy_revalidate || d.s_maxage.is_some() || d.no_cache == Some(FieldScope::All)
     }
 }
 
 /// RFC 9213 §2.2: the first targeted field on our list that is present and
 /// valid replaces Cache-Control (and Expires) entirely.
-fn governing_directives(
-    headers: &HeaderMap,
-    cfg: &PolicyConfig,
-) -> (CacheControl, DirectiveSource) {
+fn governing_directives(headers: &HeaderMap, cfg: &PolicyConfig) -> (CacheControl, DirectiveSource) {
     for name in &cfg.targeted_fields {
         if let Some(cc) = cache_control::parse_cdn_cache_control(headers, name) {
             return (cc, DirectiveSource::Targeted(name.clone()));
@@ -188,10 +166,7 @@ fn governing_directives(
     if let Some(cc) = cache_control::parse_surrogate_control(headers, &cfg.surrogate_device) {
         return (cc, DirectiveSource::SurrogateControl);
     }
-    (
-        CacheControl::from_headers(headers),
-        DirectiveSource::CacheControl,
-    )
+    (CacheControl::from_headers(headers), DirectiveSource::CacheControl)
 }
 
 /// §4.2.1 with §4.2.2. Returns the lifetime and whether it is heuristic.
@@ -230,10 +205,7 @@ fn freshness_lifetime(
         if let Some(Ok(last_modified)) = age::single_date(headers, &LAST_MODIFIED) {
             let date = age::date_value(headers, response_time);
             let since = date.duration_since(last_modified).unwrap_or(Duration::ZERO);
-            return (
-                since.mul_f64(cfg.heuristic_fraction).min(cfg.heuristic_max),
-                true,
-            );
+            return (since.mul_f64(cfg.heuristic_fraction).min(cfg.heuristic_max), true);
         }
     }
     (Duration::ZERO, false)
@@ -254,10 +226,7 @@ pub fn storable(
     if method != Method::GET {
         return Err(NotStorable::Method);
     }
-    if status.is_informational()
-        || status == StatusCode::NOT_MODIFIED
-        || status == StatusCode::PARTIAL_CONTENT
-    {
+    if status.is_informational() || status == StatusCode::NOT_MODIFIED || status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStorable::Status);
     }
     // must-understand overrides no-store for status codes we understand
@@ -279,9 +248,7 @@ pub fn storable(
     }
     // §3.5: a response to an authenticated request is shared only when the
     // origin says so explicitly.
-    if request_headers.contains_key(AUTHORIZATION)
-        && !(d.must_revalidate || d.public || d.s_maxage.is_some())
-    {
+    if request_headers.contains_key(AUTHORIZATION) && !(d.must_revalidate || d.public || d.s_maxage.is_some()) {
         return Err(NotStorable::Authorization);
     }
     if !cfg.store_set_cookie && headers.contains_key(SET_COOKIE) {
@@ -299,11 +266,8 @@ pub fn storable(
     }
     // A response that is stale on arrival and can never be validated or
     // served stale would only take space.
-    let has_validator =
-        headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-    let stale_window = d
-        .stale_while_revalidate
-        .is_some_and(|w| w != Delta::Valid(0))
+    let has_validator = headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
+    let stale_window = d.stale_while_revalidate.is_some_and(|w| w != Delta::Valid(0))
         || d.stale_if_error.is_some_and(|w| w != Delta::Valid(0));
     if policy.lifetime.is_zero() && !has_validator && !stale_window {
         return Err(NotStorable::NoFreshness);
@@ -323,10 +287,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -336,13 +297,7 @@ mod tests {
     }
 
     fn analyse(status: u16, h: &HeaderMap) -> ResponsePolicy {
-        ResponsePolicy::new(
-            StatusCode::from_u16(status).unwrap(),
-            h,
-            at(0),
-            at(0),
-            &PolicyConfig::default(),
-        )
+        ResponsePolicy::new(StatusCode::from_u16(status).unwrap(), h, at(0), at(0), &PolicyConfig::default())
     }
 
     fn can_store(status: u16, h: &HeaderMap) -> Result<(), NotStorable> {
@@ -352,30 +307,14 @@ mod tests {
     fn can_store_for(status: u16, h: &HeaderMap, req: &HeaderMap) -> Result<(), NotStorable> {
         let p = analyse(status, h);
         let rd = RequestDirectives::from_headers(req);
-        storable(
-            &Method::GET,
-            &rd,
-            req,
-            StatusCode::from_u16(status).unwrap(),
-            h,
-            &p,
-            &PolicyConfig::default(),
-        )
+        storable(&Method::GET, &rd, req, StatusCode::from_u16(status).unwrap(), h, &p, &PolicyConfig::default())
     }
 
     #[test]
     fn rfc9111_4_2_1_s_maxage_beats_max_age_beats_expires() {
-        let h = headers(&[
-            ("cache-control", "max-age=10, s-maxage=20"),
-            ("date", &date(0)),
-            ("expires", &date(30)),
-        ]);
+        let h = headers(&[("cache-control", "max-age=10, s-maxage=20"), ("date", &date(0)), ("expires", &date(30))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(20));
-        let h = headers(&[
-            ("cache-control", "max-age=10"),
-            ("date", &date(0)),
-            ("expires", &date(30)),
-        ]);
+        let h = headers(&[("cache-control", "max-age=10"), ("date", &date(0)), ("expires", &date(30))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(10));
         let h = headers(&[("date", &date(0)), ("expires", &date(30))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(30));
@@ -385,24 +324,14 @@ mod tests {
     fn rfc9111_4_2_1_expires_minus_date_ignores_cache_clock_skew() {
         // Origin clock is an hour behind ours: the lifetime is still 60 s.
         let h = headers(&[("date", &date(0)), ("expires", &date(60))]);
-        let p = ResponsePolicy::new(
-            StatusCode::OK,
-            &h,
-            at(3600),
-            at(3600),
-            &PolicyConfig::default(),
-        );
+        let p = ResponsePolicy::new(StatusCode::OK, &h, at(3600), at(3600), &PolicyConfig::default());
         assert_eq!(p.lifetime, Duration::from_secs(60));
     }
 
     #[test]
     fn rfc9111_5_3_invalid_expires_means_expired() {
         for bad in ["0", "-1", "tomorrow"] {
-            let h = headers(&[
-                ("date", &date(0)),
-                ("expires", bad),
-                ("last-modified", &date(0)),
-            ]);
+            let h = headers(&[("date", &date(0)), ("expires", bad), ("last-modified", &date(0))]);
             let p = analyse(200, &h);
             assert_eq!(p.lifetime, Duration::ZERO, "{bad}");
             assert!(!p.heuristic);
@@ -411,21 +340,13 @@ mod tests {
 
     #[test]
     fn rfc9111_4_2_1_two_expires_lines_are_treated_as_stale() {
-        let h = headers(&[
-            ("date", &date(0)),
-            ("expires", &date(60)),
-            ("expires", &date(90)),
-        ]);
+        let h = headers(&[("date", &date(0)), ("expires", &date(60)), ("expires", &date(90))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::ZERO);
     }
 
     #[test]
     fn rfc9111_4_2_1_invalid_max_age_makes_stale_not_fallthrough() {
-        let h = headers(&[
-            ("cache-control", "max-age=soon"),
-            ("date", &date(0)),
-            ("expires", &date(600)),
-        ]);
+        let h = headers(&[("cache-control", "max-age=soon"), ("date", &date(0)), ("expires", &date(600))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::ZERO);
     }
 
@@ -435,10 +356,7 @@ mod tests {
         let p = analyse(200, &h);
         assert!(p.heuristic);
         assert_eq!(p.lifetime, Duration::from_secs(100));
-        let h = headers(&[
-            ("date", &date(100 * 24 * 3600)),
-            ("last-modified", &date(0)),
-        ]);
+        let h = headers(&[("date", &date(100 * 24 * 3600)), ("last-modified", &date(0))]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(24 * 3600));
     }
 
@@ -496,16 +414,8 @@ mod tests {
             can_store_for(200, &headers(&[("cache-control", "max-age=60")]), &req),
             Err(NotStorable::Authorization)
         );
-        for ok in [
-            "max-age=60, public",
-            "s-maxage=60",
-            "max-age=60, must-revalidate",
-        ] {
-            assert_eq!(
-                can_store_for(200, &headers(&[("cache-control", ok)]), &req),
-                Ok(()),
-                "{ok}"
-            );
+        for ok in ["max-age=60, public", "s-maxage=60", "max-age=60, must-revalidate"] {
+            assert_eq!(can_store_for(200, &headers(&[("cache-control", ok)]), &req), Ok(()), "{ok}");
         }
     }
 
@@ -530,27 +440,17 @@ mod tests {
 
     #[test]
     fn rfc9213_2_2_targeted_field_overrides_cache_control_and_expires() {
-        let h = headers(&[
-            ("cache-control", "no-store"),
-            ("cdn-cache-control", "max-age=600"),
-            ("expires", "0"),
-        ]);
+        let h = headers(&[("cache-control", "no-store"), ("cdn-cache-control", "max-age=600"), ("expires", "0")]);
         let p = analyse(200, &h);
         assert_eq!(p.lifetime, Duration::from_secs(600));
         assert_eq!(can_store(200, &h), Ok(()));
-        let h = headers(&[
-            ("cache-control", "max-age=600"),
-            ("cdn-cache-control", "no-store"),
-        ]);
+        let h = headers(&[("cache-control", "max-age=600"), ("cdn-cache-control", "no-store")]);
         assert_eq!(can_store(200, &h), Err(NotStorable::NoStoreResponse));
     }
 
     #[test]
     fn rfc9213_2_2_invalid_targeted_field_falls_back_to_cache_control() {
-        let h = headers(&[
-            ("cache-control", "max-age=60"),
-            ("cdn-cache-control", "max-age=\""),
-        ]);
+        let h = headers(&[("cache-control", "max-age=60"), ("cdn-cache-control", "max-age=\"")]);
         let p = analyse(200, &h);
         assert_eq!(p.source, DirectiveSource::CacheControl);
         assert_eq!(p.lifetime, Duration::from_secs(60));
@@ -558,40 +458,23 @@ mod tests {
 
     #[test]
     fn surrogate_control_governs_below_cdn_cache_control() {
-        let h = headers(&[
-            ("cache-control", "max-age=5"),
-            ("surrogate-control", "max-age=300"),
-        ]);
+        let h = headers(&[("cache-control", "max-age=5"), ("surrogate-control", "max-age=300")]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(300));
-        let h = headers(&[
-            ("cdn-cache-control", "max-age=7"),
-            ("surrogate-control", "max-age=300"),
-        ]);
+        let h = headers(&[("cdn-cache-control", "max-age=7"), ("surrogate-control", "max-age=300")]);
         assert_eq!(analyse(200, &h).lifetime, Duration::from_secs(7));
     }
 
     #[test]
     fn rfc9111_4_2_4_stale_forbidden_by_revalidate_directives() {
-        for cc in [
-            "max-age=1, must-revalidate",
-            "max-age=1, proxy-revalidate",
-            "s-maxage=1",
-            "no-cache",
-        ] {
-            assert!(
-                analyse(200, &headers(&[("cache-control", cc)])).forbids_stale(),
-                "{cc}"
-            );
+        for cc in ["max-age=1, must-revalidate", "max-age=1, proxy-revalidate", "s-maxage=1", "no-cache"] {
+            assert!(analyse(200, &headers(&[("cache-control", cc)])).forbids_stale(), "{cc}");
         }
         assert!(!analyse(200, &headers(&[("cache-control", "max-age=1")])).forbids_stale());
     }
 
     #[test]
     fn rfc9111_3_stale_on_arrival_without_validators_is_not_stored() {
-        assert_eq!(
-            can_store(200, &HeaderMap::new()),
-            Err(NotStorable::NoFreshness)
-        );
+        assert_eq!(can_store(200, &HeaderMap::new()), Err(NotStorable::NoFreshness));
         assert_eq!(can_store(200, &headers(&[("etag", "\"a\"")])), Ok(()));
     }
 }

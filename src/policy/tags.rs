@@ -18,26 +18,14 @@ pub fn tags(headers: &HeaderMap) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut add = |t: &str| {
         let t = t.trim();
-        if !t.is_empty()
-            && t.len() <= MAX_TAG_LEN
-            && out.len() < MAX_TAGS
-            && !out.iter().any(|o| o == t)
-        {
+        if !t.is_empty() && t.len() <= MAX_TAG_LEN && out.len() < MAX_TAGS && !out.iter().any(|o| o == t) {
             out.push(t.to_string());
         }
     };
-    for v in headers
-        .get_all("surrogate-key")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
+    for v in headers.get_all("surrogate-key").iter().filter_map(|v| v.to_str().ok()) {
         v.split_ascii_whitespace().for_each(&mut add);
     }
-    for v in headers
-        .get_all("cache-tag")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-    {
+    for v in headers.get_all("cache-tag").iter().filter_map(|v| v.to_str().ok()) {
         v.split(',').for_each(&mut add);
     }
     for group in cache_groups(headers, "cache-groups") {
@@ -67,11 +55,7 @@ pub fn cache_groups(headers: &HeaderMap, name: &str) -> Vec<String> {
             Ok(None) => return groups,
             Ok(Some(sfparse::Value::String { range, escape })) => {
                 let raw = &joined[range];
-                groups.push(if escape {
-                    raw.replace("\\\"", "\"").replace("\\\\", "\\")
-                } else {
-                    raw.to_string()
-                });
+                groups.push(if escape { raw.replace("\\\"", "\"").replace("\\\\", "\\") } else { raw.to_string() });
             }
             Ok(Some(_)) => {}
             Err(_) => return Vec::new(),
@@ -87,10 +71,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -102,23 +83,12 @@ mod tests {
             ("cache-tag", "product-1, home"),
             ("cache-groups", "\"g1\", \"g 2\""),
         ]);
-        assert_eq!(
-            tags(&h),
-            vec!["product-1", "category-9", "home", "g1", "g 2"]
-        );
+        assert_eq!(tags(&h), vec!["product-1", "category-9", "home", "g1", "g 2"]);
     }
 
     #[test]
     fn rfc9875_invalid_cache_groups_is_ignored_whole() {
-        assert!(
-            cache_groups(&headers(&[("cache-groups", "\"a\", \"b")]), "cache-groups").is_empty()
-        );
-        assert_eq!(
-            cache_groups(
-                &headers(&[("cache-groups", "\"a\", tok, 1")]),
-                "cache-groups"
-            ),
-            vec!["a"]
-        );
+        assert!(cache_groups(&headers(&[("cache-groups", "\"a\", \"b")]), "cache-groups").is_empty());
+        assert_eq!(cache_groups(&headers(&[("cache-groups", "\"a\", tok, 1")]), "cache-groups"), vec!["a"]);
     }
 }

@@ -49,10 +49,7 @@ pub fn vary_names(response_headers: &HeaderMap) -> Option<Vec<HeaderName>> {
 
 /// Fields whose values compare case-insensitively.
 fn case_insensitive(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "accept" | "accept-encoding" | "accept-language" | "accept-charset" | "origin" | "host"
-    )
+    matches!(name.as_str(), "accept" | "accept-encoding" | "accept-language" | "accept-charset" | "origin" | "host")
 }
 
 /// The normalised value of `name` in `request`, or None when absent.
@@ -81,27 +78,17 @@ pub fn normalised(request: &HeaderMap, name: &HeaderName) -> Option<String> {
 impl VaryKey {
     /// The key of `request` for a response that varies on `names`.
     pub fn for_request(names: &[HeaderName], request: &HeaderMap) -> VaryKey {
-        VaryKey {
-            fields: names
-                .iter()
-                .map(|n| (n.clone(), normalised(request, n)))
-                .collect(),
-        }
+        VaryKey { fields: names.iter().map(|n| (n.clone(), normalised(request, n))).collect() }
     }
 
     /// §4.1: does `request` select this variant?
     pub fn matches(&self, request: &HeaderMap) -> bool {
-        self.fields
-            .iter()
-            .all(|(name, value)| normalised(request, name) == *value)
+        self.fields.iter().all(|(name, value)| normalised(request, name) == *value)
     }
 
     /// Bytes used on the heap, for the memory budget.
     pub fn heap_size(&self) -> usize {
-        self.fields
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, String::len) + 48)
-            .sum()
+        self.fields.iter().map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, String::len) + 48).sum()
     }
 }
 
@@ -113,10 +100,7 @@ mod tests {
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         h
     }
@@ -129,18 +113,8 @@ mod tests {
 
     #[test]
     fn rfc9111_4_1_names_from_all_lines_deduplicated() {
-        let names = vary_names(&headers(&[
-            ("vary", "Accept-Encoding, accept"),
-            ("vary", "ACCEPT-ENCODING"),
-        ]))
-        .unwrap();
-        assert_eq!(
-            names,
-            vec![
-                HeaderName::from_static("accept-encoding"),
-                HeaderName::from_static("accept")
-            ]
-        );
+        let names = vary_names(&headers(&[("vary", "Accept-Encoding, accept"), ("vary", "ACCEPT-ENCODING")])).unwrap();
+        assert_eq!(names, vec![HeaderName::from_static("accept-encoding"), HeaderName::from_static("accept")]);
     }
 
     #[test]
@@ -148,10 +122,7 @@ mod tests {
         let names = [HeaderName::from_static("accept-encoding")];
         let key = VaryKey::for_request(&names, &headers(&[("accept-encoding", "gzip,  br")]));
         assert!(key.matches(&headers(&[("accept-encoding", "GZIP, br")])));
-        assert!(key.matches(&headers(&[
-            ("accept-encoding", "gzip"),
-            ("accept-encoding", "br")
-        ])));
+        assert!(key.matches(&headers(&[("accept-encoding", "gzip"), ("accept-encoding", "br")])));
         assert!(!key.matches(&headers(&[("accept-encoding", "br, gzip")])));
     }
 

@@ -48,14 +48,8 @@ impl Proxy {
         stale: Option<(Arc<CachedObject>, ObjectState)>,
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
-        let (mut reader, collapsed) = self.join_or_start(
-            &parts,
-            &target,
-            client,
-            &rd,
-            stale.as_ref().map(|s| s.0.clone()),
-            true,
-        );
+        let (mut reader, collapsed) =
+            self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), true);
         let mut outcome = if collapsed {
             match tokio::time::timeout(self.settings.lock_timeout, reader.outcome()).await {
                 Ok(o) => Some(o),
@@ -81,14 +75,8 @@ impl Proxy {
                 // After a failure the waiters share one retry; otherwise the
                 // leader's response was not for them and each asks alone.
                 let retry_shared = matches!(outcome, Some(Outcome::Failed(_)));
-                let (own, _) = self.join_or_start(
-                    &parts,
-                    &target,
-                    client,
-                    &rd,
-                    stale.as_ref().map(|s| s.0.clone()),
-                    retry_shared,
-                );
+                let (own, _) =
+                    self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), retry_shared);
                 reader = own;
                 outcome = Some(reader.outcome().await);
             }
@@ -104,21 +92,9 @@ impl Proxy {
             Outcome::Response(head) => {
                 if let Some((obj, state)) = &stale {
                     if is_server_error(head.status)
-                        && request::stale_if_error(
-                            &rd,
-                            &obj.policy,
-                            *state,
-                            self.settings.stale,
-                            now,
-                        )
+                        && request::stale_if_error(&rd, &obj.policy, *state, self.settings.stale, now)
                     {
-                        return self.serve_stale_on_error(
-                            &parts,
-                            obj,
-                            status,
-                            head.status.as_u16(),
-                            now,
-                        );
+                        return self.serve_stale_on_error(&parts, obj, status, head.status.as_u16(), now);
                     }
                 }
                 status.fwd_status = Some(head.status.as_u16());
@@ -142,11 +118,7 @@ impl Proxy {
                 status.detail = Some(err.detail().into());
                 // §5.2.2.2: a stored response that may not be served stale
                 // turns a failed validation into 504.
-                let code = if stale.is_some() {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    err.status()
-                };
+                let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
                 self.error(code, status, &format!("{err}\n"))
             }
         }
@@ -178,8 +150,7 @@ impl Proxy {
         rd: &RequestDirectives,
         obj: &Arc<CachedObject>,
     ) {
-        let (reader, joined) =
-            self.join_or_start(parts, target, client, rd, Some(obj.clone()), true);
+        let (reader, joined) = self.join_or_start(parts, target, client, rd, Some(obj.clone()), true);
         if !joined {
             metrics::background_revalidation();
         }
@@ -211,13 +182,7 @@ impl Proxy {
             }
             inflight.insert(key.clone(), fill.clone());
         }
-        let job = Job {
-            target: target.clone(),
-            client,
-            headers: parts.headers.clone(),
-            directives: rd.clone(),
-            stale,
-        };
+        let job = Job { target: target.clone(), client, headers: parts.headers.clone(), directives: rd.clone(), stale };
         let this = self.clone();
         tokio::spawn(async move { this.run_fill(fill, job, share).await });
         (reader, false)
@@ -244,10 +209,7 @@ impl Proxy {
                 map.retain(|_, until| *until > now);
             }
             if map.len() < 100_000 {
-                map.insert(
-                    key.to_string(),
-                    Instant::now() + self.settings.uncacheable_ttl,
-                );
+                map.insert(key.to_string(), Instant::now() + self.settings.uncacheable_ttl);
             }
         } else if !map.is_empty() {
             map.remove(key);
@@ -260,16 +222,10 @@ impl Proxy {
         // applied while it is in flight outranks what it brings back.
         let stamp = self.invalidations.stamp();
         let started = Instant::now();
-        let mut validate = job
-            .stale
-            .clone()
-            .filter(|o| conditional::has_validator(&o.headers));
+        let mut validate = job.stale.clone().filter(|o| conditional::has_validator(&o.headers));
         loop {
             let request_time = SystemTime::now();
-            let validators = validate
-                .as_ref()
-                .map(|o| conditional::validation_headers(&o.headers))
-                .unwrap_or_default();
+            let validators = validate.as_ref().map(|o| conditional::validation_headers(&o.headers)).unwrap_or_default();
             let req = self.upstream_request(
                 &Method::GET,
                 &job.target,
@@ -279,11 +235,7 @@ impl Proxy {
                 validators,
                 super::respond::empty(),
             );
-            metrics::origin_request(if validate.is_some() {
-                "revalidate"
-            } else {
-                "fetch"
-            });
+            metrics::origin_request(if validate.is_some() { "revalidate" } else { "fetch" });
             let resp = match self.upstream.send(req).await {
                 Ok(r) => r,
                 Err(e) => {
@@ -296,13 +248,7 @@ impl Proxy {
             if resp.status() == StatusCode::NOT_MODIFIED {
                 if let Some(old) = validate.take() {
                     if conditional::not_modified_applies(&old.headers, resp.headers()) {
-                        let fresh = self.freshened(
-                            &old,
-                            resp.headers(),
-                            request_time,
-                            response_time,
-                            stamp,
-                        );
+                        let fresh = self.freshened(&old, resp.headers(), request_time, response_time, stamp);
                         self.store_object(&job.target.key.key, fresh.clone());
                         fill.set_outcome(Outcome::Refreshed(fresh), false);
                         break;
@@ -312,24 +258,12 @@ impl Proxy {
                     continue;
                 }
             }
-            self.stream_into(
-                &fill,
-                &job,
-                resp,
-                stamp,
-                request_time,
-                response_time,
-                started,
-            )
-            .await;
+            self.stream_into(&fill, &job, resp, stamp, request_time, response_time, started).await;
             break;
         }
         if registered {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if inflight
-                .get(&job.target.key.key)
-                .is_some_and(|f| Arc::ptr_eq(f, &fill))
-            {
+            if inflight.get(&job.target.key.key).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
                 inflight.remove(&job.target.key.key);
             }
         }
@@ -357,23 +291,12 @@ impl Proxy {
         }
         let cfg = &self.settings.policy;
         let policy = ResponsePolicy::new(parts.status, &hdrs, request_time, response_time, cfg);
-        let storable = response::storable(
-            &Method::GET,
-            &job.directives,
-            &job.headers,
-            parts.status,
-            &hdrs,
-            &policy,
-            cfg,
-        );
+        let storable =
+            response::storable(&Method::GET, &job.directives, &job.headers, parts.status, &hdrs, &policy, cfg);
         let vary_names = vary::vary_names(&hdrs);
         let vary = vary::VaryKey::for_request(vary_names.as_deref().unwrap_or(&[]), &job.headers);
-        let declared = hdrs
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        let shareable =
-            storable.is_ok() && declared.is_none_or(|n| n <= self.settings.max_object_size);
+        let declared = hdrs.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+        let shareable = storable.is_ok() && declared.is_none_or(|n| n <= self.settings.max_object_size);
         self.mark_uncacheable(&job.target.key.key, storable.is_err());
         let head = Arc::new(FetchedHead {
             status: parts.status,
@@ -407,14 +330,8 @@ impl Proxy {
         if let Some(bytes) = fill.finish(result) {
             if head.shareable {
                 let mut stored_headers = head.headers.clone();
-                headers::remove_private_fields(
-                    &mut stored_headers,
-                    head.policy.directives.private.as_ref(),
-                );
-                let tags: Box<[Arc<str>]> = tags::tags(&stored_headers)
-                    .into_iter()
-                    .map(Arc::from)
-                    .collect();
+                headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
+                let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
                 let object = CachedObject {
                     status: head.status,
                     headers: stored_headers,
@@ -448,21 +365,9 @@ impl Proxy {
                 hdrs.insert(DATE, v);
             }
         }
-        let policy = ResponsePolicy::new(
-            old.status,
-            &hdrs,
-            request_time,
-            response_time,
-            &self.settings.policy,
-        );
+        let policy = ResponsePolicy::new(old.status, &hdrs, request_time, response_time, &self.settings.policy);
         let tags = tags::tags(&hdrs).into_iter().map(Arc::from).collect();
-        Arc::new(CachedObject {
-            headers: hdrs,
-            policy,
-            tags,
-            stamp,
-            ..old.clone()
-        })
+        Arc::new(CachedObject { headers: hdrs, policy, tags, stamp, ..old.clone() })
     }
 
     /// Adds `object` beside the other variants of its key, dropping
@@ -477,7 +382,6 @@ impl Proxy {
             .get(key)
             .map(|v| v.without(|o| self.invalidations.check(o) == Validity::Hard))
             .unwrap_or_default();
-        self.store
-            .put(key, current.with(object, self.settings.max_variants));
+        self.store.put(key, current.with(object, self.settings.max_variants));
     }
 }

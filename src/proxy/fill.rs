@@ -113,12 +113,7 @@ impl Fill {
         let id = st.next_reader;
         st.next_reader += 1;
         st.readers.insert(id, 0);
-        Some(Reader {
-            fill: self.clone(),
-            id,
-            pos: 0,
-            changed: self.changed.subscribe(),
-        })
+        Some(Reader { fill: self.clone(), id, pos: 0, changed: self.changed.subscribe() })
     }
 
     /// Publishes the outcome. `keep` is false when the body must not be kept
@@ -175,12 +170,7 @@ impl Fill {
         if st.keeping {
             return;
         }
-        let min = st
-            .readers
-            .values()
-            .copied()
-            .min()
-            .unwrap_or(st.base + st.chunks.len());
+        let min = st.readers.values().copied().min().unwrap_or(st.base + st.chunks.len());
         while st.base < min && !st.chunks.is_empty() {
             st.chunks.pop_front();
             st.base += 1;
@@ -264,13 +254,9 @@ impl Reader {
 
     /// The body as it streams in.
     pub fn into_body(self) -> UpstreamBody {
-        let stream = futures_util::stream::unfold(self, |mut r| async move {
-            r.next().await.map(|item| (item, r))
-        });
-        http_body_util::StreamBody::new(futures_util::StreamExt::map(stream, |r| {
-            r.map(hyper::body::Frame::data)
-        }))
-        .boxed()
+        let stream = futures_util::stream::unfold(self, |mut r| async move { r.next().await.map(|item| (item, r)) });
+        http_body_util::StreamBody::new(futures_util::StreamExt::map(stream, |r| r.map(hyper::body::Frame::data)))
+            .boxed()
     }
 }
 
@@ -291,13 +277,7 @@ mod tests {
         Outcome::Response(Arc::new(FetchedHead {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
-            policy: ResponsePolicy::new(
-                StatusCode::OK,
-                &HeaderMap::new(),
-                now,
-                now,
-                &Default::default(),
-            ),
+            policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
             storable: Ok(()),
             vary_names: Some(vec![]),
             vary: VaryKey::default(),
@@ -315,10 +295,7 @@ mod tests {
         assert!(fill.push(Bytes::from_static(b"world")).await);
         assert_eq!(fill.finish(Ok(())).unwrap(), "hello world");
         for r in [early, late] {
-            assert_eq!(
-                r.into_body().collect().await.unwrap().to_bytes(),
-                "hello world"
-            );
+            assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "hello world");
         }
     }
 
@@ -327,8 +304,7 @@ mod tests {
         let fill = Fill::new(4);
         let r = fill.reader().unwrap();
         fill.set_outcome(head(), true);
-        let consumer =
-            tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
+        let consumer = tokio::spawn(async move { r.into_body().collect().await.unwrap().to_bytes() });
         for _ in 0..100 {
             assert!(fill.push(Bytes::from(vec![b'x'; 10_000])).await);
         }

@@ -81,15 +81,8 @@ impl Proxy {
     ) -> Response<UpstreamBody> {
         let (parts, body) = req.into_parts();
         let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-        let upstream_req = self.upstream_request(
-            &parts.method,
-            target,
-            client,
-            &parts.headers,
-            false,
-            Vec::new(),
-            body,
-        );
+        let upstream_req =
+            self.upstream_request(&parts.method, target, client, &parts.headers, false, Vec::new(), body);
         metrics::origin_request("pass");
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req).await {
@@ -101,13 +94,7 @@ impl Proxy {
             }
         };
         let (resp_parts, resp_body) = resp.into_parts();
-        self.invalidate_after_unsafe(
-            &parts.method,
-            resp_parts.status,
-            target,
-            client,
-            &resp_parts.headers,
-        );
+        self.invalidate_after_unsafe(&parts.method, resp_parts.status, target, client, &resp_parts.headers);
         status.fwd_status = Some(resp_parts.status.as_u16());
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
         let body = with_deadline(resp_body, deadline);
@@ -143,11 +130,7 @@ impl Proxy {
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());
-                let code = if stored.is_some() {
-                    StatusCode::GATEWAY_TIMEOUT
-                } else {
-                    e.status()
-                };
+                let code = if stored.is_some() { StatusCode::GATEWAY_TIMEOUT } else { e.status() };
                 return self.error(code, status, "");
             }
         };
@@ -155,20 +138,11 @@ impl Proxy {
         let (resp_parts, _) = resp.into_parts();
         status.fwd_status = Some(resp_parts.status.as_u16());
         if resp_parts.status == StatusCode::OK {
-            let stored = stored.or_else(|| {
-                self.store
-                    .get(&target.key.key)
-                    .and_then(|v| v.select(&parts.headers).cloned())
-            });
+            let stored =
+                stored.or_else(|| self.store.get(&target.key.key).and_then(|v| v.select(&parts.headers).cloned()));
             if let Some(obj) = stored {
                 let updated = if conditional::head_matches(&obj.headers, &resp_parts.headers) {
-                    self.freshened(
-                        &obj,
-                        &resp_parts.headers,
-                        request_time,
-                        response_time,
-                        stamp,
-                    )
+                    self.freshened(&obj, &resp_parts.headers, request_time, response_time, stamp)
                 } else {
                     let mut stale = (*obj).clone();
                     stale.policy.lifetime = std::time::Duration::ZERO;
@@ -177,12 +151,7 @@ impl Proxy {
                 self.store_object(&target.key.key, updated);
             }
         }
-        self.relay(
-            resp_parts.status,
-            resp_parts.headers,
-            super::respond::empty(),
-            status,
-        )
+        self.relay(resp_parts.status, resp_parts.headers, super::respond::empty(), status)
     }
 
     /// RFC 9111 §4.4.
@@ -205,8 +174,7 @@ impl Proxy {
         for t in headers::unsafe_invalidation_targets(method, status, &uri, response) {
             let key = self.settings.keys.key(
                 t.scheme_str().unwrap_or(client.scheme),
-                t.authority()
-                    .map_or(target.authority.as_str(), |a| a.as_str()),
+                t.authority().map_or(target.authority.as_str(), |a| a.as_str()),
                 t.path_and_query().map_or("/", |p| p.as_str()),
                 &HeaderMap::new(),
             );
@@ -231,10 +199,7 @@ fn with_deadline(body: Incoming, deadline: tokio::time::Instant) -> UpstreamBody
     let stream = futures_util::stream::unfold(Some(body), move |state| async move {
         let mut body = state?;
         match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => Some((
-                Err::<hyper::body::Frame<Bytes>, BoxError>("upstream body timed out".into()),
-                None,
-            )),
+            Err(_) => Some((Err::<hyper::body::Frame<Bytes>, BoxError>("upstream body timed out".into()), None)),
             Ok(None) => None,
             Ok(Some(Err(e))) => Some((Err(Box::new(e) as BoxError), None)),
             Ok(Some(Ok(frame))) => Some((Ok(frame), Some(body))),

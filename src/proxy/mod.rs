@@ -29,9 +29,7 @@ use crate::invalidation::{Invalidations, Validity};
 use crate::key::{CacheKey, KeyPolicy};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
-use crate::policy::request::{
-    self, ObjectState, RequestDirectives, Reuse, StaleDefaults, ValidateReason,
-};
+use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse, StaleDefaults, ValidateReason};
 use crate::policy::response::PolicyConfig;
 use crate::store::Store;
 
@@ -122,28 +120,16 @@ impl Proxy {
 
     /// Answers one client request. Never fails: every problem becomes a
     /// response with a status and a Cache-Status detail.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        client: Client,
-    ) -> Response<UpstreamBody> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
         let resp = self.dispatch(req, client).await;
         metrics::request_finished(&resp, started.elapsed());
         resp
     }
 
-    async fn dispatch(
-        self: &Arc<Self>,
-        req: Request<Incoming>,
-        client: Client,
-    ) -> Response<UpstreamBody> {
+    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
         let Some(authority) = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-            req.headers()
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .filter(|h| !h.is_empty())
-                .map(str::to_string)
+            req.headers().get(HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_string)
         }) else {
             return self.error(
                 StatusCode::BAD_REQUEST,
@@ -151,36 +137,18 @@ impl Proxy {
                 "request has no Host\n",
             );
         };
-        let path_and_query = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_string();
-        let key = self
-            .settings
-            .keys
-            .key(client.scheme, &authority, &path_and_query, req.headers());
-        let target = Target {
-            key,
-            path_and_query,
-            authority,
-        };
+        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+        let key = self.settings.keys.key(client.scheme, &authority, &path_and_query, req.headers());
+        let target = Target { key, path_and_query, authority };
         let method = req.method().clone();
         if method != Method::GET && method != Method::HEAD {
-            return self
-                .forward(req, &target, client, CacheStatus::forward(Fwd::Method))
-                .await;
+            return self.forward(req, &target, client, CacheStatus::forward(Fwd::Method)).await;
         }
         // §3.5: an authenticated request is answered by the origin; Fresco
         // does not decide which user may see what.
         if req.headers().contains_key(AUTHORIZATION) {
             return self
-                .forward(
-                    req,
-                    &target,
-                    client,
-                    CacheStatus::forward(Fwd::Bypass).with_detail("authorization"),
-                )
+                .forward(req, &target, client, CacheStatus::forward(Fwd::Bypass).with_detail("authorization"))
                 .await;
         }
         self.lookup(req, target, client).await
@@ -195,23 +163,12 @@ impl Proxy {
         let now = SystemTime::now();
         let rd = RequestDirectives::from_headers(req.headers());
         let variants = self.store.get(&target.key.key);
-        let mut fwd = if variants.is_some() {
-            Fwd::VaryMiss
-        } else {
-            Fwd::UriMiss
-        };
+        let mut fwd = if variants.is_some() { Fwd::VaryMiss } else { Fwd::UriMiss };
         let mut detail = None;
-        let selected = variants
-            .as_ref()
-            .and_then(|v| v.select(req.headers()).cloned());
+        let selected = variants.as_ref().and_then(|v| v.select(req.headers()).cloned());
         let candidate = selected.and_then(|obj| match self.invalidations.check(&obj) {
             Validity::Valid => Some((obj, ObjectState::default())),
-            Validity::Soft => Some((
-                obj,
-                ObjectState {
-                    soft_invalidated: true,
-                },
-            )),
+            Validity::Soft => Some((obj, ObjectState { soft_invalidated: true })),
             Validity::Hard => {
                 fwd = Fwd::UriMiss;
                 detail = Some("invalidated");
@@ -228,11 +185,7 @@ impl Proxy {
             if head {
                 return self.forward_head(parts, &target, client, None, fwd).await;
             }
-            let status = CacheStatus {
-                fwd: Some(fwd),
-                detail: detail.map(str::to_string),
-                ..Default::default()
-            };
+            let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
             return self.fetch(parts, target, client, rd, None, status).await;
         };
         match request::reuse(&rd, &obj.policy, state, self.settings.stale, now) {
@@ -240,10 +193,7 @@ impl Proxy {
                 let status = CacheStatus::hit(obj.policy.ttl(now));
                 self.serve_stored(&parts, &obj, status, false, now)
             }
-            Reuse::Validate {
-                reason,
-                serve_stale_meanwhile,
-            } => {
+            Reuse::Validate { reason, serve_stale_meanwhile } => {
                 if rd.cc.only_if_cached {
                     return self.only_if_cached(Fwd::Stale);
                 }
@@ -263,12 +213,9 @@ impl Proxy {
                     return self.serve_stored(&parts, &obj, status, false, now);
                 }
                 if head {
-                    return self
-                        .forward_head(parts, &target, client, Some(obj), fwd)
-                        .await;
+                    return self.forward_head(parts, &target, client, Some(obj), fwd).await;
                 }
-                self.fetch(parts, target, client, rd, Some((obj, state)), status)
-                    .await
+                self.fetch(parts, target, client, rd, Some((obj, state)), status).await
             }
         }
     }
@@ -276,10 +223,6 @@ impl Proxy {
     /// §5.2.1.7: nothing usable is stored, so 504.
     fn only_if_cached(&self, fwd: Fwd) -> Response<UpstreamBody> {
         let status = CacheStatus::forward(fwd).with_detail("only-if-cached");
-        self.error(
-            StatusCode::GATEWAY_TIMEOUT,
-            status,
-            "only-if-cached: no stored response can be used\n",
-        )
+        self.error(StatusCode::GATEWAY_TIMEOUT, status, "only-if-cached: no stored response can be used\n")
     }
 }

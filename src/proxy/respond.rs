@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, DATE, ETAG, EXPIRES,
-    HeaderName, HeaderValue, LAST_MODIFIED, VARY, VIA,
+    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, DATE, ETAG, EXPIRES, HeaderName, HeaderValue,
+    LAST_MODIFIED, VARY, VIA,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -24,15 +24,8 @@ use crate::store::CachedObject;
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// Header fields a 304 carries (RFC 9110 §15.4.5), plus the cache's own.
-const NOT_MODIFIED_FIELDS: [HeaderName; 7] = [
-    CACHE_CONTROL,
-    CONTENT_LOCATION,
-    DATE,
-    ETAG,
-    EXPIRES,
-    VARY,
-    LAST_MODIFIED,
-];
+const NOT_MODIFIED_FIELDS: [HeaderName; 7] =
+    [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, VARY, LAST_MODIFIED];
 
 pub fn empty() -> UpstreamBody {
     Empty::new().map_err(|e: Infallible| match e {}).boxed()
@@ -57,10 +50,7 @@ impl Proxy {
         if !validated {
             headers::remove_no_cache_fields(&mut h, obj.policy.directives.no_cache.as_ref());
         }
-        h.insert(
-            AGE,
-            HeaderValue::from(obj.policy.current_age(now).as_secs()),
-        );
+        h.insert(AGE, HeaderValue::from(obj.policy.current_age(now).as_secs()));
         let conditional_match = obj.status == StatusCode::OK
             && conditional::not_modified(&req.headers, &obj.headers, obj.policy.response_time);
         if conditional_match {
@@ -78,11 +68,7 @@ impl Proxy {
         {
             h.insert(CONTENT_LENGTH, HeaderValue::from(obj.body.len()));
         }
-        let body = if req.method == Method::HEAD {
-            empty()
-        } else {
-            full(obj.body.clone())
-        };
+        let body = if req.method == Method::HEAD { empty() } else { full(obj.body.clone()) };
         self.relay(obj.status, h, body, status)
     }
 
@@ -106,11 +92,7 @@ impl Proxy {
             }
             return self.relay(StatusCode::NOT_MODIFIED, short, empty(), status);
         }
-        let body = if req.method == Method::HEAD {
-            empty()
-        } else {
-            reader.into_body()
-        };
+        let body = if req.method == Method::HEAD { empty() } else { reader.into_body() };
         self.relay(head.status, head.headers.clone(), body, status)
     }
 
@@ -147,23 +129,10 @@ impl Proxy {
     }
 
     /// An error Fresco generates itself.
-    pub(super) fn error(
-        &self,
-        code: StatusCode,
-        status: CacheStatus,
-        message: &str,
-    ) -> Response<UpstreamBody> {
+    pub(super) fn error(&self, code: StatusCode, status: CacheStatus, message: &str) -> Response<UpstreamBody> {
         let mut h = HeaderMap::new();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        self.relay(
-            code,
-            h,
-            full(Bytes::copy_from_slice(message.as_bytes())),
-            status,
-        )
+        self.relay(code, h, full(Bytes::copy_from_slice(message.as_bytes())), status)
     }
 }

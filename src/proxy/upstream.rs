@@ -68,11 +68,7 @@ impl Upstream {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(256)
             .build(connector);
-        Upstream {
-            client,
-            base,
-            first_byte_timeout,
-        }
+        Upstream { client, base, first_byte_timeout }
     }
 
     /// The upstream URI for a request path.
@@ -83,10 +79,7 @@ impl Upstream {
     }
 
     /// Sends `req` and waits for the response head.
-    pub async fn send(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<Response<Incoming>, UpstreamError> {
+    pub async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
         match tokio::time::timeout(self.first_byte_timeout, self.client.request(req)).await {
             Err(_) => Err(UpstreamError::Timeout),
             Ok(Ok(resp)) => Ok(resp),
@@ -97,11 +90,7 @@ impl Upstream {
                     msg = format!("{msg}: {s}");
                     source = s.source();
                 }
-                if msg.contains("timed out") {
-                    Err(UpstreamError::Timeout)
-                } else {
-                    Err(UpstreamError::Connect(msg))
-                }
+                if msg.contains("timed out") { Err(UpstreamError::Timeout) } else { Err(UpstreamError::Connect(msg)) }
             }
             Ok(Err(e)) => Err(UpstreamError::Protocol(e.to_string())),
         }

@@ -45,17 +45,8 @@ impl MemoryStore {
         let counter = evictions.0.clone();
         // Sized for ~4 KiB objects; the map grows if they are smaller.
         let estimated_items = (budget / 4096).clamp(1024, 1 << 24) as usize;
-        let cache = Cache::with(
-            estimated_items,
-            budget,
-            ByBytes,
-            DefaultHashBuilder::default(),
-            evictions,
-        );
-        MemoryStore {
-            cache,
-            evictions: counter,
-        }
+        let cache = Cache::with(estimated_items, budget, ByBytes, DefaultHashBuilder::default(), evictions);
+        MemoryStore { cache, evictions: counter }
     }
 }
 

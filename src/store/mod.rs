@@ -46,11 +46,7 @@ pub const OBJECT_OVERHEAD: usize = 512;
 impl CachedObject {
     /// Bytes this object accounts for in the memory budget.
     pub fn weight(&self) -> usize {
-        let headers: usize = self
-            .headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 64)
-            .sum();
+        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 64).sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 32).sum();
         OBJECT_OVERHEAD + headers + self.body.len() + self.url.len() + tags + self.vary.heap_size()
     }
@@ -76,12 +72,8 @@ impl Variants {
 
     /// A copy with `object` replacing any variant with the same selection.
     pub fn with(&self, object: Arc<CachedObject>, max_variants: usize) -> Variants {
-        let mut objects: Vec<Arc<CachedObject>> = self
-            .objects
-            .iter()
-            .filter(|o| o.vary != object.vary)
-            .cloned()
-            .collect();
+        let mut objects: Vec<Arc<CachedObject>> =
+            self.objects.iter().filter(|o| o.vary != object.vary).cloned().collect();
         objects.push(object);
         if objects.len() > max_variants {
             objects.drain(..objects.len() - max_variants);
@@ -91,9 +83,7 @@ impl Variants {
 
     /// A copy without the variants for which `drop` is true.
     pub fn without(&self, drop: impl Fn(&CachedObject) -> bool) -> Variants {
-        Variants {
-            objects: self.objects.iter().filter(|o| !drop(o)).cloned().collect(),
-        }
+        Variants { objects: self.objects.iter().filter(|o| !drop(o)).cloned().collect() }
     }
 }
 
