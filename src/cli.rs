@@ -16,6 +16,8 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+// Parsed once at start-up; boxing the flattened flags would only obscure clap's derive.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run an edge node: the caching proxy and its admin listener.
     Serve {

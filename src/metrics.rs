@@ -27,7 +27,7 @@ pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) {
         .headers()
         .get_all("cache-status")
         .iter()
-        .last()
+        .next_back()
         .and_then(|v| v.to_str().ok())
         .map(cache_label)
         .unwrap_or("none");

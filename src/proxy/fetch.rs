@@ -231,8 +231,7 @@ impl Proxy {
                 &job.target,
                 job.client,
                 &job.headers,
-                true,
-                validators,
+                Some(validators),
                 super::respond::empty(),
             );
             metrics::origin_request(if validate.is_some() { "revalidate" } else { "fetch" });

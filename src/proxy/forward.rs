@@ -26,29 +26,30 @@ const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto
 impl Proxy {
     /// The request Fresco sends upstream for a client request: hop-by-hop
     /// fields removed, Via and X-Forwarded-* added, and for fills the
-    /// client's own conditionals replaced by Fresco's `validators`.
+    /// client's own conditionals replaced by Fresco's validators: `fill` is
+    /// `Some(validators)` for a fetch Fresco may store, `None` to pass the
+    /// request through as the client sent it.
     pub(super) fn upstream_request(
         &self,
         method: &Method,
         target: &Target,
         client: Client,
         client_headers: &HeaderMap,
-        fill: bool,
-        validators: Vec<(HeaderName, HeaderValue)>,
+        fill: Option<Vec<(HeaderName, HeaderValue)>>,
         body: UpstreamBody,
     ) -> Request<UpstreamBody> {
         let mut h = client_headers.clone();
         headers::remove_hop_by_hop(&mut h);
-        if fill {
+        if let Some(validators) = fill {
             for name in conditional::CLIENT_CONDITIONALS {
                 h.remove(name);
             }
             // Fills fetch the whole representation.
             h.remove(http::header::RANGE);
             h.remove(http::header::IF_RANGE);
-        }
-        for (name, value) in validators {
-            h.insert(name, value);
+            for (name, value) in validators {
+                h.insert(name, value);
+            }
         }
         if !h.contains_key(HOST) {
             if let Ok(v) = HeaderValue::from_str(&target.authority) {
@@ -81,8 +82,7 @@ impl Proxy {
     ) -> Response<UpstreamBody> {
         let (parts, body) = req.into_parts();
         let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
-        let upstream_req =
-            self.upstream_request(&parts.method, target, client, &parts.headers, false, Vec::new(), body);
+        let upstream_req = self.upstream_request(&parts.method, target, client, &parts.headers, None, body);
         metrics::origin_request("pass");
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req).await {
@@ -115,15 +115,7 @@ impl Proxy {
         let mut status = CacheStatus::forward(fwd);
         let request_time = SystemTime::now();
         let stamp = self.invalidations.stamp();
-        let req = self.upstream_request(
-            &Method::HEAD,
-            target,
-            client,
-            &parts.headers,
-            false,
-            Vec::new(),
-            super::respond::empty(),
-        );
+        let req = self.upstream_request(&Method::HEAD, target, client, &parts.headers, None, super::respond::empty());
         metrics::origin_request("head");
         let resp = match self.upstream.send(req).await {
             Ok(r) => r,

@@ -1,0 +1,365 @@
+//! Real components for end-to-end tests: a programmable origin server on
+//! loopback, `fresco` processes started from the built binary, and a plain
+//! HTTP client. Nothing here is a mock: every exchange crosses a socket.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+
+/// What the test origin answers for a path.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub delay: Duration,
+    /// Send the body as this many chunks, `interval` apart.
+    pub chunks: Option<(usize, Duration)>,
+    /// Set once the last byte has been handed to the connection.
+    pub finished: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+impl Reply {
+    pub fn ok(body: &str) -> Reply {
+        Reply {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay: Duration::ZERO,
+            chunks: None,
+            finished: None,
+        }
+    }
+
+    pub fn bytes(body: Bytes) -> Reply {
+        Reply { body, ..Reply::ok("") }
+    }
+
+    /// Streams the body in `n` chunks, `interval` apart, raising `finished`
+    /// after the last one.
+    pub fn streamed(mut self, n: usize, interval: Duration, finished: Arc<std::sync::atomic::AtomicBool>) -> Reply {
+        self.chunks = Some((n, interval));
+        self.finished = Some(finished);
+        self
+    }
+
+    pub fn status(mut self, status: u16) -> Reply {
+        self.status = status;
+        self
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Reply {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    pub fn delay(mut self, d: Duration) -> Reply {
+        self.delay = d;
+        self
+    }
+}
+
+/// A request as the origin saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub headers: HeaderMap,
+}
+
+type Handler = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
+
+#[derive(Default)]
+struct OriginState {
+    routes: Mutex<HashMap<String, Handler>>,
+    seen: Mutex<Vec<Seen>>,
+}
+
+/// A real HTTP server on 127.0.0.1 whose answers each test programs.
+pub struct Origin {
+    pub addr: SocketAddr,
+    state: Arc<OriginState>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Origin {
+    pub async fn start() -> Origin {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, Arc::new(OriginState::default()))
+    }
+
+    /// Starts again on the same address with the same routes (after `stop`).
+    pub async fn restart(&mut self) {
+        let listener = TcpListener::bind(self.addr).await.unwrap();
+        self.task = Self::spawn_server(listener, self.state.clone());
+    }
+
+    /// Stops accepting and drops open connections: the origin is down.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    fn serve(listener: TcpListener, state: Arc<OriginState>) -> Origin {
+        let addr = listener.local_addr().unwrap();
+        let task = Self::spawn_server(listener, state.clone());
+        Origin { addr, state, task }
+    }
+
+    fn spawn_server(listener: TcpListener, st: Arc<OriginState>) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let st = st.clone();
+                conns.spawn(async move {
+                    let svc = service_fn(move |req: Request<Incoming>| {
+                        let st = st.clone();
+                        async move { Ok::<_, Infallible>(answer(&st, req).await) }
+                    });
+                    let _ =
+                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                });
+            }
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Answers `path` with a fixed reply.
+    pub fn route(&self, path: &str, reply: Reply) {
+        self.handle(path, move |_| reply.clone());
+    }
+
+    /// Answers `path` by calling `f` with the request.
+    pub fn handle(&self, path: &str, f: impl Fn(&Seen) -> Reply + Send + Sync + 'static) {
+        self.state.routes.lock().unwrap().insert(path.to_string(), Arc::new(f));
+    }
+
+    /// Requests received for `path` (any method).
+    pub fn hits(&self, path: &str) -> usize {
+        self.state.seen.lock().unwrap().iter().filter(|s| s.path == path).count()
+    }
+
+    pub fn last(&self, path: &str) -> Option<Seen> {
+        self.state.seen.lock().unwrap().iter().rev().find(|s| s.path == path).cloned()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type OriginBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(st: &OriginState, req: Request<Incoming>) -> Response<OriginBody> {
+    let seen = Seen {
+        method: req.method().clone(),
+        path: req.uri().path_and_query().map_or("/".into(), |p| p.as_str().to_string()),
+        headers: req.headers().clone(),
+    };
+    let _ = req.into_body().collect().await;
+    st.seen.lock().unwrap().push(seen.clone());
+    let path_only = seen.path.split('?').next().unwrap_or("/").to_string();
+    let handler = {
+        let routes = st.routes.lock().unwrap();
+        routes.get(&seen.path).or_else(|| routes.get(&path_only)).cloned()
+    };
+    let reply = match handler {
+        Some(h) => h(&seen),
+        None => Reply::ok("no route\n").status(404),
+    };
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let body: OriginBody = match (&reply.chunks, seen.method == Method::HEAD) {
+        (_, true) => Full::new(Bytes::new()).boxed(),
+        (None, false) => Full::new(reply.body.clone()).boxed(),
+        (Some((n, interval)), false) => {
+            let (n, interval) = (*n.max(&1), *interval);
+            let size = reply.body.len().div_ceil(n).max(1);
+            let pieces: Vec<Bytes> = reply.body.chunks(size).map(Bytes::copy_from_slice).collect();
+            let count = pieces.len();
+            let finished = reply.finished.clone();
+            let stream = futures_util::stream::unfold((pieces.into_iter(), 0usize), move |(mut it, i)| {
+                let finished = finished.clone();
+                async move {
+                    let piece = it.next()?;
+                    if i > 0 {
+                        tokio::time::sleep(interval).await;
+                    }
+                    if i + 1 == count {
+                        if let Some(f) = finished {
+                            f.store(true, Ordering::SeqCst);
+                        }
+                    }
+                    Some((Ok::<_, Infallible>(hyper::body::Frame::data(piece)), (it, i + 1)))
+                }
+            });
+            http_body_util::StreamBody::new(stream).boxed()
+        }
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = StatusCode::from_u16(reply.status).unwrap();
+    for (k, v) in &reply.headers {
+        resp.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+    }
+    resp
+}
+
+/// A `fresco serve` process. Killed when dropped.
+pub struct Fresco {
+    pub data: SocketAddr,
+    pub admin: SocketAddr,
+    child: Child,
+}
+
+impl Fresco {
+    /// Starts `fresco serve` in front of `origin` with extra flags, on
+    /// ephemeral loopback ports, and waits for its ready line.
+    pub fn start(origin: &str, extra: &[&str]) -> Fresco {
+        let mut args = vec!["serve", "--origin", origin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        Self::spawn(&args).unwrap_or_else(|e| panic!("fresco did not start: {e}"))
+    }
+
+    /// Runs the binary with `args`; Ok once it prints its ready line, Err
+    /// with its stderr when it exits first.
+    pub fn spawn(args: &[&str]) -> Result<Fresco, String> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn fresco");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            match lines.next() {
+                Some(Ok(line)) if line.starts_with("fresco ready") => {
+                    let field = |name: &str| -> SocketAddr {
+                        line.split_whitespace()
+                            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                            .and_then(|a| a.parse().ok())
+                            .unwrap_or_else(|| panic!("no {name}= in {line}"))
+                    };
+                    let (data, admin) = (field("data"), field("admin"));
+                    // Keep draining stdout so the child never blocks on a full pipe.
+                    std::thread::spawn(move || lines.for_each(drop));
+                    return Ok(Fresco { data, admin, child });
+                }
+                Some(Ok(_)) => continue,
+                _ => break,
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        Err(err)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.data)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+}
+
+impl Drop for Fresco {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response with its body read.
+#[derive(Debug)]
+pub struct Got {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Got {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Fresco's own Cache-Status entry (the last one).
+    pub fn cache_status(&self) -> String {
+        self.headers
+            .get_all("cache-status")
+            .iter()
+            .next_back()
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn is_hit(&self) -> bool {
+        self.cache_status().split(';').any(|p| p.trim() == "hit")
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+/// Sends one request and reads the whole response.
+pub async fn send(method: &str, url: &str, headers: &[(&str, &str)]) -> Got {
+    send_body(method, url, headers, Bytes::new()).await
+}
+
+pub async fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: Bytes) -> Got {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(Duration::from_secs(30), client().request(req.body(Full::new(body)).unwrap()))
+        .await
+        .expect("response within 30 s")
+        .expect("request sent");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    Got { status, headers, body }
+}
+
+pub async fn get(url: &str) -> Got {
+    send("GET", url, &[]).await
+}
+
+/// The value of a Prometheus sample line (name with labels) or 0.
+pub async fn metric(fresco: &Fresco, sample: &str) -> f64 {
+    let text = get(&fresco.admin_url("/metrics")).await.text();
+    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
+}

@@ -1,0 +1,7 @@
+//! End-to-end tests: a real origin on loopback, real `fresco` processes,
+//! requests over sockets. One binary so the suite links once.
+
+mod harness;
+
+mod http_caching;
+mod proxying;
