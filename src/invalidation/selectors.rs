@@ -204,7 +204,7 @@ mod tests {
         let now = SystemTime::now();
         CachedObject {
             status: http::StatusCode::OK,
-            headers: http::HeaderMap::new(),
+            headers: Default::default(),
             body: bytes::Bytes::new(),
             policy: ResponsePolicy::new(
                 http::StatusCode::OK,

@@ -12,10 +12,11 @@ use http::header::HeaderName;
 /// §1.2.2: a delta-seconds too large to represent is taken as 2^31.
 pub const DELTA_SECONDS_MAX: u64 = 2_147_483_648;
 
-/// A delta-seconds argument (§1.2.2).
+/// A delta-seconds argument (§1.2.2). Stored as u32: §1.2.2 caps every
+/// value at 2^31, and stored objects carry many of these.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delta {
-    Valid(u64),
+    Valid(u32),
     /// Present but not a non-negative integer (`max-age=abc`, `max-age=-1`,
     /// `max-age` without a value).
     Invalid,
@@ -29,13 +30,13 @@ impl Delta {
         if arg.is_empty() || !arg.bytes().all(|b| b.is_ascii_digit()) {
             return Delta::Invalid;
         }
-        Delta::Valid(arg.parse::<u64>().map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)))
+        Delta::Valid(arg.parse::<u64>().map_or(DELTA_SECONDS_MAX, |v| v.min(DELTA_SECONDS_MAX)) as u32)
     }
 
     /// Seconds, with an invalid argument counted as zero ("treat as stale").
     pub fn seconds(self) -> u64 {
         match self {
-            Delta::Valid(s) => s,
+            Delta::Valid(s) => u64::from(s),
             Delta::Invalid => 0,
         }
     }
@@ -55,7 +56,7 @@ pub enum FieldScope {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MaxStale {
     Any,
-    Limit(u64),
+    Limit(u32),
 }
 
 /// The directives of one Cache-Control-like field. Request and response
@@ -378,7 +379,7 @@ mod tests {
     #[test]
     fn rfc9111_1_2_2_overflowing_delta_is_two_to_the_31() {
         let cc = CacheControl::parse("max-age=99999999999999999999999");
-        assert_eq!(cc.max_age, Some(Delta::Valid(DELTA_SECONDS_MAX)));
+        assert_eq!(cc.max_age, Some(Delta::Valid(DELTA_SECONDS_MAX as u32)));
     }
 
     #[test]

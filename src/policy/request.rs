@@ -129,7 +129,7 @@ pub fn reuse(
     let staleness = stored.staleness(now);
     let accepted = match req.cc.max_stale {
         Some(MaxStale::Any) => true,
-        Some(MaxStale::Limit(limit)) => staleness.as_secs() <= limit,
+        Some(MaxStale::Limit(limit)) => staleness.as_secs() <= u64::from(limit),
         None => false,
     };
     if accepted && req.cc.min_fresh.is_none() {
@@ -166,7 +166,7 @@ pub fn stale_if_error(
     let client = match (req.cc.stale_if_error, req.cc.max_stale) {
         (_, Some(MaxStale::Any)) => Some(Duration::MAX),
         (Some(sie), _) => Some(Duration::from_secs(sie.seconds())),
-        (None, Some(MaxStale::Limit(l))) => Some(Duration::from_secs(l)),
+        (None, Some(MaxStale::Limit(l))) => Some(Duration::from_secs(u64::from(l))),
         (None, None) => None,
     };
     match client {

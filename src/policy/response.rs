@@ -48,7 +48,8 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DirectiveSource {
     CacheControl,
-    Targeted(HeaderName),
+    /// A field from [`PolicyConfig::targeted_fields`].
+    Targeted,
     SurrogateControl,
 }
 
@@ -160,7 +161,7 @@ impl ResponsePolicy {
 fn governing_directives(headers: &HeaderMap, cfg: &PolicyConfig) -> (CacheControl, DirectiveSource) {
     for name in &cfg.targeted_fields {
         if let Some(cc) = cache_control::parse_cdn_cache_control(headers, name) {
-            return (cc, DirectiveSource::Targeted(name.clone()));
+            return (cc, DirectiveSource::Targeted);
         }
     }
     if let Some(cc) = cache_control::parse_surrogate_control(headers, &cfg.surrogate_device) {

@@ -18,7 +18,7 @@ use crate::policy::cache_status::{CacheStatus, Fwd};
 use crate::policy::request::{self, ObjectState, RequestDirectives};
 use crate::policy::response::{self, ResponsePolicy};
 use crate::policy::{age, conditional, headers, tags, vary};
-use crate::store::CachedObject;
+use crate::store::{CachedObject, StoredHeaders};
 
 /// What the producer of a fill needs to know about the request that
 /// started it.
@@ -222,10 +222,11 @@ impl Proxy {
         // applied while it is in flight outranks what it brings back.
         let stamp = self.invalidations.stamp();
         let started = Instant::now();
-        let mut validate = job.stale.clone().filter(|o| conditional::has_validator(&o.headers));
+        let mut validate = job.stale.clone().filter(|o| conditional::has_validator(&o.headers.to_map()));
         loop {
             let request_time = SystemTime::now();
-            let validators = validate.as_ref().map(|o| conditional::validation_headers(&o.headers)).unwrap_or_default();
+            let validators =
+                validate.as_ref().map(|o| conditional::validation_headers(&o.headers.to_map())).unwrap_or_default();
             let req = self.upstream_request(
                 &Method::GET,
                 &job.target,
@@ -246,7 +247,7 @@ impl Proxy {
             let response_time = SystemTime::now();
             if resp.status() == StatusCode::NOT_MODIFIED {
                 if let Some(old) = validate.take() {
-                    if conditional::not_modified_applies(&old.headers, resp.headers()) {
+                    if conditional::not_modified_applies(&old.headers.to_map(), resp.headers()) {
                         let fresh = self.freshened(&old, resp.headers(), request_time, response_time, stamp);
                         self.store_object(&job.target.key.key, fresh.clone());
                         fill.set_outcome(Outcome::Refreshed(fresh), false);
@@ -333,7 +334,7 @@ impl Proxy {
                 let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
                 let object = CachedObject {
                     status: head.status,
-                    headers: stored_headers,
+                    headers: StoredHeaders::from_map(&stored_headers),
                     body: bytes,
                     policy: head.policy.clone(),
                     vary: head.vary.clone(),
@@ -357,7 +358,7 @@ impl Proxy {
     ) -> Arc<CachedObject> {
         let mut update = update.clone();
         headers::remove_hop_by_hop(&mut update);
-        let mut hdrs = old.headers.clone();
+        let mut hdrs = old.headers.to_map();
         conditional::freshen(&mut hdrs, &update);
         if !update.contains_key(DATE) {
             if let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time)) {
@@ -366,7 +367,7 @@ impl Proxy {
         }
         let policy = ResponsePolicy::new(old.status, &hdrs, request_time, response_time, &self.settings.policy);
         let tags = tags::tags(&hdrs).into_iter().map(Arc::from).collect();
-        Arc::new(CachedObject { headers: hdrs, policy, tags, stamp, ..old.clone() })
+        Arc::new(CachedObject { headers: StoredHeaders::from_map(&hdrs), policy, tags, stamp, ..old.clone() })
     }
 
     /// Adds `object` beside the other variants of its key, dropping
@@ -381,6 +382,8 @@ impl Proxy {
             .get(key)
             .map(|v| v.without(|o| self.invalidations.check(o) == Validity::Hard))
             .unwrap_or_default();
+        // Most keys are the URL itself: share its allocation.
+        let key = if *object.url == *key { object.url.clone() } else { Arc::from(key) };
         self.store.put(key, current.with(object, self.settings.max_variants));
     }
 }

@@ -133,7 +133,7 @@ impl Proxy {
             let stored =
                 stored.or_else(|| self.store.get(&target.key.key).and_then(|v| v.select(&parts.headers).cloned()));
             if let Some(obj) = stored {
-                let updated = if conditional::head_matches(&obj.headers, &resp_parts.headers) {
+                let updated = if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
                     self.freshened(&obj, &resp_parts.headers, request_time, response_time, stamp)
                 } else {
                     let mut stale = (*obj).clone();

@@ -46,13 +46,13 @@ impl Proxy {
         validated: bool,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
-        let mut h = obj.headers.clone();
+        let mut h = obj.headers.to_map();
+        let conditional_match =
+            obj.status == StatusCode::OK && conditional::not_modified(&req.headers, &h, obj.policy.response_time);
         if !validated {
             headers::remove_no_cache_fields(&mut h, obj.policy.directives.no_cache.as_ref());
         }
         h.insert(AGE, HeaderValue::from(obj.policy.current_age(now).as_secs()));
-        let conditional_match = obj.status == StatusCode::OK
-            && conditional::not_modified(&req.headers, &obj.headers, obj.policy.response_time);
         if conditional_match {
             let mut short = HeaderMap::new();
             for name in NOT_MODIFIED_FIELDS.iter().chain([&AGE, &CACHE_STATUS]) {

@@ -55,11 +55,11 @@ impl Store for MemoryStore {
         self.cache.get(key)
     }
 
-    fn put(&self, key: &str, variants: Variants) {
+    fn put(&self, key: Arc<str>, variants: Variants) {
         if variants.objects.is_empty() {
-            self.cache.remove(key);
+            self.cache.remove(&*key);
         } else {
-            self.cache.insert(Arc::from(key), Arc::new(variants));
+            self.cache.insert(key, Arc::new(variants));
         }
     }
 

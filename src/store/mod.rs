@@ -10,7 +10,7 @@ mod memory;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
 use crate::policy::response::ResponsePolicy;
 use crate::policy::vary::VaryKey;
@@ -23,7 +23,7 @@ pub struct CachedObject {
     pub status: StatusCode,
     /// End-to-end header fields as received (hop-by-hop and `private=`
     /// fields already removed), kept for replay.
-    pub headers: HeaderMap,
+    pub headers: StoredHeaders,
     pub body: Bytes,
     pub policy: ResponsePolicy,
     /// The request header values this variant was selected by; empty when
@@ -38,6 +38,35 @@ pub struct CachedObject {
     pub stamp: crate::invalidation::Stamp,
 }
 
+/// Header fields in arrival order, without a hash index: a HeaderMap's
+/// table costs more than the fields of a typical response, and replay
+/// builds a fresh map anyway.
+#[derive(Debug, Clone, Default)]
+pub struct StoredHeaders(Box<[(HeaderName, HeaderValue)]>);
+
+impl StoredHeaders {
+    pub fn from_map(map: &HeaderMap) -> StoredHeaders {
+        StoredHeaders(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.0.len());
+        for (k, v) in self.0.iter() {
+            map.append(k.clone(), v.clone());
+        }
+        map
+    }
+
+    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
+
+    /// Bytes of names and values, for the memory budget.
+    pub fn byte_size(&self) -> usize {
+        self.0.iter().map(|(k, v)| k.as_str().len() + v.len() + std::mem::size_of::<(HeaderName, HeaderValue)>()).sum()
+    }
+}
+
 /// Fixed bookkeeping per object beyond its key, headers and body: the
 /// struct itself, its `Arc`, the variants vector slot and the store's entry.
 /// Measured by `cargo bench --bench memory` (see README).
@@ -46,9 +75,8 @@ pub const OBJECT_OVERHEAD: usize = 512;
 impl CachedObject {
     /// Bytes this object accounts for in the memory budget.
     pub fn weight(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 64).sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 32).sum();
-        OBJECT_OVERHEAD + headers + self.body.len() + self.url.len() + tags + self.vary.heap_size()
+        OBJECT_OVERHEAD + self.headers.byte_size() + self.body.len() + self.url.len() + tags + self.vary.heap_size()
     }
 }
 
@@ -102,7 +130,7 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Option<Arc<Variants>>;
     /// Inserts or replaces the variants of `key`; an empty set removes it.
-    fn put(&self, key: &str, variants: Variants);
+    fn put(&self, key: Arc<str>, variants: Variants);
     fn remove(&self, key: &str);
     fn stats(&self) -> StoreStats;
     /// Visits every key; `f` returns the variants to keep (None to keep all
