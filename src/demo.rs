@@ -21,11 +21,14 @@ use tokio::net::TcpListener;
 struct App {
     counter: AtomicU64,
     price: AtomicU64,
+    /// Requests received per path and query, for the benchmarks' stampede
+    /// count (`GET /__hits?path=...`). Bounded: cleared when large.
+    hits: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// Serves the demo origin on `listener` forever.
 pub async fn serve_origin(listener: TcpListener) {
-    let app = Arc::new(App { counter: AtomicU64::new(0), price: AtomicU64::new(1999) });
+    let app = Arc::new(App { price: AtomicU64::new(1999), ..Default::default() });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
@@ -61,6 +64,19 @@ fn published() -> String {
 async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
+    let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if path == "/__hits" {
+        let wanted = req.uri().query().and_then(|q| q.strip_prefix("path=")).map(percent_decode).unwrap_or_default();
+        let n = app.hits.lock().unwrap_or_else(|e| e.into_inner()).get(&wanted).copied().unwrap_or(0);
+        return respond(StatusCode::OK, &[("cache-control", "no-store".into())], format!("{n}\n"));
+    }
+    {
+        let mut hits = app.hits.lock().unwrap_or_else(|e| e.into_inner());
+        if hits.len() > 10_000 {
+            hits.clear();
+        }
+        *hits.entry(path_and_query).or_default() += 1;
+    }
     let html = ("content-type", "text/html; charset=utf-8".to_string());
     let json = ("content-type", "application/json".to_string());
     match (method, path.as_str()) {
@@ -164,6 +180,29 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             respond(StatusCode::NOT_FOUND, &[("cache-control", "max-age=10".into())], "not found\n")
         }
     }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(v)) => {
+                out.push(v);
+                i += 3;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Prints what to try against a running demo.

@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Load benchmarks on loopback: Fresco beside Varnish (and nginx for the
+# stampede), the same origin behind each, driven alternately by wrk in one
+# run so drift between runs cancels out. Prints req/s, p50/p99 and ratios.
+#
+#   scripts/bench.sh            # hot 1 KiB hits + stampede
+#   DURATION=20 scripts/bench.sh
+#
+# Peers come from Debian (varnish, nginx, wrk); as root the script installs
+# what is missing, otherwise it skips the peers it cannot find.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-64}
+ROUNDS=${ROUNDS:-2}
+STAMPEDE_CLIENTS=${STAMPEDE_CLIENTS:-500}
+STAMPEDE_DELAY_MS=${STAMPEDE_DELAY_MS:-200}
+
+if [ "$(id -u)" = 0 ]; then
+  missing=()
+  for pkg in wrk varnish nginx; do
+    bin=$pkg; [ "$pkg" = varnish ] && bin=varnishd
+    command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null || true
+  fi
+fi
+export PATH="$PATH:/usr/sbin"
+command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exit 1; }
+
+cargo build --release --quiet
+BIN=target/release/fresco
+WORK=$(mktemp -d)
+# varnishd drops privileges: its worker must be able to read the VCL.
+chmod 755 "$WORK"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
+
+# Servers on CPU 0, the load generator on CPU 1.
+ORIGIN_PORT=$(free_port)
+taskset -c 0 $BIN origin --listen 127.0.0.1:$ORIGIN_PORT >/dev/null & PIDS+=($!)
+wait_port $ORIGIN_PORT
+
+FRESCO_PORT=$(free_port); FRESCO_ADMIN=$(free_port)
+RUST_LOG=warn taskset -c 0 $BIN serve --origin http://127.0.0.1:$ORIGIN_PORT --listen 127.0.0.1:$FRESCO_PORT \
+  --admin 127.0.0.1:$FRESCO_ADMIN --memory 512MiB >/dev/null & PIDS+=($!)
+wait_port $FRESCO_PORT
+TARGETS=("fresco=http://127.0.0.1:$FRESCO_PORT")
+
+if command -v varnishd >/dev/null; then
+  VARNISH_PORT=$(free_port)
+  printf 'vcl 4.1;\nbackend default { .host = "127.0.0.1"; .port = "%s"; }\n' $ORIGIN_PORT > "$WORK/default.vcl"
+  taskset -c 0 varnishd -F -a 127.0.0.1:$VARNISH_PORT -f "$WORK/default.vcl" -s malloc,512m -n "$WORK/varnish" -T none \
+    -p thread_pool_min=50 >/dev/null 2>&1 & PIDS+=($!)
+  wait_port $VARNISH_PORT
+  TARGETS+=("varnish=http://127.0.0.1:$VARNISH_PORT")
+else
+  echo "varnish not installed: Fresco alone"
+fi
+
+NGINX_PORT=""
+if command -v nginx >/dev/null; then
+  NGINX_PORT=$(free_port)
+  mkdir -p "$WORK/nginx/cache"
+  cat > "$WORK/nginx/nginx.conf" <<NGX
+daemon off; worker_processes 1; pid $WORK/nginx/nginx.pid; error_log $WORK/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/nginx/body; proxy_temp_path $WORK/nginx/proxy;
+  fastcgi_temp_path $WORK/nginx/fcgi; uwsgi_temp_path $WORK/nginx/uwsgi; scgi_temp_path $WORK/nginx/scgi;
+  proxy_cache_path $WORK/nginx/cache keys_zone=c:64m max_size=512m;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / {
+      proxy_pass http://127.0.0.1:$ORIGIN_PORT; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache c; proxy_cache_lock on; proxy_cache_lock_timeout 10s; proxy_cache_valid 200 1h;
+    }
+  }
+}
+NGX
+  taskset -c 0 nginx -c "$WORK/nginx/nginx.conf" -p "$WORK/nginx" >/dev/null 2>&1 & PIDS+=($!)
+  wait_port $NGINX_PORT
+  TARGETS+=("nginx=http://127.0.0.1:$NGINX_PORT")
+fi
+
+# wrk --latency prints "50% 1.23ms" lines; convert to microseconds.
+to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v}'; }
+
+declare -A RPS P50 P99 N
+echo "== hot 1 KiB hits: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds =="
+for t in "${TARGETS[@]}"; do curl -s -o /dev/null "${t#*=}/bytes/1024"; curl -s -o /dev/null "${t#*=}/bytes/1024"; done
+for round in $(seq 1 "$ROUNDS"); do
+  for t in "${TARGETS[@]}"; do
+    name=${t%%=*}; url=${t#*=}
+    out=$(taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" --latency "$url/bytes/1024")
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    p50=$(echo "$out" | awk '$1=="50%" {print $2}' | to_us)
+    p99=$(echo "$out" | awk '$1=="99%" {print $2}' | to_us)
+    printf "  round %d %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us\n" "$round" "$name" "$rps" "$p50" "$p99"
+    RPS[$name]=$(echo "${RPS[$name]:-0} + $rps" | bc -l); P50[$name]=$(echo "${P50[$name]:-0} + $p50" | bc -l)
+    P99[$name]=$(echo "${P99[$name]:-0} + $p99" | bc -l); N[$name]=$(( ${N[$name]:-0} + 1 ))
+  done
+done
+echo "-- mean over rounds --"
+for t in "${TARGETS[@]}"; do
+  name=${t%%=*}
+  printf "  %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us\n" "$name" \
+    "$(echo "${RPS[$name]} / ${N[$name]}" | bc -l)" "$(echo "${P50[$name]} / ${N[$name]}" | bc -l)" "$(echo "${P99[$name]} / ${N[$name]}" | bc -l)"
+done
+if [ -n "${RPS[varnish]:-}" ]; then
+  printf "  fresco/varnish: throughput x%.2f, p99 x%.2f (target: >= 1.00 and <= 1.00)\n" \
+    "$(echo "${RPS[fresco]} / ${RPS[varnish]}" | bc -l)" "$(echo "${P99[fresco]} / ${P99[varnish]}" | bc -l)"
+fi
+
+echo
+echo "== stampede: cold URL, origin delay ${STAMPEDE_DELAY_MS} ms, $STAMPEDE_CLIENTS concurrent clients =="
+for t in "${TARGETS[@]}"; do
+  name=${t%%=*}; url=${t#*=}
+  # A fresh path per target so every one starts cold.
+  path="/delay/${STAMPEDE_DELAY_MS}?cold=$name-$RANDOM$RANDOM"
+  python3 scripts/stampede.py "$url$path" "$STAMPEDE_CLIENTS" "$name" "http://127.0.0.1:$ORIGIN_PORT"
+done
+printf "  targets: exactly 1 origin request; client p99 <= origin delay + 20 ms\n"
