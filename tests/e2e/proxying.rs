@@ -163,3 +163,39 @@ async fn metrics_count_requests_by_cache_status_and_store_contents() {
     assert_eq!(metric(&fresco, "fresco_store_objects").await, 1.0);
     assert!(metric(&fresco, "fresco_store_bytes").await > 6.0);
 }
+
+/// Runs a command and returns its stdout; panics with its stderr on failure.
+async fn run(cmd: &str, args: &[&str]) -> String {
+    let out = tokio::process::Command::new(cmd).args(args).output().await.unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(out.status.success(), "{cmd} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn tls_with_http2_by_alpn() {
+    let origin = Origin::start().await;
+    origin.route("/tls", Reply::ok("secure").header("cache-control", "max-age=60"));
+    let dir = std::env::temp_dir().join(format!("fresco-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let subject = ["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"];
+    let mut args = vec!["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"];
+    args.extend(subject);
+    args.extend(["-keyout", key, "-out", cert]);
+    run("openssl", &args).await;
+    let fresco = Fresco::start(&origin.url(), &["--tls-cert", cert, "--tls-key", key]);
+    let port = fresco.data.port();
+    let url = format!("https://localhost:{port}/tls");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let curl_args =
+        ["-s", "--http2", "--cacert", cert, "--resolve", &resolve, "-D", "-", "-w", "\nversion=%{http_version}", &url];
+    let first = run("curl", &curl_args).await;
+    assert!(first.contains("version=2"), "{first}");
+    assert!(first.contains("secure"), "{first}");
+    let second = run("curl", &curl_args).await;
+    assert!(second.contains("cache-status: fresco; hit"), "{second}");
+    assert_eq!(origin.last("/tls").unwrap().headers["x-forwarded-proto"], "https");
+    let bad = Fresco::spawn(&["serve", "--origin", &origin.url(), "--tls-cert", cert]).err().unwrap();
+    assert!(bad.contains("tls_key"), "{bad}");
+}
