@@ -48,6 +48,7 @@ fn main() {
             url: url.clone(),
             tags: Box::new([]),
             stamp: Stamp::default(),
+            stale: Default::default(),
         };
         store.put(url, Variants::default().with(Arc::new(object), 16));
     }

@@ -10,6 +10,8 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+use crate::classes::{Classes, ContentClass};
+
 /// Options as written in the file or on the command line, before defaults
 /// and validation. Every field is optional so the two sources can be merged.
 #[derive(Debug, Default, Clone, Deserialize, clap::Args)]
@@ -57,6 +59,15 @@ pub struct RawConfig {
     /// Keep Surrogate-Key / Cache-Tag / Cache-Groups on client responses [default: false]
     #[arg(long)]
     pub expose_tag_headers: Option<bool>,
+    /// Parent node to fetch through (origin shield); repeat for several, chosen per object by rendezvous hashing
+    #[arg(long = "parent")]
+    pub parent: Option<Vec<String>>,
+    /// How long a request waits on another's fetch of the same object before fetching itself [default: 10s]
+    #[arg(long)]
+    pub lock_timeout: Option<String>,
+    /// How long an object found uncacheable skips request coalescing (hit-for-pass) [default: 10s]
+    #[arg(long)]
+    pub uncacheable_ttl: Option<String>,
     /// Name of this cache in Cache-Status and Via [default: fresco]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -69,6 +80,22 @@ pub struct RawConfig {
     /// Cookie names whose values count in the cache key (file only: a list)
     #[arg(skip)]
     pub key_cookies: Option<Vec<String>>,
+    /// Content classes (file only: `[[class]]` tables)
+    #[arg(skip)]
+    #[serde(rename = "class")]
+    pub classes: Option<Vec<RawClass>>,
+}
+
+/// One `[[class]]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClass {
+    pub name: String,
+    pub path_prefix: Option<String>,
+    pub content_type: Option<String>,
+    pub stale_while_revalidate: Option<String>,
+    pub stale_if_error: Option<String>,
+    pub forbid_stale: Option<bool>,
 }
 
 impl RawConfig {
@@ -93,6 +120,10 @@ impl RawConfig {
             ignore_query_params: self.ignore_query_params.or(base.ignore_query_params),
             key_headers: self.key_headers.or(base.key_headers),
             key_cookies: self.key_cookies.or(base.key_cookies),
+            parent: self.parent.or(base.parent),
+            lock_timeout: self.lock_timeout.or(base.lock_timeout),
+            uncacheable_ttl: self.uncacheable_ttl.or(base.uncacheable_ttl),
+            classes: self.classes.or(base.classes),
         }
     }
 
@@ -140,6 +171,10 @@ pub struct Config {
     pub ignore_query_params: Vec<String>,
     pub key_headers: Vec<http::HeaderName>,
     pub key_cookies: Vec<String>,
+    pub parents: Vec<Uri>,
+    pub lock_timeout: Duration,
+    pub uncacheable_ttl: Duration,
+    pub classes: Classes,
 }
 
 impl Config {
@@ -158,16 +193,49 @@ impl Config {
                 .filter(|d| !d.is_zero())
                 .ok_or_else(|| invalid(key, &v, "a positive duration such as 500ms, 2s, 5m or 1h"))
         };
+        let http_url = |key: &str, text: &str| -> Result<Uri, ConfigError> {
+            text.parse()
+                .ok()
+                .filter(|u: &Uri| u.scheme_str() == Some("http") && u.authority().is_some())
+                .ok_or_else(|| invalid(key, text, "an http:// URL with a host, e.g. http://127.0.0.1:8080"))
+        };
+        let parents =
+            raw.parent.unwrap_or_default().iter().map(|p| http_url("parent", p)).collect::<Result<Vec<_>, _>>()?;
+        let classes = Classes(
+            raw.classes
+                .unwrap_or_default()
+                .into_iter()
+                .map(|c| {
+                    let window = |key: &str, v: Option<String>| -> Result<Option<Duration>, ConfigError> {
+                        v.map(|v| {
+                            parse_duration(&v).ok_or_else(|| {
+                                invalid(&format!("class.{key}"), &v, "a duration such as 30s, 5m, 24h or 1d")
+                            })
+                        })
+                        .transpose()
+                    };
+                    if c.name.is_empty() {
+                        return Err(ConfigError("a [[class]] has an empty `name`".into()));
+                    }
+                    Ok(ContentClass {
+                        stale: crate::classes::stale(
+                            window("stale_while_revalidate", c.stale_while_revalidate)?,
+                            window("stale_if_error", c.stale_if_error)?,
+                            c.forbid_stale.unwrap_or(false),
+                        ),
+                        name: c.name,
+                        path_prefix: c.path_prefix,
+                        content_type: c.content_type,
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        );
         let origin_text = raw.origin.ok_or_else(|| {
             ConfigError(
                 "missing `origin`: give --origin URL or `origin = \"http://host:port\"` in the config file".into(),
             )
         })?;
-        let origin: Uri = origin_text
-            .parse()
-            .ok()
-            .filter(|u: &Uri| u.scheme_str() == Some("http") && u.authority().is_some())
-            .ok_or_else(|| invalid("origin", &origin_text, "an http:// URL with a host, e.g. http://127.0.0.1:8080"))?;
+        let origin = http_url("origin", &origin_text)?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -216,6 +284,10 @@ impl Config {
             ignore_query_params: raw.ignore_query_params.unwrap_or_default(),
             key_headers,
             key_cookies: raw.key_cookies.unwrap_or_default(),
+            parents,
+            lock_timeout: duration("lock_timeout", raw.lock_timeout, "10s")?,
+            uncacheable_ttl: duration("uncacheable_ttl", raw.uncacheable_ttl, "10s")?,
+            classes,
         })
     }
 }
@@ -239,7 +311,7 @@ pub fn parse_size(text: &str) -> Option<u64> {
     n.checked_mul(mult)
 }
 
-/// Parses `500ms`, `2s`, `5m`, `1h`; a bare number is seconds.
+/// Parses `500ms`, `2s`, `5m`, `1h`, `1d`; a bare number is seconds.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -250,6 +322,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "" | "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86400).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -294,6 +367,30 @@ mod tests {
     fn unknown_file_keys_are_refused_by_name() {
         let err = toml::from_str::<RawConfig>("origin = \"http://o:1\"\nmemroy = \"1GiB\"").unwrap_err();
         assert!(err.to_string().contains("memroy"), "{err}");
+    }
+
+    #[test]
+    fn content_classes_and_parents_from_the_file() {
+        let text = r#"
+            origin = "http://o:1"
+            parent = ["http://shield-a:8081", "http://shield-b:8081"]
+            [[class]]
+            name = "html"
+            content_type = "text/html"
+            stale_while_revalidate = "30s"
+            stale_if_error = "1d"
+            [[class]]
+            name = "sw"
+            path_prefix = "/sw.js"
+            forbid_stale = true
+        "#;
+        let c = Config::from_raw(toml::from_str(text).unwrap()).unwrap();
+        assert_eq!(c.parents.len(), 2);
+        assert_eq!(c.classes.0[0].stale.stale_if_error, Some(Duration::from_secs(86400)));
+        assert!(c.classes.0[1].stale.forbid);
+        let bad = "origin = \"http://o:1\"\n[[class]]\nname = \"x\"\nstale_if_error = \"forever\"\n";
+        let err = Config::from_raw(toml::from_str(bad).unwrap()).unwrap_err();
+        assert!(err.0.contains("class.stale_if_error") && err.0.contains("forever"), "{err}");
     }
 
     #[test]

@@ -38,8 +38,11 @@ pub fn build_proxy(cfg: &Config) -> Arc<Proxy> {
     settings.max_object_size = cfg.max_object_size as usize;
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
+    settings.lock_timeout = cfg.lock_timeout;
+    settings.uncacheable_ttl = cfg.uncacheable_ttl;
+    settings.classes = cfg.classes.clone();
     let store = Arc::new(MemoryStore::new(cfg.memory));
-    let upstream = Upstream::new(cfg.origin.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
+    let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
     Arc::new(Proxy::new(settings, store, Arc::new(Invalidations::default()), upstream))
 }
 

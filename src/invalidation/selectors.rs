@@ -217,6 +217,7 @@ mod tests {
             url: Arc::from(url),
             tags: tags.iter().map(|t| Arc::from(*t)).collect(),
             stamp,
+            stale: Default::default(),
         }
     }
 

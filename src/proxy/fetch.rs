@@ -91,8 +91,7 @@ impl Proxy {
             }
             Outcome::Response(head) => {
                 if let Some((obj, state)) = &stale {
-                    if is_server_error(head.status)
-                        && request::stale_if_error(&rd, &obj.policy, *state, self.settings.stale, now)
+                    if is_server_error(head.status) && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
                     {
                         return self.serve_stale_on_error(&parts, obj, status, head.status.as_u16(), now);
                     }
@@ -110,7 +109,7 @@ impl Proxy {
             }
             Outcome::Failed(err) => {
                 if let Some((obj, state)) = &stale {
-                    if request::stale_if_error(&rd, &obj.policy, *state, self.settings.stale, now) {
+                    if request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now) {
                         return self.serve_stale_on_error(&parts, obj, status, 0, now);
                     }
                 }
@@ -236,7 +235,7 @@ impl Proxy {
                 super::respond::empty(),
             );
             metrics::origin_request(if validate.is_some() { "revalidate" } else { "fetch" });
-            let resp = match self.upstream.send(req).await {
+            let resp = match self.upstream.send(req, &job.target.key.key).await {
                 Ok(r) => r,
                 Err(e) => {
                     metrics::origin_error(e.detail());
@@ -341,6 +340,10 @@ impl Proxy {
                     url: Arc::from(job.target.key.url.as_str()),
                     tags,
                     stamp,
+                    stale: self.settings.classes.stale_defaults(
+                        job.target.path_and_query.split('?').next().unwrap_or("/"),
+                        head.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                    ),
                 };
                 self.store_object(&job.target.key.key, Arc::new(object));
             }

@@ -22,6 +22,7 @@ use crate::store::CachedObject;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 impl Proxy {
     /// The request Fresco sends upstream for a client request: hop-by-hop
@@ -60,6 +61,11 @@ impl Proxy {
             h.append(VIA, v);
         }
         append_forwarded_for(&mut h, client.addr.ip());
+        // RFC 8586: lets a parent Fresco know its client is a cache (and
+        // detect loops).
+        if let Ok(v) = HeaderValue::from_str(&self.settings.node_name) {
+            h.append(CDN_LOOP, v);
+        }
         if !h.contains_key(X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
         }
@@ -85,7 +91,7 @@ impl Proxy {
         let upstream_req = self.upstream_request(&parts.method, target, client, &parts.headers, None, body);
         metrics::origin_request("pass");
         let started = Instant::now();
-        let resp = match self.upstream.send(upstream_req).await {
+        let resp = match self.upstream.send(upstream_req, &target.key.key).await {
             Ok(r) => r,
             Err(e) => {
                 metrics::origin_error(e.detail());
@@ -117,7 +123,7 @@ impl Proxy {
         let stamp = self.invalidations.stamp();
         let req = self.upstream_request(&Method::HEAD, target, client, &parts.headers, None, super::respond::empty());
         metrics::origin_request("head");
-        let resp = match self.upstream.send(req).await {
+        let resp = match self.upstream.send(req, &target.key.key).await {
             Ok(r) => r,
             Err(e) => {
                 metrics::origin_error(e.detail());

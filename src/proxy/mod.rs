@@ -25,16 +25,21 @@ use http::header::{AUTHORIZATION, HOST};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::classes::Classes;
 use crate::invalidation::{Invalidations, Validity};
 use crate::key::{CacheKey, KeyPolicy};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
-use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse, StaleDefaults, ValidateReason};
+use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse, ValidateReason};
 use crate::policy::response::PolicyConfig;
 use crate::store::Store;
 
 use fill::Fill;
 use upstream::{Upstream, UpstreamBody};
+
+/// How many times a request may pass nodes with this node's name (parents
+/// and children share names by default) before it is taken for a loop.
+const MAX_HOPS: usize = 4;
 
 /// How the data path behaves; built from the node's configuration.
 #[derive(Debug, Clone)]
@@ -54,7 +59,7 @@ pub struct ProxySettings {
     /// (Varnish's hit-for-pass), so its requests do not queue.
     pub uncacheable_ttl: Duration,
     pub max_variants: usize,
-    pub stale: StaleDefaults,
+    pub classes: Classes,
 }
 
 impl ProxySettings {
@@ -69,7 +74,7 @@ impl ProxySettings {
             lock_timeout: Duration::from_secs(10),
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
-            stale: StaleDefaults::default(),
+            classes: Classes::default(),
         }
     }
 }
@@ -122,7 +127,26 @@ impl Proxy {
     /// response with a status and a Cache-Status detail.
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
-        let resp = self.dispatch(req, client).await;
+        let loop_ids: Vec<String> = req
+            .headers()
+            .get_all(forward::CDN_LOOP)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|id| id.split(';').next().map(|id| id.trim().to_string()))
+            .collect();
+        let hops = loop_ids.iter().filter(|id| **id == self.settings.node_name).count();
+        let mut resp = if hops >= MAX_HOPS {
+            let status = CacheStatus::forward(Fwd::Bypass).with_detail("loop");
+            self.error(StatusCode::LOOP_DETECTED, status, "request loop: this node already handled it\n")
+        } else {
+            self.dispatch(req, client).await
+        };
+        // A client that announced itself in CDN-Loop is a CDN cache (a child
+        // node, say): the targeted and tag fields are for it too.
+        if loop_ids.is_empty() {
+            self.strip_cache_fields(resp.headers_mut());
+        }
         metrics::request_finished(&resp, started.elapsed());
         resp
     }
@@ -188,7 +212,7 @@ impl Proxy {
             let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
             return self.fetch(parts, target, client, rd, None, status).await;
         };
-        match request::reuse(&rd, &obj.policy, state, self.settings.stale, now) {
+        match request::reuse(&rd, &obj.policy, state, obj.stale, now) {
             Reuse::Fresh | Reuse::StaleAccepted => {
                 let status = CacheStatus::hit(obj.policy.ttl(now));
                 self.serve_stored(&parts, &obj, status, false, now)

@@ -96,9 +96,8 @@ impl Proxy {
         self.relay(head.status, head.headers.clone(), body, status)
     }
 
-    /// The last step for every response: hop-by-hop fields out, targeted
-    /// and tag fields out (RFC 9213: they are for this cache), Via and our
-    /// Cache-Status entry appended after any upstream entries.
+    /// The last step for every response: hop-by-hop fields out, Via and
+    /// our Cache-Status entry appended after any upstream entries.
     pub(super) fn relay(
         &self,
         code: StatusCode,
@@ -107,15 +106,6 @@ impl Proxy {
         status: CacheStatus,
     ) -> Response<UpstreamBody> {
         headers::remove_hop_by_hop(&mut h);
-        for name in &self.settings.policy.targeted_fields {
-            h.remove(name);
-        }
-        h.remove("surrogate-control");
-        if !self.settings.expose_tag_headers {
-            for name in tags::TAG_FIELDS {
-                h.remove(name);
-            }
-        }
         if let Ok(v) = HeaderValue::from_str(&status.render(&self.settings.node_name)) {
             h.append(CACHE_STATUS, v);
         }
@@ -126,6 +116,21 @@ impl Proxy {
         *resp.status_mut() = code;
         *resp.headers_mut() = h;
         resp
+    }
+
+    /// Removes the fields that are meant for caches (RFC 9213 targeted
+    /// fields, and the tag fields unless configured otherwise) from a
+    /// response going to a client that is not a Fresco node.
+    pub(super) fn strip_cache_fields(&self, h: &mut HeaderMap) {
+        for name in &self.settings.policy.targeted_fields {
+            h.remove(name);
+        }
+        h.remove("surrogate-control");
+        if !self.settings.expose_tag_headers {
+            for name in tags::TAG_FIELDS {
+                h.remove(name);
+            }
+        }
     }
 
     /// An error Fresco generates itself.

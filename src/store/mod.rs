@@ -36,6 +36,8 @@ pub struct CachedObject {
     /// The invalidation position the node had applied when the fetch that
     /// produced this object started.
     pub stamp: crate::invalidation::Stamp,
+    /// Stale-serving defaults of the object's content class.
+    pub stale: crate::policy::request::StaleDefaults,
 }
 
 /// Header fields in arrival order, without a hash index: a HeaderMap's

@@ -1,0 +1,75 @@
+//! Content classes: named matchers (path prefix, content type) that give
+//! stale-serving defaults when the origin sends none, or forbid serving
+//! stale for what must never be stale. The first matching class wins.
+
+use std::time::Duration;
+
+use crate::policy::request::StaleDefaults;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContentClass {
+    pub name: String,
+    /// Matches request paths starting with this (whole string prefix).
+    pub path_prefix: Option<String>,
+    /// Matches responses whose Content-Type starts with this, e.g. `text/html`.
+    pub content_type: Option<String>,
+    pub stale: StaleDefaults,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Classes(pub Vec<ContentClass>);
+
+impl Classes {
+    /// The first class matching a request path and response content type.
+    pub fn classify(&self, path: &str, content_type: Option<&str>) -> Option<&ContentClass> {
+        self.0.iter().find(|c| {
+            c.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+                && c.content_type.as_deref().is_none_or(|want| {
+                    content_type
+                        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
+                })
+        })
+    }
+
+    /// The stale defaults for a response, none when no class matches.
+    pub fn stale_defaults(&self, path: &str, content_type: Option<&str>) -> StaleDefaults {
+        self.classify(path, content_type).map(|c| c.stale).unwrap_or_default()
+    }
+}
+
+/// Builds a class's stale defaults from its configured windows.
+pub fn stale(swr: Option<Duration>, sie: Option<Duration>, forbid: bool) -> StaleDefaults {
+    StaleDefaults { stale_while_revalidate: swr, stale_if_error: sie, forbid }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn class(name: &str, path: Option<&str>, ct: Option<&str>, sie: u64) -> ContentClass {
+        ContentClass {
+            name: name.into(),
+            path_prefix: path.map(str::to_string),
+            content_type: ct.map(str::to_string),
+            stale: stale(None, Some(Duration::from_secs(sie)), false),
+        }
+    }
+
+    #[test]
+    fn first_matching_class_wins() {
+        let classes = Classes(vec![
+            class("api", Some("/api/"), None, 10),
+            class("html", None, Some("text/html"), 20),
+            class("rest", None, None, 30),
+        ]);
+        assert_eq!(classes.classify("/api/x", Some("text/html")).unwrap().name, "api");
+        assert_eq!(classes.classify("/page", Some("Text/HTML; charset=utf-8")).unwrap().name, "html");
+        assert_eq!(classes.classify("/img.png", Some("image/png")).unwrap().name, "rest");
+        assert_eq!(classes.classify("/page", None).unwrap().name, "rest");
+    }
+
+    #[test]
+    fn no_class_means_no_defaults() {
+        assert_eq!(Classes::default().stale_defaults("/", None), StaleDefaults::default());
+    }
+}
