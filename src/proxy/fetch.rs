@@ -75,6 +75,14 @@ impl Proxy {
                 // After a failure the waiters share one retry; otherwise the
                 // leader's response was not for them and each asks alone.
                 let retry_shared = matches!(outcome, Some(Outcome::Failed(_)));
+                // The shared retry may already have finished and stored the
+                // object before this waiter got here.
+                if retry_shared {
+                    if let Some(obj) = self.fresh_stored(&target, &parts.headers) {
+                        let now = SystemTime::now();
+                        return self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now);
+                    }
+                }
                 let (own, _) =
                     self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), retry_shared);
                 reader = own;
@@ -121,6 +129,13 @@ impl Proxy {
                 self.error(code, status, &format!("{err}\n"))
             }
         }
+    }
+
+    /// A stored variant for this request that is valid and fresh now.
+    fn fresh_stored(&self, target: &Target, request: &HeaderMap) -> Option<Arc<CachedObject>> {
+        let obj = self.store.get(&target.key.key)?.select(request)?.clone();
+        let fresh = self.invalidations.check(&obj) == Validity::Valid && obj.policy.ttl(SystemTime::now()) > 0;
+        fresh.then_some(obj)
     }
 
     fn serve_stale_on_error(

@@ -5,3 +5,4 @@ mod harness;
 
 mod http_caching;
 mod proxying;
+mod stampede;
