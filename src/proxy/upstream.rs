@@ -107,7 +107,7 @@ impl Upstream {
                 (h.finish(), p)
             })
             .collect();
-        ranked.sort_by(|a, b| b.0.cmp(&a.0));
+        ranked.sort_by_key(|r| std::cmp::Reverse(r.0));
         ranked.into_iter().map(|(_, p)| &p.base).chain(std::iter::once(&self.origin)).collect()
     }
 
