@@ -119,12 +119,23 @@ if [ -n "${RPS[varnish]:-}" ]; then
     "$(echo "${RPS[fresco]} / ${RPS[varnish]}" | bc -l)" "$(echo "${P99[fresco]} / ${P99[varnish]}" | bc -l)"
 fi
 
+cargo bench --quiet --bench stampede --no-run 2>/dev/null
+burst() { taskset -c 1 cargo bench --quiet --bench stampede -- "$@"; }
+
 echo
 echo "== stampede: cold URL, origin delay ${STAMPEDE_DELAY_MS} ms, $STAMPEDE_CLIENTS concurrent clients =="
 for t in "${TARGETS[@]}"; do
   name=${t%%=*}; url=${t#*=}
   # A fresh path per target so every one starts cold.
-  path="/delay/${STAMPEDE_DELAY_MS}?cold=$name-$RANDOM$RANDOM"
-  python3 scripts/stampede.py "$url$path" "$STAMPEDE_CLIENTS" "$name" "http://127.0.0.1:$ORIGIN_PORT"
+  burst "$name" "$url/delay/${STAMPEDE_DELAY_MS}?cold=$name-$RANDOM$RANDOM" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
 done
 printf "  targets: exactly 1 origin request; client p99 <= origin delay + 20 ms\n"
+
+echo
+echo "== stale-while-revalidate: expired object (max-age=2, swr=60, origin delay ${STAMPEDE_DELAY_MS} ms) vs hot object, $STAMPEDE_CLIENTS clients =="
+url="http://127.0.0.1:$FRESCO_PORT/swr/${STAMPEDE_DELAY_MS}?k=$RANDOM$RANDOM"
+curl -s -o /dev/null "$url"; sleep 3
+burst "stale" "$url" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
+sleep 0.5
+burst "hot" "$url" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
+printf "  target: stale p99 within 2x the hot p99; origin requests = 2 (the fill and one revalidation)\n"

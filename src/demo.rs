@@ -169,6 +169,16 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 vec![b'x'; n],
             )
         }
+        (Method::GET | Method::HEAD, p) if p.starts_with("/swr/") => {
+            // Fresh for two seconds, then served stale while a slow revalidation runs.
+            let ms: u64 = p["/swr/".len()..].parse().unwrap_or(0).min(60_000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            respond(
+                StatusCode::OK,
+                &[("cache-control", "max-age=2, stale-while-revalidate=60".into())],
+                format!("waited {ms} ms\n"),
+            )
+        }
         (Method::GET | Method::HEAD, p) if p.starts_with("/delay/") => {
             let ms: u64 = p["/delay/".len()..].parse().unwrap_or(0).min(60_000);
             tokio::time::sleep(Duration::from_millis(ms)).await;
