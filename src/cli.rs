@@ -39,6 +39,8 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         origin: SocketAddr,
     },
+    /// Invalidate cached objects through a node's admin API.
+    Purge(crate::purge::PurgeArgs),
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -77,6 +79,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             crate::demo::print_guide(listen, admin, origin_addr);
             crate::server::run(cfg, crate::server::shutdown_signal()).await
         }
+        Command::Purge(args) => crate::purge::run(args).await,
         Command::Origin { listen } => {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;

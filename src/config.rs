@@ -10,6 +10,7 @@ use std::time::Duration;
 use http::Uri;
 use serde::Deserialize;
 
+use crate::access::{Scope, Token, parse_network};
 use crate::classes::{Classes, ContentClass};
 
 /// Options as written in the file or on the command line, before defaults
@@ -68,6 +69,19 @@ pub struct RawConfig {
     /// How long an object found uncacheable skips request coalescing (hit-for-pass) [default: 10s]
     #[arg(long)]
     pub uncacheable_ttl: Option<String>,
+    /// Directory for the invalidation log and the local admin token [default: fresco-data]
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How often the sweeper frees purged objects and compacts records [default: 10s]
+    #[arg(long)]
+    pub sweep_interval: Option<String>,
+    /// Client networks allowed to send PURGE (file only: a list) [default: loopback]
+    #[arg(skip)]
+    pub purge_allow: Option<Vec<String>>,
+    /// API tokens (file only: `[[token]]` tables)
+    #[arg(skip)]
+    #[serde(rename = "token")]
+    pub tokens: Option<Vec<RawToken>>,
     /// Name of this cache in Cache-Status and Via [default: fresco]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -84,6 +98,28 @@ pub struct RawConfig {
     #[arg(skip)]
     #[serde(rename = "class")]
     pub classes: Option<Vec<RawClass>>,
+}
+
+/// One `[[token]]` table.
+#[derive(Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub name: String,
+    /// The secret itself, or
+    pub secret: Option<String>,
+    /// the name of an environment variable holding it.
+    pub secret_env: Option<String>,
+    pub scopes: Vec<String>,
+    /// Invalidations per second [default: 50]
+    pub rate: Option<f64>,
+    /// Burst size [default: 200]
+    pub burst: Option<f64>,
+}
+
+impl std::fmt::Debug for RawToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawToken").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
 }
 
 /// One `[[class]]` table.
@@ -124,6 +160,10 @@ impl RawConfig {
             lock_timeout: self.lock_timeout.or(base.lock_timeout),
             uncacheable_ttl: self.uncacheable_ttl.or(base.uncacheable_ttl),
             classes: self.classes.or(base.classes),
+            data_dir: self.data_dir.or(base.data_dir),
+            sweep_interval: self.sweep_interval.or(base.sweep_interval),
+            purge_allow: self.purge_allow.or(base.purge_allow),
+            tokens: self.tokens.or(base.tokens),
         }
     }
 
@@ -175,6 +215,11 @@ pub struct Config {
     pub lock_timeout: Duration,
     pub uncacheable_ttl: Duration,
     pub classes: Classes,
+    pub data_dir: PathBuf,
+    pub sweep_interval: Duration,
+    pub purge_allow: Vec<(std::net::IpAddr, u8)>,
+    /// Configured tokens; empty means a local admin token is generated.
+    pub tokens: Vec<Token>,
 }
 
 impl Config {
@@ -236,6 +281,15 @@ impl Config {
             )
         })?;
         let origin = http_url("origin", &origin_text)?;
+        let purge_allow = raw
+            .purge_allow
+            .unwrap_or_else(|| vec!["127.0.0.0/8".into(), "::1/128".into()])
+            .iter()
+            .map(|n| {
+                parse_network(n).ok_or_else(|| invalid("purge_allow", n, "IP addresses or networks such as 10.0.0.0/8"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let tokens = raw.tokens.unwrap_or_default().into_iter().map(token).collect::<Result<Vec<_>, _>>()?;
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -288,8 +342,43 @@ impl Config {
             lock_timeout: duration("lock_timeout", raw.lock_timeout, "10s")?,
             uncacheable_ttl: duration("uncacheable_ttl", raw.uncacheable_ttl, "10s")?,
             classes,
+            data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("fresco-data")),
+            sweep_interval: duration("sweep_interval", raw.sweep_interval, "10s")?,
+            purge_allow,
+            tokens,
         })
     }
+}
+
+/// Validates one `[[token]]`.
+fn token(t: RawToken) -> Result<Token, ConfigError> {
+    let key = |k: &str| format!("token.{k} (token `{}`)", t.name);
+    if t.name.is_empty() {
+        return Err(ConfigError("a [[token]] has an empty `name`".into()));
+    }
+    let secret = match (&t.secret, &t.secret_env) {
+        (Some(s), None) => s.clone(),
+        (None, Some(var)) => std::env::var(var)
+            .map_err(|_| ConfigError(format!("{}: environment variable {var} is not set", key("secret_env"))))?,
+        _ => return Err(ConfigError(format!("{}: give exactly one of `secret` and `secret_env`", key("secret")))),
+    };
+    if secret.len() < 16 {
+        return Err(ConfigError(format!("{}: secrets must be at least 16 characters", key("secret"))));
+    }
+    let scopes = t
+        .scopes
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scopes.is_empty() {
+        return Err(ConfigError(format!("{}: a token needs at least one scope", key("scopes"))));
+    }
+    let rate = t.rate.unwrap_or(50.0);
+    let burst = t.burst.unwrap_or(200.0);
+    if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {
+        return Err(ConfigError(format!("{}: rate must be > 0 and burst >= 1", key("rate"))));
+    }
+    Ok(Token { name: t.name, secret, scopes, rate, burst })
 }
 
 /// Parses `512MiB`, `64KiB`, `1GB`, `100kb`, `1048576`.

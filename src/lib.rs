@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for how the modules fit together.
 
+pub mod access;
 pub mod admin;
 pub mod classes;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod key;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod purge;
 pub mod server;
 pub mod store;
 pub mod tls;

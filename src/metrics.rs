@@ -7,6 +7,7 @@ use http::Response;
 use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use crate::invalidation::Invalidations;
 use crate::store::Store;
 
 /// Installs the global recorder; returns the handle that renders it.
@@ -75,7 +76,7 @@ pub fn local_invalidation() {
 }
 
 /// Renders all metrics, with the store's figures as gauges.
-pub fn render(handle: &PrometheusHandle, store: &dyn Store) -> String {
+pub fn render(handle: &PrometheusHandle, store: &dyn Store, invalidations: &Invalidations) -> String {
     let s = store.stats();
     let mut out = handle.render();
     let gauges = [
@@ -83,6 +84,8 @@ pub fn render(handle: &PrometheusHandle, store: &dyn Store) -> String {
         ("fresco_store_keys", "Cache keys in the store.", s.keys),
         ("fresco_store_bytes", "Bytes accounted in the store.", s.bytes),
         ("fresco_store_capacity_bytes", "The store's byte budget.", s.capacity),
+        ("fresco_invalidation_applied_version", "Highest invalidation log version applied.", invalidations.applied()),
+        ("fresco_invalidation_records", "Selector records held.", invalidations.records() as u64),
     ];
     for (name, help, value) in gauges {
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));

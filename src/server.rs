@@ -3,6 +3,7 @@
 //! on SIGINT / SIGTERM.
 
 use std::convert::Infallible;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,9 +14,11 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::access::{Access, Scope, Token};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
-use crate::invalidation::Invalidations;
+use crate::invalidation::service::Service;
+use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Client, Proxy, ProxySettings};
@@ -25,8 +28,9 @@ use crate::{metrics, tls};
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Builds the proxy a configuration describes.
-pub fn build_proxy(cfg: &Config) -> Arc<Proxy> {
+/// Builds the proxy a configuration describes, with its invalidation log
+/// opened and replayed.
+pub fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
     let mut settings = ProxySettings::new(cfg.node_name.clone());
     settings.policy.store_set_cookie = cfg.store_set_cookie;
     settings.keys = KeyPolicy {
@@ -43,13 +47,53 @@ pub fn build_proxy(cfg: &Config) -> Arc<Proxy> {
     settings.classes = cfg.classes.clone();
     let store = Arc::new(MemoryStore::new(cfg.memory));
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
-    Arc::new(Proxy::new(settings, store, Arc::new(Invalidations::default()), upstream))
+    let invalidations = Arc::new(Invalidations::default());
+    let audit = Arc::new(Audit::default());
+    let log = EmbeddedLog::open(&cfg.data_dir, &cfg.node_name, invalidations.clone(), audit.clone())?;
+    let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
+    let service = Arc::new(Service {
+        log,
+        audit,
+        invalidations: invalidations.clone(),
+        access: Access::new(tokens, cfg.purge_allow.clone()),
+        node: cfg.node_name.clone(),
+        keys: settings.keys.clone(),
+    });
+    Ok(Arc::new(Proxy::new(settings, store, invalidations, upstream, service)))
+}
+
+/// With no `[[token]]` configured, an `all`-scoped token for the local
+/// operator is kept in `DATA_DIR/admin-token` (created once, mode 0600),
+/// which `fresco purge` reads by default.
+fn local_admin_token(dir: &Path) -> Result<Token, String> {
+    let path = dir.join("admin-token");
+    let secret = match std::fs::read_to_string(&path) {
+        Ok(s) if s.trim().len() >= 16 => s.trim().to_string(),
+        _ => {
+            let mut bytes = [0u8; 24];
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+                .map_err(|e| format!("cannot read random bytes for the admin token: {e}"))?;
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            options
+                .open(&path)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, secret.as_bytes()))
+                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            secret
+        }
+    };
+    tracing::info!(path = %path.display(), "no [[token]] configured: the local admin token (scope all) is in this file");
+    Ok(Token { name: "local-admin".into(), secret, scopes: vec![Scope::All], rate: 1000.0, burst: 10_000.0 })
 }
 
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
 /// the bound addresses once both listeners accept connections.
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let proxy = build_proxy(&cfg);
+    let proxy = build_proxy(&cfg)?;
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
@@ -60,7 +104,8 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         TcpListener::bind(cfg.admin).await.map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
     let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AdminState { proxy: proxy.clone(), metrics: metrics::install() };
+    let state = AdminState { proxy: proxy.clone(), service: proxy.service.clone(), metrics: metrics::install() };
+    tokio::spawn(sweeper::run(proxy.store.clone(), proxy.invalidations.clone(), cfg.sweep_interval, shutdown.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");

@@ -9,6 +9,12 @@
 //! flight is never undone by that fetch, and applying an invalidation twice
 //! or out of order changes nothing: the highest version wins.
 
+pub mod audit;
+pub mod log;
 pub mod selectors;
+pub mod service;
+pub mod sweeper;
 
+pub use audit::Audit;
+pub use log::{EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
 pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity};

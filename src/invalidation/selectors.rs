@@ -1,6 +1,6 @@
 //! The in-memory selector records and the per-object validity check.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -15,8 +15,10 @@ pub enum Mode {
     Soft,
 }
 
-/// What an invalidation selects.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+/// What an invalidation selects. In the log: `{"url": ".."}`,
+/// `{"prefix": ".."}`, `{"tag": ".."}` or `"all"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Selector {
     /// One normalised URL, all its variants.
     Url(String),
@@ -45,7 +47,7 @@ pub enum Validity {
 }
 
 /// The highest versions recorded for one selector, per mode.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 struct Mark {
     hard: u64,
     soft: u64,
@@ -85,6 +87,28 @@ pub struct Invalidations {
     prefixes: Table,
     tags: Table,
     all: RwLock<Mark>,
+    /// Log stamps of fetches in flight, so compaction never drops a record
+    /// that an object still being fetched must be checked against.
+    inflight: std::sync::Mutex<BTreeMap<(u64, u64), usize>>,
+}
+
+/// Registration of a fetch in flight; unregisters when dropped.
+pub struct FetchGuard<'a> {
+    owner: &'a Invalidations,
+    pub stamp: Stamp,
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        let mut map = self.owner.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (self.stamp.log, self.stamp.local);
+        if let Some(n) = map.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&key);
+            }
+        }
+    }
 }
 
 impl Invalidations {
@@ -93,22 +117,79 @@ impl Invalidations {
         Stamp { log: self.applied.load(Ordering::Acquire), local: self.local.load(Ordering::Acquire) }
     }
 
+    /// Stamps a fetch that starts now and keeps its stamp visible to
+    /// compaction until the guard is dropped.
+    pub fn begin_fetch(&self) -> FetchGuard<'_> {
+        let mut map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        // Read under the lock so compaction sees either the registration or
+        // a stamp at least as new as the applied version it read.
+        let stamp = self.stamp();
+        *map.entry((stamp.log, stamp.local)).or_default() += 1;
+        FetchGuard { owner: self, stamp }
+    }
+
+    /// The oldest log stamp any object can still carry without being stored
+    /// yet: the oldest fetch in flight, or the applied version.
+    pub fn oldest_possible_stamp(&self) -> Stamp {
+        let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.stamp();
+        map.keys().fold(current, |acc, (log, local)| Stamp { log: acc.log.min(*log), local: acc.local.min(*local) })
+    }
+
+    /// Number of selector records held.
+    pub fn records(&self) -> usize {
+        self.records.load(Ordering::Acquire)
+    }
+
+    /// Drops every record that can no longer invalidate anything: all its
+    /// versions are at or below `floor`, the oldest stamp of any stored or
+    /// in-flight object. Returns how many were dropped.
+    pub fn compact(&self, floor: Stamp) -> usize {
+        let stale = |m: &Mark| m.hard <= floor.log && m.soft <= floor.log && m.local <= floor.local;
+        let mut dropped = 0;
+        for table in [&self.urls, &self.prefixes, &self.tags] {
+            let mut map = table.write().expect("invalidation lock");
+            let before = map.len();
+            map.retain(|_, m| !stale(m));
+            dropped += before - map.len();
+        }
+        {
+            let mut all = self.all.write().expect("invalidation lock");
+            if *all != Mark::default() && stale(&all) {
+                *all = Mark::default();
+                dropped += 1;
+            }
+        }
+        self.records.fetch_sub(dropped, Ordering::AcqRel);
+        dropped
+    }
+
     /// The highest log version applied.
     pub fn applied(&self) -> u64 {
         self.applied.load(Ordering::Acquire)
     }
 
     /// Records `selector` at log `version`. Idempotent and order-free.
+    /// The caller raises the applied version with [`Self::advance`] once
+    /// every selector of an invalidation is recorded.
     pub fn apply(&self, selector: &Selector, mode: Mode, version: u64) {
         match selector {
             Selector::Url(u) => self.record(&self.urls, u, |m| m.record(mode, version)),
             Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| m.record(mode, version)),
             Selector::Tag(t) => self.record(&self.tags, t, |m| m.record(mode, version)),
             Selector::All => {
-                self.all.write().expect("invalidation lock").record(mode, version);
-                self.records.fetch_add(1, Ordering::Release);
+                let mut all = self.all.write().expect("invalidation lock");
+                if *all == Mark::default() {
+                    self.records.fetch_add(1, Ordering::Release);
+                }
+                all.record(mode, version);
             }
         }
+        self.advance(version);
+    }
+
+    /// Marks every log version up to `version` as applied.
+    pub fn advance(&self, version: u64) {
         self.applied.fetch_max(version, Ordering::AcqRel);
     }
 
@@ -273,6 +354,21 @@ mod tests {
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 1, local: 0 })), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 2, local: 0 })), Validity::Valid);
+    }
+
+    #[test]
+    fn compaction_keeps_records_an_old_object_or_fetch_still_needs() {
+        let inv = Invalidations::default();
+        inv.apply(&Selector::Tag("a".into()), Mode::Hard, 1);
+        let old_fetch = inv.begin_fetch();
+        inv.apply(&Selector::Tag("b".into()), Mode::Hard, 2);
+        assert_eq!(inv.records(), 2);
+        // The fetch that started at 1 must still be checked against "b".
+        assert_eq!(inv.compact(inv.oldest_possible_stamp()), 1);
+        assert_eq!(inv.check(&object("http://h/x", &["b"], old_fetch.stamp)), Validity::Hard);
+        drop(old_fetch);
+        assert_eq!(inv.compact(inv.oldest_possible_stamp()), 1);
+        assert_eq!(inv.records(), 0);
     }
 
     #[test]

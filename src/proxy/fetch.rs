@@ -234,7 +234,8 @@ impl Proxy {
     async fn run_fill(self: Arc<Self>, fill: Arc<Fill>, job: Job, registered: bool) {
         // The stamp is taken before the request leaves, so an invalidation
         // applied while it is in flight outranks what it brings back.
-        let stamp = self.invalidations.stamp();
+        let fetch = self.invalidations.begin_fetch();
+        let stamp = fetch.stamp;
         let started = Instant::now();
         let mut validate = job.stale.clone().filter(|o| conditional::has_validator(&o.headers.to_map()));
         loop {

@@ -15,9 +15,12 @@ use hyper::body::Incoming;
 
 use super::upstream::{BoxError, UpstreamBody};
 use super::{Client, Proxy, Target};
+use crate::access::Denied;
+use crate::invalidation::service::Refused;
+use crate::invalidation::{LogError, Mode, NewInvalidation, Selector};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
-use crate::policy::{conditional, headers};
+use crate::policy::{conditional, headers, tags};
 use crate::store::CachedObject;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -101,6 +104,7 @@ impl Proxy {
         };
         let (resp_parts, resp_body) = resp.into_parts();
         self.invalidate_after_unsafe(&parts.method, resp_parts.status, target, client, &resp_parts.headers);
+        self.cache_group_invalidation(&parts.method, resp_parts.status, target, &resp_parts.headers).await;
         status.fwd_status = Some(resp_parts.status.as_u16());
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
         let body = with_deadline(resp_body, deadline);
@@ -150,6 +154,77 @@ impl Proxy {
             }
         }
         self.relay(resp_parts.status, resp_parts.headers, super::respond::empty(), status)
+    }
+
+    /// RFC 9875 §3: a non-error response to an unsafe request may name
+    /// groups (tags) to invalidate. Fresco fronts one origin, so the groups
+    /// are that origin's; the invalidation goes through the log like any
+    /// other, so every node applies it. The response waits for it, so the
+    /// client's next read cannot see the old content.
+    async fn cache_group_invalidation(
+        &self,
+        method: &Method,
+        status: StatusCode,
+        target: &Target,
+        response: &HeaderMap,
+    ) {
+        if method.is_safe() || !(status.is_success() || status.is_redirection()) {
+            return;
+        }
+        let groups = tags::cache_groups(response, "cache-group-invalidation");
+        if groups.is_empty() {
+            return;
+        }
+        let inv = NewInvalidation {
+            selectors: groups.into_iter().filter(|g| g.len() <= tags::MAX_TAG_LEN).map(Selector::Tag).collect(),
+            mode: Mode::Hard,
+            reason: format!("Cache-Group-Invalidation on {method} {}", target.key.url),
+            issuer: "origin".into(),
+            break_glass: false,
+        };
+        if let Err(e) = self.service.append(inv).await {
+            tracing::error!(url = %target.key.url, error = %e, "Cache-Group-Invalidation not applied");
+        }
+    }
+
+    /// The conventional PURGE method for one URL (all its variants): only
+    /// from the configured client networks and with a token whose scope
+    /// covers the URL. `Fresco-Purge-Mode: soft` marks stale instead.
+    pub(super) async fn purge<B>(&self, req: &Request<B>, target: &Target, client: Client) -> Response<UpstreamBody> {
+        let status = CacheStatus::forward(Fwd::Method).with_detail("purge");
+        if !self.service.access.purge_allowed_from(client.addr.ip()) {
+            let msg = format!("PURGE is not allowed from {}\n", client.addr.ip());
+            return self.error(StatusCode::FORBIDDEN, status, &msg);
+        }
+        let mode = match req.headers().get("fresco-purge-mode").map(|v| v.as_bytes()) {
+            None | Some(b"hard") => Mode::Hard,
+            Some(b"soft") => Mode::Soft,
+            Some(_) => {
+                return self.error(StatusCode::BAD_REQUEST, status, "Fresco-Purge-Mode must be `hard` or `soft`\n");
+            }
+        };
+        let authorization = req.headers().get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        let selectors = vec![Selector::Url(target.key.url.clone())];
+        match self.service.submit(authorization, selectors, mode, "PURGE method".into(), false).await {
+            Ok(entry) => {
+                let body = format!("{{\"id\":\"{}\",\"version\":{}}}\n", entry.id(), entry.version);
+                let mut h = HeaderMap::new();
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                self.relay(StatusCode::OK, h, super::respond::full(Bytes::from(body)), status)
+            }
+            Err(refused) => {
+                let (code, msg) = match refused {
+                    Refused::Invalid(m) => (StatusCode::BAD_REQUEST, m),
+                    Refused::Denied(Denied::Unauthenticated(m)) => (StatusCode::UNAUTHORIZED, m.to_string()),
+                    Refused::Denied(Denied::Forbidden(m)) => (StatusCode::FORBIDDEN, m),
+                    Refused::Denied(Denied::RateLimited { .. }) | Refused::Log(LogError::Busy) => {
+                        (StatusCode::TOO_MANY_REQUESTS, "too many invalidations; retry shortly".into())
+                    }
+                    Refused::Log(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                };
+                self.error(code, status, &format!("{msg}\n"))
+            }
+        }
     }
 
     /// RFC 9111 §4.4.

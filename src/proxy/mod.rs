@@ -26,6 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::classes::Classes;
+use crate::invalidation::service::Service;
 use crate::invalidation::{Invalidations, Validity};
 use crate::key::{CacheKey, KeyPolicy};
 use crate::metrics;
@@ -99,6 +100,9 @@ pub struct Proxy {
     pub settings: ProxySettings,
     pub store: Arc<dyn Store>,
     pub invalidations: Arc<Invalidations>,
+    /// Accepts invalidations: PURGE requests and the origin's
+    /// Cache-Group-Invalidation go through the same log as the API.
+    pub service: Arc<Service>,
     upstream: Upstream,
     /// Fills in progress, by cache key.
     inflight: Mutex<HashMap<String, Arc<Fill>>>,
@@ -112,11 +116,13 @@ impl Proxy {
         store: Arc<dyn Store>,
         invalidations: Arc<Invalidations>,
         upstream: Upstream,
+        service: Arc<Service>,
     ) -> Proxy {
         Proxy {
             settings,
             store,
             invalidations,
+            service,
             upstream,
             inflight: Mutex::new(HashMap::new()),
             uncacheable: Mutex::new(HashMap::new()),
@@ -165,6 +171,9 @@ impl Proxy {
         let key = self.settings.keys.key(client.scheme, &authority, &path_and_query, req.headers());
         let target = Target { key, path_and_query, authority };
         let method = req.method().clone();
+        if method.as_str() == "PURGE" {
+            return self.purge(&req, &target, client).await;
+        }
         if method != Method::GET && method != Method::HEAD {
             return self.forward(req, &target, client, CacheStatus::forward(Fwd::Method)).await;
         }

@@ -126,6 +126,7 @@ impl Proxy {
             h.remove(name);
         }
         h.remove("surrogate-control");
+        h.remove("cache-group-invalidation");
         if !self.settings.expose_tag_headers {
             for name in tags::TAG_FIELDS {
                 h.remove(name);

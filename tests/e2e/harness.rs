@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -229,21 +229,61 @@ async fn answer(st: &OriginState, req: Request<Incoming>) -> Response<OriginBody
 pub struct Fresco {
     pub data: SocketAddr,
     pub admin: SocketAddr,
+    pub data_dir: std::path::PathBuf,
     child: Child,
+}
+
+/// A fresh directory for one node's data.
+pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "fresco-e2e-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
 }
 
 impl Fresco {
     /// Starts `fresco serve` in front of `origin` with extra flags, on
     /// ephemeral loopback ports, and waits for its ready line.
     pub fn start(origin: &str, extra: &[&str]) -> Fresco {
+        Self::start_in(&temp_dir("node"), origin, extra)
+    }
+
+    /// Starts a node that keeps its data in `dir` (to restart it later).
+    pub fn start_in(dir: &std::path::Path, origin: &str, extra: &[&str]) -> Fresco {
+        let dir_arg = dir.to_str().unwrap();
         let mut args = vec!["serve", "--origin", origin, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+        if !extra.contains(&"--data-dir") {
+            args.extend(["--data-dir", dir_arg]);
+        }
         args.extend_from_slice(extra);
         Self::spawn(&args).unwrap_or_else(|e| panic!("fresco did not start: {e}"))
+    }
+
+    /// The local admin token the node generated in its data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin-token")).expect("admin token").trim().to_string()
+    }
+
+    /// SIGKILL: no shutdown, no flush.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Runs the binary with `args`; Ok once it prints its ready line, Err
     /// with its stderr when it exits first.
     pub fn spawn(args: &[&str]) -> Result<Fresco, String> {
+        let data_dir = args
+            .iter()
+            .position(|a| *a == "--data-dir")
+            .and_then(|i| args.get(i + 1))
+            .map(std::path::PathBuf::from)
+            .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
             .args(args)
             .env("RUST_LOG", "warn")
@@ -266,7 +306,7 @@ impl Fresco {
                     let (data, admin) = (field("data"), field("admin"));
                     // Keep draining stdout so the child never blocks on a full pipe.
                     std::thread::spawn(move || lines.for_each(drop));
-                    return Ok(Fresco { data, admin, child });
+                    return Ok(Fresco { data, admin, data_dir, child });
                 }
                 Some(Ok(_)) => continue,
                 _ => break,

@@ -142,8 +142,11 @@ async fn bad_configuration_stops_the_node_naming_the_key() {
     std::fs::write(&file, "origin = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\nmax_objekt_size = \"1MiB\"\n").unwrap();
     let err = Fresco::spawn(&["serve", "--config", file.to_str().unwrap()]).err().unwrap();
     assert!(err.contains("max_objekt_size"), "{err}");
-    std::fs::write(&file, "origin = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n")
-        .unwrap();
+    let data = dir.join("data");
+    let text = format!(
+        "origin = \"http://127.0.0.1:1\"\nlisten = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\ndata_dir = {data:?}\n"
+    );
+    std::fs::write(&file, text).unwrap();
     let ok = Fresco::spawn(&["serve", "--config", file.to_str().unwrap(), "--max-object-size", "2MiB"]);
     assert!(ok.is_ok(), "file plus flags: {:?}", ok.err());
 }

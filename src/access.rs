@@ -1,0 +1,254 @@
+//! Who may invalidate what: bearer tokens with names and scopes, compared
+//! in constant time and never logged, and a token-bucket rate limit per
+//! token.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use subtle::ConstantTimeEq;
+
+use crate::invalidation::Selector;
+
+/// What a token may select.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything, including a purge of everything (with break-glass).
+    All,
+    /// Tags starting with this prefix (empty: any tag).
+    TagPrefix(String),
+    /// URL and prefix selectors on this host (`host` or `host:port`).
+    Host(String),
+}
+
+impl Scope {
+    /// Parses `all`, `tag:PREFIX` or `host:NAME`.
+    pub fn parse(text: &str) -> Option<Scope> {
+        match text.split_once(':') {
+            None if text == "all" => Some(Scope::All),
+            Some(("tag", prefix)) => Some(Scope::TagPrefix(prefix.trim_end_matches('*').to_string())),
+            Some(("host", host)) if !host.is_empty() => Some(Scope::Host(host.to_ascii_lowercase())),
+            _ => None,
+        }
+    }
+
+    fn covers(&self, selector: &Selector) -> bool {
+        match (self, selector) {
+            (Scope::All, _) => true,
+            (Scope::TagPrefix(p), Selector::Tag(t)) => t.starts_with(p.as_str()),
+            (Scope::Host(h), Selector::Url(u) | Selector::Prefix(u)) => url_host(u) == Some(h.as_str()),
+            _ => false,
+        }
+    }
+}
+
+/// The authority of a normalised `scheme://host/...` URL.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    Some(rest.split(['/', '?']).next().unwrap_or(rest))
+}
+
+#[derive(Clone)]
+pub struct Token {
+    pub name: String,
+    pub secret: String,
+    pub scopes: Vec<Scope>,
+    /// Invalidations per second, sustained.
+    pub rate: f64,
+    /// Invalidations allowed in a burst.
+    pub burst: f64,
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The secret never reaches a log.
+        f.debug_struct("Token").field("name", &self.name).field("scopes", &self.scopes).finish_non_exhaustive()
+    }
+}
+
+impl Token {
+    /// May this token issue an invalidation with these selectors?
+    pub fn allows(&self, selectors: &[Selector]) -> bool {
+        selectors.iter().all(|s| self.scopes.iter().any(|scope| scope.covers(s)))
+    }
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Denied {
+    /// 401: no token, or not one we know.
+    Unauthenticated(&'static str),
+    /// 403: the token may not do this.
+    Forbidden(String),
+    /// 429: over the token's rate.
+    RateLimited { retry_after: Duration },
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+pub struct Access {
+    tokens: Vec<Token>,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Client networks allowed to send PURGE on the data listener.
+    purge_from: Vec<(IpAddr, u8)>,
+}
+
+impl Access {
+    pub fn new(tokens: Vec<Token>, purge_from: Vec<(IpAddr, u8)>) -> Access {
+        Access { tokens, buckets: Mutex::new(HashMap::new()), purge_from }
+    }
+
+    /// The token named by an `Authorization: Bearer ...` value.
+    pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Token, Denied> {
+        let presented = authorization
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or(Denied::Unauthenticated("missing bearer token: send `Authorization: Bearer TOKEN`"))?;
+        // Compare with every token so timing does not tell which one nearly matched.
+        let mut found = None;
+        for t in &self.tokens {
+            if bool::from(t.secret.as_bytes().ct_eq(presented.as_bytes())) {
+                found = Some(t);
+            }
+        }
+        found.ok_or(Denied::Unauthenticated("unknown token"))
+    }
+
+    /// Checks scope and break-glass, then takes one unit of the token's rate.
+    pub fn authorize(&self, token: &Token, selectors: &[Selector], break_glass: bool) -> Result<(), Denied> {
+        if selectors.contains(&Selector::All) {
+            if !token.scopes.contains(&Scope::All) {
+                return Err(Denied::Forbidden(format!("token `{}` may not purge everything", token.name)));
+            }
+            if !break_glass {
+                return Err(Denied::Forbidden(
+                    "purging everything needs \"break_glass\": true (or --break-glass) as well as an `all` token"
+                        .into(),
+                ));
+            }
+        }
+        if !token.allows(selectors) {
+            return Err(Denied::Forbidden(format!(
+                "token `{}` is not scoped for every selector in this request",
+                token.name
+            )));
+        }
+        self.take(token)
+    }
+
+    fn take(&self, token: &Token) -> Result<(), Denied> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let b = buckets.entry(token.name.clone()).or_insert(Bucket { tokens: token.burst, at: now });
+        b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * token.rate).min(token.burst);
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - b.tokens) / token.rate.max(f64::MIN_POSITIVE);
+            Err(Denied::RateLimited { retry_after: Duration::from_secs_f64(wait.ceil().max(1.0)) })
+        }
+    }
+
+    /// May a client at `ip` use the PURGE method?
+    pub fn purge_allowed_from(&self, ip: IpAddr) -> bool {
+        self.purge_from.iter().any(|(net, bits)| in_network(ip, *net, *bits))
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, bits: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - u32::from(bits.min(32))) };
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = if bits == 0 { 0 } else { u128::MAX << (128 - u32::from(bits.min(128))) };
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V4(_)) => a.to_ipv4_mapped().is_some_and(|v4| in_network(IpAddr::V4(v4), net, bits)),
+        _ => false,
+    }
+}
+
+/// Parses `10.0.0.0/8`, `::1/128` or a bare address.
+pub fn parse_network(text: &str) -> Option<(IpAddr, u8)> {
+    match text.split_once('/') {
+        Some((ip, bits)) => {
+            let ip: IpAddr = ip.parse().ok()?;
+            let bits: u8 = bits.parse().ok()?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            (bits <= max).then_some((ip, bits))
+        }
+        None => {
+            let ip: IpAddr = text.parse().ok()?;
+            Some((ip, if ip.is_ipv4() { 32 } else { 128 }))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(scopes: &[&str]) -> Token {
+        Token {
+            name: "t".into(),
+            secret: "s3cret".into(),
+            scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
+            rate: 1.0,
+            burst: 2.0,
+        }
+    }
+
+    #[test]
+    fn scopes_cover_tags_by_prefix_and_urls_by_host() {
+        let t = token(&["tag:product-", "host:shop.test"]);
+        assert!(t.allows(&[Selector::Tag("product-1".into()), Selector::Url("http://shop.test/a".into())]));
+        assert!(!t.allows(&[Selector::Tag("category-1".into())]));
+        assert!(!t.allows(&[Selector::Prefix("http://other.test/".into())]));
+        assert!(!t.allows(&[Selector::All]));
+    }
+
+    #[test]
+    fn purge_all_needs_all_scope_and_break_glass() {
+        let access = Access::new(vec![], vec![]);
+        let all = token(&["all"]);
+        assert!(matches!(access.authorize(&all, &[Selector::All], false), Err(Denied::Forbidden(_))));
+        assert!(access.authorize(&all, &[Selector::All], true).is_ok());
+        assert!(matches!(access.authorize(&token(&["tag:"]), &[Selector::All], true), Err(Denied::Forbidden(_))));
+    }
+
+    #[test]
+    fn tokens_are_rate_limited() {
+        let access = Access::new(vec![], vec![]);
+        let t = token(&["all"]);
+        let sel = [Selector::Tag("x".into())];
+        assert!(access.authorize(&t, &sel, false).is_ok());
+        assert!(access.authorize(&t, &sel, false).is_ok());
+        assert!(matches!(access.authorize(&t, &sel, false), Err(Denied::RateLimited { .. })));
+    }
+
+    #[test]
+    fn bearer_tokens_authenticate_and_unknown_ones_do_not() {
+        let access = Access::new(vec![token(&["all"])], vec![]);
+        assert_eq!(access.authenticate(Some("Bearer s3cret")).unwrap().name, "t");
+        assert!(access.authenticate(Some("Bearer s3cre")).is_err());
+        assert!(access.authenticate(None).is_err());
+        assert!(!format!("{:?}", token(&["all"])).contains("s3cret"), "secrets are never printed");
+    }
+
+    #[test]
+    fn purge_networks() {
+        let access = Access::new(vec![], vec![parse_network("127.0.0.0/8").unwrap(), parse_network("::1").unwrap()]);
+        assert!(access.purge_allowed_from("127.0.0.1".parse().unwrap()));
+        assert!(access.purge_allowed_from("::1".parse().unwrap()));
+        assert!(!access.purge_allowed_from("10.0.0.1".parse().unwrap()));
+        assert_eq!(parse_network("1.2.3.4/33"), None);
+    }
+}

@@ -1,0 +1,196 @@
+//! Accepting invalidations: parse and validate a request, check the token,
+//! append to the log. Shared by the admin API, the PURGE method and the
+//! origin's Cache-Group-Invalidation.
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use super::audit::Audit;
+use super::log::{APPEND_TIMEOUT, Entry, InvalidationLog, LogError, NewInvalidation};
+use super::selectors::{Invalidations, Mode, Selector};
+use crate::access::{Access, Denied};
+use crate::key::KeyPolicy;
+use crate::policy::tags::MAX_TAG_LEN;
+
+/// Most selectors in one request.
+pub const MAX_SELECTORS: usize = 1000;
+/// Longest URL or prefix selector.
+pub const MAX_URL_LEN: usize = 4096;
+/// Longest reason.
+pub const MAX_REASON_LEN: usize = 1024;
+/// Largest request body accepted by the API.
+pub const MAX_BODY: usize = 1 << 20;
+
+/// The JSON body of `POST /api/v1/invalidations`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Request {
+    #[serde(default)]
+    pub urls: Vec<String>,
+    #[serde(default)]
+    pub prefixes: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+    #[serde(default)]
+    pub mode: Option<Mode>,
+    #[serde(default)]
+    pub reason: String,
+    #[serde(default)]
+    pub break_glass: bool,
+}
+
+/// Why a submission was not accepted.
+#[derive(Debug)]
+pub enum Refused {
+    /// 400, with what was wrong.
+    Invalid(String),
+    Denied(Denied),
+    Log(LogError),
+}
+
+/// Parses and validates a request body into selectors.
+pub fn parse(body: &[u8], keys: &KeyPolicy) -> Result<(Request, Vec<Selector>), String> {
+    if body.len() > MAX_BODY {
+        return Err(format!("request body is {} bytes; at most {MAX_BODY} are accepted", body.len()));
+    }
+    let req: Request = serde_json::from_slice(body).map_err(|e| format!("invalid JSON: {e}"))?;
+    let selectors = selectors(&req, keys)?;
+    Ok((req, selectors))
+}
+
+/// The selectors a request names, normalised, or what is wrong with them.
+pub fn selectors(req: &Request, keys: &KeyPolicy) -> Result<Vec<Selector>, String> {
+    let count = req.urls.len() + req.prefixes.len() + req.tags.len();
+    if req.all {
+        if count > 0 {
+            return Err("\"all\" cannot be combined with urls, prefixes or tags".into());
+        }
+        return Ok(vec![Selector::All]);
+    }
+    if count == 0 {
+        return Err("no selector: give at least one of \"urls\", \"prefixes\", \"tags\", or \"all\": true".into());
+    }
+    if count > MAX_SELECTORS {
+        return Err(format!("{count} selectors; at most {MAX_SELECTORS} per request"));
+    }
+    if req.reason.len() > MAX_REASON_LEN {
+        return Err(format!("\"reason\" is {} bytes; at most {MAX_REASON_LEN}", req.reason.len()));
+    }
+    let mut out = Vec::with_capacity(count);
+    for u in &req.urls {
+        out.push(Selector::Url(normalise_url("urls", u, keys)?));
+    }
+    for p in &req.prefixes {
+        out.push(Selector::Prefix(normalise_url("prefixes", p, keys)?.trim_end_matches('/').to_string()));
+    }
+    for t in &req.tags {
+        if t.trim().is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
+            return Err(format!("tag {t:?} is empty, has control characters or is longer than {MAX_TAG_LEN} bytes"));
+        }
+        out.push(Selector::Tag(t.trim().to_string()));
+    }
+    Ok(out)
+}
+
+/// An absolute http(s) URL, normalised as cache keys are (RFC 3986 §6.2.2).
+pub fn normalise_url(field: &str, text: &str, keys: &KeyPolicy) -> Result<String, String> {
+    if text.len() > MAX_URL_LEN {
+        return Err(format!("a \"{field}\" entry is {} bytes; at most {MAX_URL_LEN}", text.len()));
+    }
+    let uri: http::Uri = text.parse().map_err(|_| format!("\"{field}\" entry {text:?} is not a URL"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err(format!("\"{field}\" entry {text:?} must be absolute, like https://shop.example/path"));
+    };
+    if scheme != "http" && scheme != "https" {
+        return Err(format!("\"{field}\" entry {text:?} must be http or https"));
+    }
+    let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+    Ok(keys.key(scheme, authority.as_str(), pq, &http::HeaderMap::new()).url)
+}
+
+/// The node's side of invalidation: access control in front of the log.
+pub struct Service {
+    pub log: Arc<dyn InvalidationLog>,
+    pub audit: Arc<Audit>,
+    pub invalidations: Arc<Invalidations>,
+    pub access: Access,
+    pub node: String,
+    pub keys: KeyPolicy,
+}
+
+impl Service {
+    /// Authenticates, authorises and appends. Resolves once the
+    /// invalidation is durable and applied on this node.
+    pub async fn submit(
+        &self,
+        authorization: Option<&str>,
+        selectors: Vec<Selector>,
+        mode: Mode,
+        reason: String,
+        break_glass: bool,
+    ) -> Result<Entry, Refused> {
+        let token = self.access.authenticate(authorization).map_err(Refused::Denied)?;
+        self.access.authorize(token, &selectors, break_glass).map_err(Refused::Denied)?;
+        if selectors.contains(&Selector::All) {
+            tracing::warn!(issuer = %token.name, %reason, "break-glass purge of everything");
+        }
+        let inv = NewInvalidation { selectors, mode, reason, issuer: token.name.clone(), break_glass };
+        self.append(inv).await.map_err(Refused::Log)
+    }
+
+    /// Appends without a token: for invalidations the origin asked for
+    /// (Cache-Group-Invalidation), which are as trusted as its responses.
+    pub async fn append(&self, inv: NewInvalidation) -> Result<Entry, LogError> {
+        match tokio::time::timeout(APPEND_TIMEOUT, self.log.append(inv)).await {
+            Ok(r) => r,
+            Err(_) => Err(LogError::Unavailable("the log did not answer in time".into())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_str(s: &str) -> Result<Vec<Selector>, String> {
+        parse(s.as_bytes(), &KeyPolicy::default()).map(|(_, s)| s)
+    }
+
+    #[test]
+    fn tags_urls_and_prefixes_are_normalised() {
+        let s = parse_str(
+            r#"{"tags":["product-42"],"urls":["HTTP://Shop.Test:80/a/%7ex"],"prefixes":["https://shop.test/foo/"]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s,
+            vec![
+                Selector::Url("http://shop.test/a/~x".into()),
+                Selector::Prefix("https://shop.test/foo".into()),
+                Selector::Tag("product-42".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_requests_name_the_problem() {
+        assert!(parse_str("{").unwrap_err().contains("invalid JSON"));
+        assert!(parse_str(r#"{"tagz":["a"]}"#).unwrap_err().contains("tagz"));
+        assert!(parse_str("{}").unwrap_err().contains("no selector"));
+        assert!(parse_str(r#"{"urls":["/relative"]}"#).unwrap_err().contains("absolute"));
+        assert!(parse_str(r#"{"all":true,"tags":["a"]}"#).unwrap_err().contains("cannot be combined"));
+        assert!(parse_str(r#"{"mode":"gentle","tags":["a"]}"#).unwrap_err().contains("gentle"));
+        let many = format!(r#"{{"tags":[{}]}}"#, vec!["\"t\""; 1001].join(","));
+        assert!(parse_str(&many).unwrap_err().contains("at most 1000"));
+        let long = format!(r#"{{"tags":["{}"]}}"#, "x".repeat(300));
+        assert!(parse_str(&long).unwrap_err().contains("longer than"));
+    }
+
+    #[test]
+    fn everything_is_one_selector() {
+        assert_eq!(parse_str(r#"{"all":true,"break_glass":true}"#).unwrap(), vec![Selector::All]);
+    }
+}
