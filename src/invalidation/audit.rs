@@ -42,10 +42,10 @@ impl Audit {
     /// Notes that `node` applied `version` (once per node).
     pub fn applied(&self, version: u64, node: &str, at_ms: u64) {
         let mut map = self.records.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(r) = map.get_mut(&version) {
-            if !r.applied.iter().any(|a| a.node == node) {
-                r.applied.push(Applied { node: node.to_string(), applied_ms: at_ms });
-            }
+        if let Some(r) = map.get_mut(&version)
+            && !r.applied.iter().any(|a| a.node == node)
+        {
+            r.applied.push(Applied { node: node.to_string(), applied_ms: at_ms });
         }
     }
 

@@ -76,10 +76,11 @@ pub fn unsafe_invalidation_targets(
         let Some(value) = response.get(&name).and_then(|v| v.to_str().ok()) else {
             continue;
         };
-        if let Some(uri) = resolve(target, value) {
-            if same_origin(target, &uri) && !targets.contains(&uri) {
-                targets.push(uri);
-            }
+        if let Some(uri) = resolve(target, value)
+            && same_origin(target, &uri)
+            && !targets.contains(&uri)
+        {
+            targets.push(uri);
         }
     }
     targets

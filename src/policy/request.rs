@@ -108,16 +108,16 @@ pub fn reuse(
     if req.no_cache() {
         return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
     }
-    if let Some(max_age) = req.cc.max_age {
-        if age.as_secs() > max_age.seconds() {
-            return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
-        }
+    if let Some(max_age) = req.cc.max_age
+        && age.as_secs() > max_age.seconds()
+    {
+        return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
     }
     if !is_stale(stored, state, now) {
-        if let Some(min_fresh) = req.cc.min_fresh {
-            if (stored.lifetime - age).as_secs() < min_fresh.seconds() {
-                return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
-            }
+        if let Some(min_fresh) = req.cc.min_fresh
+            && (stored.lifetime - age).as_secs() < min_fresh.seconds()
+        {
+            return Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
         }
         return Reuse::Fresh;
     }

@@ -188,26 +188,26 @@ fn freshness_lifetime(
         return (Duration::from_secs(m.seconds()), false);
     }
     // Expires is ignored when a targeted field governs (RFC 9213 §2.2).
-    if *source == DirectiveSource::CacheControl {
-        if let Some(expires) = age::single_date(headers, &EXPIRES) {
-            // An invalid Expires, including "0", means already expired
-            // (§5.3). The lifetime is Expires − Date, both from the origin,
-            // so the cache's clock skew does not matter.
-            return match expires {
-                Ok(exp) => {
-                    let date = age::date_value(headers, response_time);
-                    (exp.duration_since(date).unwrap_or(Duration::ZERO), false)
-                }
-                Err(()) => (Duration::ZERO, false),
-            };
-        }
+    if *source == DirectiveSource::CacheControl
+        && let Some(expires) = age::single_date(headers, &EXPIRES)
+    {
+        // An invalid Expires, including "0", means already expired
+        // (§5.3). The lifetime is Expires − Date, both from the origin,
+        // so the cache's clock skew does not matter.
+        return match expires {
+            Ok(exp) => {
+                let date = age::date_value(headers, response_time);
+                (exp.duration_since(date).unwrap_or(Duration::ZERO), false)
+            }
+            Err(()) => (Duration::ZERO, false),
+        };
     }
-    if heuristically_cacheable(status) || d.public {
-        if let Some(Ok(last_modified)) = age::single_date(headers, &LAST_MODIFIED) {
-            let date = age::date_value(headers, response_time);
-            let since = date.duration_since(last_modified).unwrap_or(Duration::ZERO);
-            return (since.mul_f64(cfg.heuristic_fraction).min(cfg.heuristic_max), true);
-        }
+    if (heuristically_cacheable(status) || d.public)
+        && let Some(Ok(last_modified)) = age::single_date(headers, &LAST_MODIFIED)
+    {
+        let date = age::date_value(headers, response_time);
+        let since = date.duration_since(last_modified).unwrap_or(Duration::ZERO);
+        return (since.mul_f64(cfg.heuristic_fraction).min(cfg.heuristic_max), true);
     }
     (Duration::ZERO, false)
 }

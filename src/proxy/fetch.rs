@@ -77,11 +77,9 @@ impl Proxy {
                 let retry_shared = matches!(outcome, Some(Outcome::Failed(_)));
                 // The shared retry may already have finished and stored the
                 // object before this waiter got here.
-                if retry_shared {
-                    if let Some(obj) = self.fresh_stored(&target, &parts.headers) {
-                        let now = SystemTime::now();
-                        return self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now);
-                    }
+                if retry_shared && let Some(obj) = self.fresh_stored(&target, &parts.headers) {
+                    let now = SystemTime::now();
+                    return self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now);
                 }
                 let (own, _) =
                     self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), retry_shared);
@@ -98,11 +96,11 @@ impl Proxy {
                 self.serve_stored(&parts, &obj, status, true, now)
             }
             Outcome::Response(head) => {
-                if let Some((obj, state)) = &stale {
-                    if is_server_error(head.status) && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
-                    {
-                        return self.serve_stale_on_error(&parts, obj, status, head.status.as_u16(), now);
-                    }
+                if let Some((obj, state)) = &stale
+                    && is_server_error(head.status)
+                    && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
+                {
+                    return self.serve_stale_on_error(&parts, obj, status, head.status.as_u16(), now);
                 }
                 status.fwd_status = Some(head.status.as_u16());
                 match head.storable {
@@ -116,10 +114,10 @@ impl Proxy {
                 self.serve_fetched(&parts, &head, reader, status)
             }
             Outcome::Failed(err) => {
-                if let Some((obj, state)) = &stale {
-                    if request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now) {
-                        return self.serve_stale_on_error(&parts, obj, status, 0, now);
-                    }
+                if let Some((obj, state)) = &stale
+                    && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
+                {
+                    return self.serve_stale_on_error(&parts, obj, status, 0, now);
                 }
                 tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
                 status.detail = Some(err.detail().into());
@@ -189,10 +187,10 @@ impl Proxy {
         let reader = fill.reader().expect("a new fill accepts readers");
         if share {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = inflight.get(key) {
-                if let Some(r) = existing.reader() {
-                    return (r, true);
-                }
+            if let Some(existing) = inflight.get(key)
+                && let Some(r) = existing.reader()
+            {
+                return (r, true);
             }
             inflight.insert(key.clone(), fill.clone());
         }
@@ -260,18 +258,18 @@ impl Proxy {
                 }
             };
             let response_time = SystemTime::now();
-            if resp.status() == StatusCode::NOT_MODIFIED {
-                if let Some(old) = validate.take() {
-                    if conditional::not_modified_applies(&old.headers.to_map(), resp.headers()) {
-                        let fresh = self.freshened(&old, resp.headers(), request_time, response_time, stamp);
-                        self.store_object(&job.target.key.key, fresh.clone());
-                        fill.set_outcome(Outcome::Refreshed(fresh), false);
-                        break;
-                    }
-                    // §4.3.4: a 304 for some other representation updates
-                    // nothing; ask again without validators.
-                    continue;
+            if resp.status() == StatusCode::NOT_MODIFIED
+                && let Some(old) = validate.take()
+            {
+                if conditional::not_modified_applies(&old.headers.to_map(), resp.headers()) {
+                    let fresh = self.freshened(&old, resp.headers(), request_time, response_time, stamp);
+                    self.store_object(&job.target.key.key, fresh.clone());
+                    fill.set_outcome(Outcome::Refreshed(fresh), false);
+                    break;
                 }
+                // §4.3.4: a 304 for some other representation updates
+                // nothing; ask again without validators.
+                continue;
             }
             self.stream_into(&fill, &job, resp, stamp, request_time, response_time, started).await;
             break;
@@ -299,10 +297,10 @@ impl Proxy {
         let mut hdrs = parts.headers;
         headers::remove_hop_by_hop(&mut hdrs);
         // RFC 9110 §6.6.1: a cache adds Date when the origin did not.
-        if !hdrs.contains_key(DATE) {
-            if let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time)) {
-                hdrs.insert(DATE, v);
-            }
+        if !hdrs.contains_key(DATE)
+            && let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time))
+        {
+            hdrs.insert(DATE, v);
         }
         let cfg = &self.settings.policy;
         let policy = ResponsePolicy::new(parts.status, &hdrs, request_time, response_time, cfg);
@@ -331,10 +329,10 @@ impl Proxy {
                 Ok(None) => break Ok(()),
                 Ok(Some(Err(e))) => break Err(format!("upstream body failed: {e}")),
                 Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        if !fill.push(data).await {
-                            break Err("no reader left".to_string());
-                        }
+                    if let Ok(data) = frame.into_data()
+                        && !fill.push(data).await
+                    {
+                        break Err("no reader left".to_string());
                     }
                 }
             }
@@ -342,27 +340,27 @@ impl Proxy {
         if let Err(e) = &result {
             tracing::debug!(url = %job.target.key.url, error = %e, "fill ended early; not stored");
         }
-        if let Some(bytes) = fill.finish(result) {
-            if head.shareable {
-                let mut stored_headers = head.headers.clone();
-                headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
-                let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
-                let object = CachedObject {
-                    status: head.status,
-                    headers: StoredHeaders::from_map(&stored_headers),
-                    body: bytes,
-                    policy: head.policy.clone(),
-                    vary: head.vary.clone(),
-                    url: Arc::from(job.target.key.url.as_str()),
-                    tags,
-                    stamp,
-                    stale: self.settings.classes.stale_defaults(
-                        job.target.path_and_query.split('?').next().unwrap_or("/"),
-                        head.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-                    ),
-                };
-                self.store_object(&job.target.key.key, Arc::new(object));
-            }
+        if let Some(bytes) = fill.finish(result)
+            && head.shareable
+        {
+            let mut stored_headers = head.headers.clone();
+            headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
+            let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
+            let object = CachedObject {
+                status: head.status,
+                headers: StoredHeaders::from_map(&stored_headers),
+                body: bytes,
+                policy: head.policy.clone(),
+                vary: head.vary.clone(),
+                url: Arc::from(job.target.key.url.as_str()),
+                tags,
+                stamp,
+                stale: self.settings.classes.stale_defaults(
+                    job.target.path_and_query.split('?').next().unwrap_or("/"),
+                    head.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+                ),
+            };
+            self.store_object(&job.target.key.key, Arc::new(object));
         }
     }
 
@@ -379,10 +377,10 @@ impl Proxy {
         headers::remove_hop_by_hop(&mut update);
         let mut hdrs = old.headers.to_map();
         conditional::freshen(&mut hdrs, &update);
-        if !update.contains_key(DATE) {
-            if let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time)) {
-                hdrs.insert(DATE, v);
-            }
+        if !update.contains_key(DATE)
+            && let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time))
+        {
+            hdrs.insert(DATE, v);
         }
         let policy = ResponsePolicy::new(old.status, &hdrs, request_time, response_time, &self.settings.policy);
         let tags = tags::tags(&hdrs).into_iter().map(Arc::from).collect();

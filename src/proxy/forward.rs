@@ -55,10 +55,10 @@ impl Proxy {
                 h.insert(name, value);
             }
         }
-        if !h.contains_key(HOST) {
-            if let Ok(v) = HeaderValue::from_str(&target.authority) {
-                h.insert(HOST, v);
-            }
+        if !h.contains_key(HOST)
+            && let Ok(v) = HeaderValue::from_str(&target.authority)
+        {
+            h.insert(HOST, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", self.settings.node_name)) {
             h.append(VIA, v);

@@ -206,10 +206,10 @@ async fn answer(st: &OriginState, req: Request<Incoming>) -> Response<OriginBody
                     if i > 0 {
                         tokio::time::sleep(interval).await;
                     }
-                    if i + 1 == count {
-                        if let Some(f) = finished {
-                            f.store(true, Ordering::SeqCst);
-                        }
+                    if i + 1 == count
+                        && let Some(f) = finished
+                    {
+                        f.store(true, Ordering::SeqCst);
                     }
                     Some((Ok::<_, Infallible>(hyper::body::Frame::data(piece)), (it, i + 1)))
                 }
