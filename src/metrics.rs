@@ -40,7 +40,7 @@ fn cache_label(entry: &str) -> &'static str {
     let has = |p: &str| entry.split(';').any(|s| s.trim() == p || s.trim().starts_with(&format!("{p}=")));
     if has("hit") {
         "hit"
-    } else if entry.contains("detail=stale-while-revalidate") || entry.contains("detail=stale-if-error") {
+    } else if entry.contains("stale-while-revalidate") || entry.contains("stale-if-error") {
         "stale"
     } else if entry.contains("fwd=stale") || entry.contains("fwd=request") {
         "revalidated"

@@ -94,7 +94,18 @@ type Pending = (NewInvalidation, oneshot::Sender<Result<Entry, LogError>>);
 
 /// The one-node log: JSON lines in `DATA_DIR/invalidations.log`.
 pub struct EmbeddedLog {
-    queue: mpsc::Sender<Pending>,
+    /// Taken on drop so the writer ends, releasing the file lock.
+    queue: Option<mpsc::Sender<Pending>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for EmbeddedLog {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
 }
 
 /// One line of the log file.
@@ -136,11 +147,11 @@ impl EmbeddedLog {
         file.try_lock().map_err(|_| format!("{} is in use by another fresco process (`data_dir`)", dir.display()))?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let writer = Writer { file, path, next, invalidations, audit, node: node.to_string() };
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("fresco-log".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("cannot start the log writer: {e}"))?;
-        Ok(Arc::new(EmbeddedLog { queue: tx }))
+        Ok(Arc::new(EmbeddedLog { queue: Some(tx), writer: Some(writer) }))
     }
 }
 
@@ -148,7 +159,8 @@ impl InvalidationLog for EmbeddedLog {
     fn append(&self, invalidation: NewInvalidation) -> Accepting<'_> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
-            self.queue.try_send((invalidation, tx)).map_err(|e| match e {
+            let queue = self.queue.as_ref().ok_or_else(|| LogError::Unavailable("the log is closed".into()))?;
+            queue.try_send((invalidation, tx)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LogError::Busy,
                 mpsc::error::TrySendError::Closed(_) => LogError::Unavailable("the log writer stopped".into()),
             })?;

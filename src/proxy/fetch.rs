@@ -148,7 +148,11 @@ impl Proxy {
         status.fwd = Some(Fwd::Stale);
         status.fwd_status = (upstream != 0).then_some(upstream);
         status.ttl = Some(obj.policy.ttl(now));
-        status.detail = Some("stale-if-error".into());
+        // Keep saying why the object was stale when an invalidation made it so.
+        status.detail = Some(match status.detail.as_deref() {
+            Some("invalidated") => "invalidated stale-if-error".into(),
+            _ => "stale-if-error".into(),
+        });
         self.serve_stored(parts, obj, status, false, now)
     }
 

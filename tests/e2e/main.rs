@@ -4,5 +4,6 @@
 mod harness;
 
 mod http_caching;
+mod invalidation;
 mod proxying;
 mod stampede;
