@@ -169,6 +169,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 vec![b'x'; n],
             )
         }
+        (Method::GET | Method::HEAD, p) if p.starts_with("/tagged/") => {
+            // /tagged/TAG/N: many small objects sharing one tag.
+            let tag = p["/tagged/".len()..].split('/').next().unwrap_or("none").to_string();
+            respond(StatusCode::OK, &[("cache-control", "max-age=3600".into()), ("surrogate-key", tag)], p.to_string())
+        }
         (Method::GET | Method::HEAD, p) if p.starts_with("/swr/") => {
             // Fresh for two seconds, then served stale while a slow revalidation runs.
             let ms: u64 = p["/swr/".len()..].parse().unwrap_or(0).min(60_000);
@@ -229,6 +234,13 @@ Try:\n\
                                                 # the POST invalidates /api/counter (RFC 9111 §4.4)\n\
   curl -si -H 'If-None-Match: \"home-v1\"' http://{edge}/   # 304 from cache\n\
   curl -si http://{edge}/private                # never stored: Cache-Status detail=private\n\
+\n\
+Invalidate (the admin token is in fresco-data/admin-token):\n\
+  cargo run --release -- purge --tag product-42 --reason 'price change' --wait\n\
+  cargo run --release -- purge --prefix http://{edge}/assets --soft\n\
+  curl -si -X PURGE -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{edge}/about\n\
+  curl -s -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{admin}/api/v1/invalidations\n\
+  curl -si -X POST http://{edge}/api/products/42/price   # the origin's Cache-Group-Invalidation purges product-42\n\
   curl -s  http://{admin}/metrics | grep fresco_  # requests by cache status, objects, bytes\n\n\
 Ctrl-C stops it.\n"
     );
