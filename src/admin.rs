@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use crate::access::Denied;
 use crate::invalidation::audit::{Applied, AuditRecord};
+use crate::invalidation::cluster::ClusterView;
 use crate::invalidation::service::{self, MAX_BODY, Refused, Service};
 use crate::invalidation::{LogError, Mode};
 use crate::proxy::Proxy;
@@ -114,6 +115,8 @@ async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes
 #[derive(Serialize)]
 struct NodeStatus {
     node: String,
+    applied: bool,
+    /// When it applied it, if its acknowledgement was seen.
     applied_ms: Option<u64>,
     lag_ms: Option<u64>,
 }
@@ -123,26 +126,32 @@ struct Status {
     #[serde(flatten)]
     record: AuditRecord,
     id: String,
+    /// Every live node, with when it applied the invalidation.
     nodes: Vec<NodeStatus>,
+    /// Nodes that stopped heartbeating: listed, not counted.
+    down: Vec<String>,
     converged: bool,
 }
 
-fn status_of(state: &AdminState, record: AuditRecord) -> Status {
-    // One node with the embedded log; a cluster lists every live node.
-    let live = [state.service.node.clone()];
-    let nodes: Vec<NodeStatus> = live
+fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
+    let version = record.entry.version;
+    let nodes: Vec<NodeStatus> = view
+        .nodes
         .iter()
+        .filter(|n| n.live)
         .map(|n| {
-            let applied = record.applied.iter().find(|a: &&Applied| a.node == *n).map(|a| a.applied_ms);
+            let applied_ms = record.applied.iter().find(|a: &&Applied| a.node == n.node).map(|a| a.applied_ms);
             NodeStatus {
-                node: n.clone(),
-                applied_ms: applied,
-                lag_ms: applied.map(|t| t.saturating_sub(record.entry.accepted_ms)),
+                node: n.node.clone(),
+                applied: applied_ms.is_some() || n.applied_version >= version,
+                applied_ms,
+                lag_ms: applied_ms.map(|t| t.saturating_sub(record.entry.accepted_ms)),
             }
         })
         .collect();
-    let converged = nodes.iter().all(|n| n.applied_ms.is_some());
-    Status { id: record.entry.id(), record, nodes, converged }
+    let down = view.nodes.iter().filter(|n| !n.live).map(|n| n.node.clone()).collect();
+    let converged = !nodes.is_empty() && nodes.iter().all(|n| n.applied);
+    Status { id: record.entry.id(), record, nodes, down, converged }
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -153,7 +162,10 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): P
         return error(StatusCode::BAD_REQUEST, format!("invalid invalidation id {id:?}: ids are numbers"));
     };
     match state.service.audit.get(version) {
-        Some(record) => axum::Json(status_of(&state, record)).into_response(),
+        Some(record) => {
+            let view = state.service.membership.view().await;
+            axum::Json(status_of(&view, record)).into_response()
+        }
         None => error(StatusCode::NOT_FOUND, format!("no invalidation with id {id}")),
     }
 }
@@ -180,8 +192,9 @@ async fn list(
     if !(1..=1000).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, format!("limit {limit} out of range 1..=1000"));
     }
+    let view = state.service.membership.view().await;
     let records: Vec<Status> =
-        state.service.audit.page(page.before, limit).into_iter().map(|r| status_of(&state, r)).collect();
+        state.service.audit.page(page.before, limit).into_iter().map(|r| status_of(&view, r)).collect();
     let next = if records.len() == limit { records.last().map(|s| s.record.entry.version) } else { None };
     axum::Json(json!({ "invalidations": records, "next_before": next })).into_response()
 }
@@ -190,9 +203,7 @@ async fn nodes(State(state): State<AdminState>, headers: HeaderMap) -> Response 
     if let Err(d) = state.service.access.authenticate(bearer(&headers)) {
         return denial(d);
     }
-    let applied = state.service.invalidations.applied();
-    axum::Json(json!({ "nodes": [{ "node": state.service.node, "applied_version": applied, "live": true }] }))
-        .into_response()
+    axum::Json(state.service.membership.view().await).into_response()
 }
 
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {

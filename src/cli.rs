@@ -41,6 +41,8 @@ pub enum Command {
     },
     /// Invalidate cached objects through a node's admin API.
     Purge(crate::purge::PurgeArgs),
+    /// Show the cluster: each node's applied version, lag, heartbeat, hit ratio.
+    Status(crate::purge::StatusArgs),
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -80,6 +82,7 @@ pub async fn run(cli: Cli) -> Result<(), String> {
             crate::server::run(cfg, crate::server::shutdown_signal()).await
         }
         Command::Purge(args) => crate::purge::run(args).await,
+        Command::Status(args) => crate::purge::status(args).await,
         Command::Origin { listen } => {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;

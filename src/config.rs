@@ -69,6 +69,21 @@ pub struct RawConfig {
     /// How long an object found uncacheable skips request coalescing (hit-for-pass) [default: 10s]
     #[arg(long)]
     pub uncacheable_ttl: Option<String>,
+    /// NATS server(s) for the cluster's invalidation log, e.g. nats://127.0.0.1:4222 (comma-separated); without it the embedded log is used
+    #[arg(long)]
+    pub bus: Option<String>,
+    /// This node's name in the cluster [default: node_name, or HOSTNAME-PORT with --bus]
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// JetStream replicas of the invalidation stream and node bucket [default: 1]
+    #[arg(long)]
+    pub bus_replicas: Option<usize>,
+    /// How long the invalidation stream keeps entries [default: 24h]
+    #[arg(long)]
+    pub bus_retention: Option<String>,
+    /// A node that has not heartbeaten for this long is shown as down [default: 5s]
+    #[arg(long)]
+    pub down_after: Option<String>,
     /// Directory for the invalidation log and the local admin token [default: fresco-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -164,6 +179,11 @@ impl RawConfig {
             sweep_interval: self.sweep_interval.or(base.sweep_interval),
             purge_allow: self.purge_allow.or(base.purge_allow),
             tokens: self.tokens.or(base.tokens),
+            bus: self.bus.or(base.bus),
+            node_id: self.node_id.or(base.node_id),
+            bus_replicas: self.bus_replicas.or(base.bus_replicas),
+            bus_retention: self.bus_retention.or(base.bus_retention),
+            down_after: self.down_after.or(base.down_after),
         }
     }
 
@@ -220,6 +240,11 @@ pub struct Config {
     pub purge_allow: Vec<(std::net::IpAddr, u8)>,
     /// Configured tokens; empty means a local admin token is generated.
     pub tokens: Vec<Token>,
+    pub bus: Option<String>,
+    pub node_id: String,
+    pub bus_replicas: usize,
+    pub bus_retention: Duration,
+    pub down_after: Duration,
 }
 
 impl Config {
@@ -320,8 +345,15 @@ impl Config {
         if node_name.is_empty() || !node_name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) {
             return Err(invalid("node_name", &node_name, "letters, digits, '-', '_' and '.'"));
         }
+        let listen = addr("listen", raw.listen, "127.0.0.1:8081")?;
+        let node_id = match raw.node_id {
+            Some(id) if !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)) => id,
+            Some(id) => return Err(invalid("node_id", &id, "letters, digits, '-', '_' and '.'")),
+            None if raw.bus.is_some() => default_node_id(listen.port()),
+            None => node_name.clone(),
+        };
         Ok(Config {
-            listen: addr("listen", raw.listen, "127.0.0.1:8081")?,
+            listen,
             origin,
             admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
             memory,
@@ -346,8 +378,28 @@ impl Config {
             sweep_interval: duration("sweep_interval", raw.sweep_interval, "10s")?,
             purge_allow,
             tokens,
+            node_id,
+            bus: match raw.bus {
+                Some(url) if url.split(',').all(|u| u.trim().starts_with("nats://")) => Some(url),
+                Some(url) => return Err(invalid("bus", &url, "nats://HOST:PORT, comma-separated for several")),
+                None => None,
+            },
+            bus_replicas: match raw.bus_replicas.unwrap_or(1) {
+                r @ 1..=5 => r,
+                r => return Err(invalid("bus_replicas", &r.to_string(), "1 to 5")),
+            },
+            bus_retention: duration("bus_retention", raw.bus_retention, "24h")?,
+            down_after: duration("down_after", raw.down_after, "5s")?,
         })
     }
+}
+
+/// A cluster-unique default: the host's name and the data port.
+fn default_node_id(port: u16) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "fresco".into());
+    let host: String =
+        host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
+    format!("{host}-{port}")
 }
 
 /// Validates one `[[token]]`.

@@ -22,8 +22,9 @@ pub fn install() -> PrometheusHandle {
     handle
 }
 
-/// Classifies a finished response by its Cache-Status entry.
-pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) {
+/// Classifies a finished response by its Cache-Status entry and records it;
+/// returns the class.
+pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) -> &'static str {
     let status = resp
         .headers()
         .get_all("cache-status")
@@ -34,6 +35,7 @@ pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) {
         .unwrap_or("none");
     counter!("fresco_requests_total", "cache" => status).increment(1);
     histogram!("fresco_request_duration_seconds", "cache" => status).record(elapsed.as_secs_f64());
+    status
 }
 
 fn cache_label(entry: &str) -> &'static str {

@@ -72,21 +72,64 @@ async fn call(
     Ok((status, value))
 }
 
-fn token(args: &PurgeArgs) -> Result<String, String> {
-    if let Some(t) = &args.token {
+fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, String> {
+    if let Some(t) = given {
         return Ok(t.clone());
     }
     if let Ok(t) = std::env::var("FRESCO_TOKEN") {
         return Ok(t);
     }
-    let path = args.data_dir.join("admin-token");
+    let path = data_dir.join("admin-token");
     std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|_| {
         format!("no token: give --token, set FRESCO_TOKEN, or run beside a node whose {} exists", path.display())
     })
 }
 
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Admin API of any node
+    #[arg(long, default_value = "http://127.0.0.1:9091")]
+    pub admin: String,
+    /// Bearer token; defaults to $FRESCO_TOKEN, then DATA_DIR/admin-token
+    #[arg(long)]
+    pub token: Option<String>,
+    #[arg(long, default_value = "fresco-data")]
+    pub data_dir: PathBuf,
+}
+
+/// `fresco status`: every node, its applied version, lag behind the log,
+/// heartbeat age and hit ratio.
+pub async fn status(args: StatusArgs) -> Result<(), String> {
+    let token = token_from(args.token.as_ref(), &args.data_dir)?;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let url = format!("{}/api/v1/nodes", args.admin.trim_end_matches('/'));
+    let (code, view) = call(&client, "GET", &url, &token, None).await?;
+    if code != 200 {
+        return Err(format!("status query failed ({code}): {}", view["error"].as_str().unwrap_or("")));
+    }
+    let head = view["head"].as_u64();
+    println!("log head: {}", head.map_or("unknown".to_string(), |h| h.to_string()));
+    println!("{:<24} {:>6} {:>10} {:>8} {:>12} {:>9}", "node", "state", "applied", "lag", "heartbeat", "hit ratio");
+    for n in view["nodes"].as_array().into_iter().flatten() {
+        let applied = n["applied_version"].as_u64().unwrap_or(0);
+        let (hits, requests) = (n["hits"].as_u64().unwrap_or(0), n["requests"].as_u64().unwrap_or(0));
+        let ratio =
+            if requests == 0 { "-".to_string() } else { format!("{:.1}%", hits as f64 * 100.0 / requests as f64) };
+        println!(
+            "{:<24} {:>6} {:>10} {:>8} {:>10}ms {:>9}",
+            n["node"].as_str().unwrap_or("?"),
+            if n["live"] == json!(true) { "live" } else { "DOWN" },
+            applied,
+            head.map_or("-".to_string(), |h| h.saturating_sub(applied).to_string()),
+            n["heartbeat_age_ms"].as_u64().unwrap_or(0),
+            ratio,
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(args: PurgeArgs) -> Result<(), String> {
-    let token = token(&args)?;
+    let token = token_from(args.token.as_ref(), &args.data_dir)?;
     let body = json!({
         "urls": args.urls, "prefixes": args.prefixes, "tags": args.tags, "all": args.all,
         "break_glass": args.break_glass, "mode": if args.soft { "soft" } else { "hard" }, "reason": args.reason,
@@ -111,13 +154,25 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
         }
         for n in s["nodes"].as_array().into_iter().flatten() {
             let node = n["node"].as_str().unwrap_or("?").to_string();
-            if n["applied_ms"].is_u64() && !shown.contains(&node) {
-                println!("  {node:<24} applied  lag {:>6} ms", n["lag_ms"]);
+            if n["applied"] == json!(true) && !shown.contains(&node) {
+                match n["lag_ms"].as_u64() {
+                    Some(lag) => println!("  {node:<24} applied  lag {lag:>6} ms"),
+                    None => println!("  {node:<24} applied"),
+                }
                 shown.push(node);
             }
         }
         if s["converged"] == json!(true) {
-            println!("converged: {} node(s)", shown.len());
+            let down: Vec<&str> = s["down"].as_array().into_iter().flatten().filter_map(|d| d.as_str()).collect();
+            let lag = s["nodes"].as_array().into_iter().flatten().filter_map(|n| n["lag_ms"].as_u64()).max();
+            print!("converged: {} live node(s)", shown.len());
+            if let Some(lag) = lag {
+                print!(", last applied {lag} ms after acceptance");
+            }
+            if !down.is_empty() {
+                print!("; down, not counted: {}", down.join(", "));
+            }
+            println!();
             return Ok(());
         }
         if Instant::now() >= deadline {
@@ -125,7 +180,7 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|n| !n["applied_ms"].is_u64())
+                .filter(|n| n["applied"] != json!(true))
                 .filter_map(|n| n["node"].as_str().map(str::to_string))
                 .collect();
             return Err(format!("not converged after {} s; waiting on: {}", args.timeout, pending.join(", ")));

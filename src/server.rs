@@ -17,20 +17,25 @@ use tokio::sync::watch;
 use crate::access::{Access, Scope, Token};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::invalidation::cluster::Membership;
+use crate::invalidation::nats::{Alone, BusConfig, NatsBus, NodeCounters};
 use crate::invalidation::service::Service;
-use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
+use crate::invalidation::{Audit, EmbeddedLog, InvalidationLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Client, Proxy, ProxySettings};
 use crate::store::MemoryStore;
 use crate::{metrics, tls};
 
+/// How long a node joining a cluster waits to apply the log before serving.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
 /// Builds the proxy a configuration describes, with its invalidation log
-/// opened and replayed.
-pub fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
+/// opened and replayed (embedded) or joined and caught up with (bus).
+pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
     let mut settings = ProxySettings::new(cfg.node_name.clone());
     settings.policy.store_set_cookie = cfg.store_set_cookie;
     settings.keys = KeyPolicy {
@@ -49,17 +54,39 @@ pub fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
-    let log = EmbeddedLog::open(&cfg.data_dir, &cfg.node_name, invalidations.clone(), audit.clone())?;
+    let counters = Arc::new(NodeCounters::default());
+    let (log, membership): (Arc<dyn InvalidationLog>, Arc<dyn Membership>) = match &cfg.bus {
+        None => {
+            let log = EmbeddedLog::open(&cfg.data_dir, &cfg.node_id, invalidations.clone(), audit.clone())?;
+            let alone =
+                Alone { node: cfg.node_id.clone(), invalidations: invalidations.clone(), counters: counters.clone() };
+            (log, Arc::new(alone))
+        }
+        Some(url) => {
+            let bus_cfg = BusConfig {
+                url: url.clone(),
+                node_id: cfg.node_id.clone(),
+                replicas: cfg.bus_replicas,
+                retention: cfg.bus_retention,
+                heartbeat: Duration::from_millis(500),
+                down_after: cfg.down_after,
+                data_dir: cfg.data_dir.clone(),
+            };
+            let bus = NatsBus::start(bus_cfg, invalidations.clone(), audit.clone(), counters.clone(), CATCH_UP).await?;
+            (bus.clone(), bus)
+        }
+    };
     let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
     let service = Arc::new(Service {
         log,
         audit,
         invalidations: invalidations.clone(),
         access: Access::new(tokens, cfg.purge_allow.clone()),
-        node: cfg.node_name.clone(),
+        node: cfg.node_id.clone(),
         keys: settings.keys.clone(),
+        membership,
     });
-    Ok(Arc::new(Proxy::new(settings, store, invalidations, upstream, service)))
+    Ok(Arc::new(Proxy::new(settings, store, invalidations, upstream, service, counters)))
 }
 
 /// With no `[[token]]` configured, an `all`-scoped token for the local
@@ -93,7 +120,9 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
 /// the bound addresses once both listeners accept connections.
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
-    let proxy = build_proxy(&cfg)?;
+    // First, so that what start-up records (replay, catch-up) is counted.
+    let metrics_handle = metrics::install();
+    let proxy = build_proxy(&cfg).await?;
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
@@ -104,7 +133,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         TcpListener::bind(cfg.admin).await.map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
     let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AdminState { proxy: proxy.clone(), service: proxy.service.clone(), metrics: metrics::install() };
+    let state = AdminState { proxy: proxy.clone(), service: proxy.service.clone(), metrics: metrics_handle };
     tokio::spawn(sweeper::run(proxy.store.clone(), proxy.invalidations.clone(), cfg.sweep_interval, shutdown.clone()));
     let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);

@@ -49,6 +49,16 @@ impl Audit {
         }
     }
 
+    /// Notes that `node` applied every version in `from..=to`.
+    pub fn applied_range(&self, from: u64, to: u64, node: &str, at_ms: u64) {
+        let mut map = self.records.write().unwrap_or_else(|e| e.into_inner());
+        for (_, r) in map.range_mut(from..=to) {
+            if !r.applied.iter().any(|a| a.node == node) {
+                r.applied.push(Applied { node: node.to_string(), applied_ms: at_ms });
+            }
+        }
+    }
+
     pub fn get(&self, version: u64) -> Option<AuditRecord> {
         self.records.read().unwrap_or_else(|e| e.into_inner()).get(&version).cloned()
     }

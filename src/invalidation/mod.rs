@@ -10,7 +10,9 @@
 //! or out of order changes nothing: the highest version wins.
 
 pub mod audit;
+pub mod cluster;
 pub mod log;
+pub mod nats;
 pub mod selectors;
 pub mod service;
 pub mod sweeper;

@@ -80,6 +80,9 @@ type Table = RwLock<HashMap<Arc<str>, Mark>>;
 pub struct Invalidations {
     applied: AtomicU64,
     local: AtomicU64,
+    /// After a reconnect: the log head this node must reach before it may
+    /// trust its stored objects again.
+    catch_up: AtomicU64,
     /// Number of records, so the common case (nothing invalidated) costs
     /// one atomic load per lookup.
     records: AtomicUsize,
@@ -162,6 +165,16 @@ impl Invalidations {
         }
         self.records.fetch_sub(dropped, Ordering::AcqRel);
         dropped
+    }
+
+    /// Distrust stored objects until `head` is applied.
+    pub fn catch_up_to(&self, head: u64) {
+        self.catch_up.fetch_max(head, Ordering::AcqRel);
+    }
+
+    /// True while invalidations this node knows it missed are not applied.
+    pub fn catching_up(&self) -> bool {
+        self.catch_up.load(Ordering::Acquire) > self.applied()
     }
 
     /// The highest log version applied.

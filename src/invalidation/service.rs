@@ -119,6 +119,8 @@ pub struct Service {
     pub access: Access,
     pub node: String,
     pub keys: KeyPolicy,
+    /// The nodes that must apply an invalidation for it to converge.
+    pub membership: Arc<dyn super::cluster::Membership>,
 }
 
 impl Service {
@@ -144,10 +146,13 @@ impl Service {
     /// Appends without a token: for invalidations the origin asked for
     /// (Cache-Group-Invalidation), which are as trusted as its responses.
     pub async fn append(&self, inv: NewInvalidation) -> Result<Entry, LogError> {
-        match tokio::time::timeout(APPEND_TIMEOUT, self.log.append(inv)).await {
-            Ok(r) => r,
-            Err(_) => Err(LogError::Unavailable("the log did not answer in time".into())),
-        }
+        let entry = match tokio::time::timeout(APPEND_TIMEOUT, self.log.append(inv)).await {
+            Ok(r) => r?,
+            Err(_) => return Err(LogError::Unavailable("the log did not answer in time".into())),
+        };
+        // Queryable here at once, even before this node's consumer reaches it.
+        self.audit.record(entry.clone());
+        Ok(entry)
     }
 }
 

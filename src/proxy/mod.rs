@@ -26,6 +26,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::classes::Classes;
+use crate::invalidation::nats::NodeCounters;
 use crate::invalidation::service::Service;
 use crate::invalidation::{Invalidations, Validity};
 use crate::key::{CacheKey, KeyPolicy};
@@ -103,6 +104,8 @@ pub struct Proxy {
     /// Accepts invalidations: PURGE requests and the origin's
     /// Cache-Group-Invalidation go through the same log as the API.
     pub service: Arc<Service>,
+    /// Hits and requests, for the cluster's hit ratios.
+    pub counters: Arc<NodeCounters>,
     upstream: Upstream,
     /// Fills in progress, by cache key.
     inflight: Mutex<HashMap<String, Arc<Fill>>>,
@@ -117,12 +120,14 @@ impl Proxy {
         invalidations: Arc<Invalidations>,
         upstream: Upstream,
         service: Arc<Service>,
+        counters: Arc<NodeCounters>,
     ) -> Proxy {
         Proxy {
             settings,
             store,
             invalidations,
             service,
+            counters,
             upstream,
             inflight: Mutex::new(HashMap::new()),
             uncacheable: Mutex::new(HashMap::new()),
@@ -153,7 +158,11 @@ impl Proxy {
         if loop_ids.is_empty() {
             self.strip_cache_fields(resp.headers_mut());
         }
-        metrics::request_finished(&resp, started.elapsed());
+        let label = metrics::request_finished(&resp, started.elapsed());
+        self.counters.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if label == "hit" {
+            self.counters.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         resp
     }
 
@@ -198,7 +207,12 @@ impl Proxy {
         let variants = self.store.get(&target.key.key);
         let mut fwd = if variants.is_some() { Fwd::VaryMiss } else { Fwd::UriMiss };
         let mut detail = None;
-        let selected = variants.as_ref().and_then(|v| v.select(req.headers()).cloned());
+        let mut selected = variants.as_ref().and_then(|v| v.select(req.headers()).cloned());
+        if selected.is_some() && self.invalidations.catching_up() {
+            // Invalidations missed while disconnected are still arriving.
+            selected = None;
+            detail = Some("catching-up");
+        }
         let candidate = selected.and_then(|obj| match self.invalidations.check(&obj) {
             Validity::Valid => Some((obj, ObjectState::default())),
             Validity::Soft => Some((obj, ObjectState { soft_invalidated: true })),

@@ -286,11 +286,31 @@ impl Fresco {
             .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn fresco");
+        // Drain stderr into the node's directory so a chatty node never
+        // blocks on a full pipe, and a failing test can be read afterwards.
+        let stderr = child.stderr.take().unwrap();
+        let log_path = if data_dir.as_os_str().is_empty() { None } else { Some(data_dir.join("node.log")) };
+        let (err_tx, err_rx) = std::sync::mpsc::channel::<String>();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut file = log_path.and_then(|p| std::fs::OpenOptions::new().create(true).append(true).open(p).ok());
+            let mut collected = String::new();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
+                if collected.len() < 64 * 1024 {
+                    collected.push_str(&line);
+                    collected.push('\n');
+                }
+            }
+            let _ = err_tx.send(collected);
+        });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -314,12 +334,7 @@ impl Fresco {
         }
         let _ = child.kill();
         let _ = child.wait();
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
-        Err(err)
+        Err(err_rx.recv_timeout(Duration::from_secs(5)).unwrap_or_default())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -402,4 +417,100 @@ pub async fn get(url: &str) -> Got {
 pub async fn metric(fresco: &Fresco, sample: &str) -> f64 {
     let text = get(&fresco.admin_url("/metrics")).await.text();
     text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real `nats-server` with JetStream on loopback. Killed when dropped.
+pub struct Nats {
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+}
+
+impl Nats {
+    /// One server with JetStream and a fresh store.
+    pub async fn start() -> Nats {
+        let dir = temp_dir("nats");
+        let port = free_port();
+        let args = vec!["-js", "-sd", dir.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port.to_string()]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let mut nats = Nats { port, args, child: None };
+        nats.restart().await;
+        nats
+    }
+
+    /// Three servers in one JetStream cluster.
+    pub async fn cluster3() -> Vec<Nats> {
+        let dir = temp_dir("nats-cluster");
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes = route.iter().map(|p| format!("nats://127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let store = dir.join(format!("s{i}"));
+            let args = [
+                "-js",
+                "-sd",
+                store.to_str().unwrap(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &client[i].to_string(),
+                "-n",
+                &format!("n{i}"),
+                "--cluster_name",
+                "fresco",
+                "--cluster",
+                &format!("nats://127.0.0.1:{}", route[i]),
+                "--routes",
+                &routes,
+            ];
+            let mut nats = Nats { port: client[i], args: args.iter().map(|s| s.to_string()).collect(), child: None };
+            nats.restart().await;
+            servers.push(nats);
+        }
+        servers
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts (again) with the same store and port; waits until it listens.
+    pub async fn restart(&mut self) {
+        self.stop();
+        let child = Command::new("nats-server")
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start on port {}", self.port);
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
