@@ -5,6 +5,7 @@
 #
 #   scripts/bench.sh            # hot 1 KiB hits + stampede
 #   DURATION=20 scripts/bench.sh
+#   ONLY="cluster invalidation" scripts/bench.sh   # sections: hot stampede swr invalidation cluster
 #
 # Peers come from Debian (varnish, nginx, wrk); as root the script installs
 # what is missing, otherwise it skips the peers it cannot find.
@@ -18,6 +19,7 @@ CONNS=${CONNS:-64}
 ROUNDS=${ROUNDS:-2}
 STAMPEDE_CLIENTS=${STAMPEDE_CLIENTS:-500}
 STAMPEDE_DELAY_MS=${STAMPEDE_DELAY_MS:-200}
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 if [ "$(id -u)" = 0 ]; then
   missing=()
@@ -96,6 +98,7 @@ fi
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v}'; }
 
 declare -A RPS P50 P99 N
+if want hot; then
 echo "== hot 1 KiB hits: wrk -t1 -c$CONNS -d${DURATION}s, $ROUNDS alternating rounds =="
 for t in "${TARGETS[@]}"; do curl -s -o /dev/null "${t#*=}/bytes/1024"; curl -s -o /dev/null "${t#*=}/bytes/1024"; done
 for round in $(seq 1 "$ROUNDS"); do
@@ -121,9 +124,11 @@ if [ -n "${RPS[varnish]:-}" ]; then
     "$(echo "${RPS[fresco]} / ${RPS[varnish]}" | bc -l)" "$(echo "${P99[fresco]} / ${P99[varnish]}" | bc -l)"
 fi
 
+fi
 cargo bench --quiet --bench stampede --no-run 2>/dev/null
 burst() { taskset -c 1 cargo bench --quiet --bench stampede -- "$@"; }
 
+if want stampede; then
 echo
 echo "== stampede: cold URL, origin delay ${STAMPEDE_DELAY_MS} ms, $STAMPEDE_CLIENTS concurrent clients =="
 for t in "${TARGETS[@]}"; do
@@ -132,7 +137,9 @@ for t in "${TARGETS[@]}"; do
   burst "$name" "$url/delay/${STAMPEDE_DELAY_MS}?cold=$name-$RANDOM$RANDOM" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
 done
 printf "  targets: exactly 1 origin request; client p99 <= origin delay + 20 ms\n"
+fi
 
+if want swr; then
 echo
 echo "== stale-while-revalidate: expired object (max-age=2, swr=60, origin delay ${STAMPEDE_DELAY_MS} ms) vs hot object, $STAMPEDE_CLIENTS clients =="
 url="http://127.0.0.1:$FRESCO_PORT/swr/${STAMPEDE_DELAY_MS}?k=$RANDOM$RANDOM"
@@ -141,7 +148,10 @@ burst "stale" "$url" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
 sleep 0.5
 burst "hot" "$url" "$STAMPEDE_CLIENTS" "http://127.0.0.1:$ORIGIN_PORT"
 printf "  target: stale p99 within 2x the hot p99; origin requests = 2 (the fill and one revalidation)\n"
+fi
 
+inv() { taskset -c 1 cargo bench --quiet --bench invalidation -- "$@"; }
+if want invalidation; then
 echo
 echo "== invalidation: purge latency, and hot hits with $RECORDS selector records =="
 INV_PORT=$(free_port); INV_ADMIN=$(free_port)
@@ -149,7 +159,6 @@ RUST_LOG=warn taskset -c 0 $BIN serve --origin http://127.0.0.1:$ORIGIN_PORT --l
   --admin 127.0.0.1:$INV_ADMIN --memory 4GiB --data-dir "$WORK/inv" --sweep-interval 1h >/dev/null & PIDS+=($!)
 wait_port $INV_ADMIN
 TOKEN=$(cat "$WORK/inv/admin-token")
-inv() { taskset -c 1 cargo bench --quiet --bench invalidation -- "$@"; }
 curl -s -o /dev/null "http://127.0.0.1:$INV_PORT/bytes/1024"
 hot() { taskset -c 1 wrk -t1 -c"$CONNS" -d"${DURATION}s" "http://127.0.0.1:$INV_PORT/bytes/1024" | awk '/Requests\/sec/ {print $2}'; }
 idle_rps=$(hot)
@@ -160,3 +169,42 @@ printf "  hot hits: %.0f req/s with 0 records, %.0f with %d records (x%.3f; targ
   "$idle_rps" "$busy_rps" "$RECORDS" "$(echo "$busy_rps / $idle_rps" | bc -l)"
 inv latency "http://127.0.0.1:$INV_PORT" "http://127.0.0.1:$INV_ADMIN" "$TOKEN" "$PURGE_OBJECTS"
 printf "  target: flat, under 5 ms, whatever the number of matching objects\n"
+fi
+
+want cluster || exit 0
+echo
+echo "== cluster on NATS JetStream: convergence and sustained invalidations =="
+if ! command -v nats-server >/dev/null; then
+  echo "  nats-server not installed: skipped (apt-get install nats-server)"
+  exit 0
+fi
+NATS_PORT=$(free_port)
+nats-server -js -sd "$WORK/nats" -a 127.0.0.1 -p $NATS_PORT >/dev/null 2>&1 & PIDS+=($!)
+wait_port $NATS_PORT
+printf '[[token]]\nname = "bench"\nsecret = "bench-token-0123456789"\nscopes = ["all"]\nrate = 1000000\nburst = 1000000\n' > "$WORK/cluster.toml"
+for n in 3 5; do
+  ADMINS=()
+  HOT_PORT=""
+  for i in $(seq 1 $n); do
+    p=$(free_port); a=$(free_port)
+    [ -z "$HOT_PORT" ] && HOT_PORT=$p
+    RUST_LOG=warn taskset -c 0 $BIN serve --origin http://127.0.0.1:$ORIGIN_PORT --listen 127.0.0.1:$p --admin 127.0.0.1:$a \
+      --bus nats://127.0.0.1:$NATS_PORT --node-id "bench$n-$i" --data-dir "$WORK/c$n-$i" --config "$WORK/cluster.toml" >/dev/null 2>&1 & PIDS+=($!)
+    wait_port $a
+    ADMINS+=("http://127.0.0.1:$a")
+  done
+  sleep 1
+  list=$(IFS=,; echo "${ADMINS[*]}")
+  echo "-- $n nodes --"
+  inv convergence "$list" bench-token-0123456789 1000
+  curl -s -o /dev/null "http://127.0.0.1:$HOT_PORT/bytes/1024"
+  idle=$(taskset -c 1 wrk -t1 -c"$CONNS" -d5s "http://127.0.0.1:$HOT_PORT/bytes/1024" | awk '/Requests\/sec/ {print $2}')
+  taskset -c 1 wrk -t1 -c"$CONNS" -d8s "http://127.0.0.1:$HOT_PORT/bytes/1024" > "$WORK/wrk-storm.txt" &
+  wrk_pid=$!
+  sleep 1
+  inv storm "$list" bench-token-0123456789 20000
+  wait $wrk_pid
+  busy=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk-storm.txt")
+  printf "  hot hits on one node: %.0f req/s idle, %.0f during the storm (x%.2f; target >= 0.90)\n" "$idle" "$busy" "$(echo "$busy / $idle" | bc -l)"
+done
+printf "  targets: p99 under 20 ms; >= 10000 invalidations/s applied by the cluster\n"

@@ -37,6 +37,9 @@ const ACKS: &str = "fresco.applied";
 const HEARTBEATS: &str = "fresco.heartbeat";
 const QUEUE: usize = 10_000;
 const BATCH: usize = 1_000;
+/// How often a node acknowledges what it applied: the acknowledgements
+/// fan out to every node, so they are batched rather than sent per entry.
+const REPORT_EVERY: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -87,6 +90,8 @@ pub struct NatsBus {
     cfg: BusConfig,
     invalidations: Arc<Invalidations>,
     counters: Arc<NodeCounters>,
+    /// When the newest applied entry was applied (ms since the epoch).
+    last_applied_ms: AtomicU64,
 }
 
 fn position_file(cfg: &BusConfig) -> PathBuf {
@@ -155,8 +160,17 @@ impl NatsBus {
         invalidations.advance(start);
 
         let (tx, rx) = mpsc::channel(QUEUE);
-        let bus =
-            Arc::new(NatsBus { client, js, members: Default::default(), queue: tx, cfg, invalidations, counters });
+        let bus = Arc::new(NatsBus {
+            client,
+            js,
+            members: Default::default(),
+            queue: tx,
+            cfg,
+            invalidations,
+            counters,
+            last_applied_ms: AtomicU64::new(0),
+        });
+        tokio::spawn(bus.clone().report());
         tokio::spawn(bus.clone().listen_heartbeats());
         tokio::spawn(bus.clone().write(rx));
         tokio::spawn(bus.clone().consume(stream, audit.clone(), reconnected));
@@ -247,7 +261,6 @@ impl NatsBus {
         reconnected: Arc<tokio::sync::Notify>,
     ) {
         let mut expected = self.invalidations.applied() + 1;
-        let mut last_saved = expected - 1;
         loop {
             let config = consumer::pull::OrderedConfig {
                 deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: expected },
@@ -307,13 +320,7 @@ impl NatsBus {
                 metrics::gauge!("fresco_invalidation_log_version").set(seq as f64);
                 let applied_ms = now_ms();
                 audit.applied(seq, &self.cfg.node_id, applied_ms);
-                // Report once the batch the server sent is drained.
-                if info.pending == 0 {
-                    self.report(expected.min(last_saved + 1), seq, applied_ms).await;
-                    if std::fs::write(position_file(&self.cfg), seq.to_string()).is_ok() {
-                        last_saved = seq;
-                    }
-                }
+                self.last_applied_ms.store(applied_ms, Ordering::Release);
                 expected = seq + 1;
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -331,13 +338,31 @@ impl NatsBus {
         metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
     }
 
-    /// Publishes the applied range and refreshes the heartbeat.
-    async fn report(&self, from: u64, to: u64, applied_ms: u64) {
-        let ack = Applied { node: self.cfg.node_id.clone(), from, to, applied_ms };
-        if let Ok(payload) = serde_json::to_vec(&ack) {
-            let _ = self.client.publish(ACKS, payload.into()).await;
+    /// Every REPORT_EVERY, publishes the range applied since the last
+    /// report (with when its newest entry was applied) and persists the
+    /// position.
+    async fn report(self: Arc<Self>) {
+        let mut reported = self.invalidations.applied();
+        loop {
+            tokio::time::sleep(REPORT_EVERY).await;
+            let to = self.invalidations.applied();
+            if to <= reported {
+                continue;
+            }
+            let ack = Applied {
+                node: self.cfg.node_id.clone(),
+                from: reported + 1,
+                to,
+                applied_ms: self.last_applied_ms.load(Ordering::Acquire),
+            };
+            if let Ok(payload) = serde_json::to_vec(&ack) {
+                let _ = self.client.publish(ACKS, payload.into()).await;
+            }
+            if let Err(e) = std::fs::write(position_file(&self.cfg), to.to_string()) {
+                tracing::warn!(error = %e, "cannot persist the applied position");
+            }
+            reported = to;
         }
-        self.beat().await;
     }
 
     async fn beat(&self) {

@@ -238,3 +238,37 @@ async fn a_three_server_nats_cluster_carries_the_log() {
         assert!(!get(&n.url("/r")).await.is_hit());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_storm_through_two_nodes_loses_nothing() {
+    let nats = Nats::start().await;
+    let origin = Origin::start().await;
+    let cfg = config();
+    let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
+    let b = node(&origin, &nats.url(), "b", &temp_dir("b"), &cfg);
+    let (admin_a, admin_b) = (a.admin_url("/api/v1/invalidations"), b.admin_url("/api/v1/invalidations"));
+    let tasks: Vec<_> = (0..1000)
+        .map(|i| {
+            let admin = if i % 2 == 0 { admin_a.clone() } else { admin_b.clone() };
+            tokio::spawn(async move {
+                let auth = format!("Bearer {TOKEN}");
+                // Every tenth request repeats a tag: merged or not, it is applied.
+                let tag = if i % 10 == 0 { "hot".to_string() } else { format!("storm-{i}") };
+                let body = Bytes::from(json!({ "tags": [tag] }).to_string());
+                let r = send_body("POST", &admin, &[("authorization", &auth)], body).await;
+                (r.status, serde_json::from_slice::<Value>(&r.body).ok().and_then(|v| v["version"].as_u64()))
+            })
+        })
+        .collect();
+    let mut highest = 0;
+    for t in tasks {
+        let (status, version) = t.await.unwrap();
+        assert_eq!(status, 202, "accepted, or refused with 429 when over limits; this token has room");
+        highest = highest.max(version.unwrap());
+    }
+    assert!(highest >= 900, "distinct tags are not merged away: {highest}");
+    eventually("both nodes apply every accepted invalidation", async || {
+        applied(&a).await == highest as f64 && applied(&b).await == highest as f64
+    })
+    .await;
+}
