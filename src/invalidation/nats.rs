@@ -37,6 +37,8 @@ const ACKS: &str = "fresco.applied";
 const HEARTBEATS: &str = "fresco.heartbeat";
 const QUEUE: usize = 10_000;
 const BATCH: usize = 1_000;
+/// How long to keep trying to set up the stream at start.
+const SETUP: Duration = Duration::from_secs(30);
 /// How often a node acknowledges what it applied: the acknowledgements
 /// fan out to every node, so they are batched rather than sent per entry.
 const REPORT_EVERY: Duration = Duration::from_millis(5);
@@ -136,7 +138,9 @@ impl NatsBus {
             .await
             .map_err(|e| format!("`bus` {}: {e}", cfg.url))?;
         let js = jetstream::new(client.clone());
-        let deadline = tokio::time::Instant::now() + catch_up.max(Duration::from_secs(5));
+        // A NATS cluster that has just started needs a few seconds to elect
+        // its JetStream leader.
+        let setup_deadline = tokio::time::Instant::now() + SETUP;
         let stream = loop {
             let config = stream::Config {
                 name: STREAM.into(),
@@ -148,7 +152,7 @@ impl NatsBus {
             };
             match js.get_or_create_stream(config).await {
                 Ok(s) => break s,
-                Err(e) if tokio::time::Instant::now() < deadline => {
+                Err(e) if tokio::time::Instant::now() < setup_deadline => {
                     tracing::debug!(error = %e, "waiting for JetStream");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
@@ -178,6 +182,7 @@ impl NatsBus {
         tokio::spawn(bus.clone().collect_acks(audit));
 
         // Apply what was missed before serving.
+        let deadline = tokio::time::Instant::now() + catch_up;
         let head = bus.head().await.unwrap_or(0);
         while bus.invalidations.applied() < head && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

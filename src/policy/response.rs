@@ -11,7 +11,7 @@ use http::header::{AUTHORIZATION, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE
 use http::{HeaderMap, Method, StatusCode};
 
 use super::age;
-use super::cache_control::{self, CacheControl, Delta, FieldScope};
+use super::cache_control::{self, CacheControl, FieldScope};
 use super::request::RequestDirectives;
 
 /// Settings that shape the caching decisions. Pure data: the policy
@@ -146,6 +146,12 @@ impl ResponsePolicy {
         self.current_age(now).saturating_sub(self.lifetime)
     }
 
+    /// §3.5: may this response answer requests that carry Authorization?
+    pub fn shareable_with_authorization(&self) -> bool {
+        let d = &self.directives;
+        d.public || d.must_revalidate || d.s_maxage.is_some()
+    }
+
     /// True when a directive forbids serving this response stale: §4.2.4,
     /// `must-revalidate` (§5.2.2.2), `proxy-revalidate` (§5.2.2.8),
     /// `s-maxage` (§5.2.2.10, which implies proxy-revalidate) and
@@ -249,7 +255,7 @@ pub fn storable(
     }
     // §3.5: a response to an authenticated request is shared only when the
     // origin says so explicitly.
-    if request_headers.contains_key(AUTHORIZATION) && !(d.must_revalidate || d.public || d.s_maxage.is_some()) {
+    if request_headers.contains_key(AUTHORIZATION) && !policy.shareable_with_authorization() {
         return Err(NotStorable::Authorization);
     }
     if !cfg.store_set_cookie && headers.contains_key(SET_COOKIE) {
@@ -265,14 +271,8 @@ pub fn storable(
     if !explicit && !heuristically_cacheable(status) {
         return Err(NotStorable::NoFreshness);
     }
-    // A response that is stale on arrival and can never be validated or
-    // served stale would only take space.
-    let has_validator = headers.contains_key(http::header::ETAG) || headers.contains_key(LAST_MODIFIED);
-    let stale_window = d.stale_while_revalidate.is_some_and(|w| w != Delta::Valid(0))
-        || d.stale_if_error.is_some_and(|w| w != Delta::Valid(0));
-    if policy.lifetime.is_zero() && !has_validator && !stale_window {
-        return Err(NotStorable::NoFreshness);
-    }
+    // A response stale on arrival is still stored: a client's max-stale,
+    // or stale-if-error, may use it.
     Ok(())
 }
 
@@ -474,8 +474,9 @@ mod tests {
     }
 
     #[test]
-    fn rfc9111_3_stale_on_arrival_without_validators_is_not_stored() {
-        assert_eq!(can_store(200, &HeaderMap::new()), Err(NotStorable::NoFreshness));
-        assert_eq!(can_store(200, &headers(&[("etag", "\"a\"")])), Ok(()));
+    fn rfc9111_3_heuristically_cacheable_status_is_storable_without_freshness() {
+        assert_eq!(can_store(200, &HeaderMap::new()), Ok(()));
+        assert_eq!(can_store(200, &headers(&[("cache-control", "max-age=0")])), Ok(()));
+        assert_eq!(can_store(302, &HeaderMap::new()), Err(NotStorable::NoFreshness));
     }
 }

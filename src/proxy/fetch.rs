@@ -344,9 +344,8 @@ impl Proxy {
         if let Err(e) = &result {
             tracing::debug!(url = %job.target.key.url, error = %e, "fill ended early; not stored");
         }
-        if let Some(bytes) = fill.finish(result)
-            && head.shareable
-        {
+        // Only a shareable response is kept by the fill, so only it is stored.
+        fill.finish(result, |bytes| {
             let mut stored_headers = head.headers.clone();
             headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
             let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
@@ -365,7 +364,7 @@ impl Proxy {
                 ),
             };
             self.store_object(&job.target.key.key, Arc::new(object));
-        }
+        });
     }
 
     /// §4.3.4: the stored object updated by a 304's header fields.

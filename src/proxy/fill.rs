@@ -177,24 +177,31 @@ impl Fill {
         }
     }
 
-    /// Marks the body complete (`Ok`) or broken (`Err`). Returns the whole
-    /// body when it completed and was kept, for storing.
-    pub fn finish(&self, result: Result<(), String>) -> Option<Bytes> {
-        let mut st = self.lock();
-        let body = match (&result, st.keeping) {
-            (Ok(()), true) => {
-                let mut buf = BytesMut::with_capacity(st.bytes);
-                for c in &st.chunks {
-                    buf.extend_from_slice(c);
+    /// Marks the body complete (`Ok`) or broken (`Err`). When it completed
+    /// and was kept, `store` gets the whole body first: readers see the end
+    /// only after the object is stored, so a client that finished reading
+    /// finds it on its next request. Returns whether `store` ran.
+    pub fn finish(&self, result: Result<(), String>, store: impl FnOnce(Bytes)) -> bool {
+        let body = {
+            let st = self.lock();
+            match (&result, st.keeping) {
+                (Ok(()), true) => {
+                    let mut buf = BytesMut::with_capacity(st.bytes);
+                    for c in &st.chunks {
+                        buf.extend_from_slice(c);
+                    }
+                    Some(buf.freeze())
                 }
-                Some(buf.freeze())
+                _ => None,
             }
-            _ => None,
         };
-        st.end = Some(result);
-        drop(st);
+        let stored = body.is_some();
+        if let Some(body) = body {
+            store(body);
+        }
+        self.lock().end = Some(result);
         self.changed.send_modify(|v| *v += 1);
-        body
+        stored
     }
 
     /// The outcome, if published.
@@ -293,7 +300,9 @@ mod tests {
         assert!(fill.push(Bytes::from_static(b"hello ")).await);
         let late = fill.reader().unwrap();
         assert!(fill.push(Bytes::from_static(b"world")).await);
-        assert_eq!(fill.finish(Ok(())).unwrap(), "hello world");
+        let mut kept = None;
+        assert!(fill.finish(Ok(()), |b| kept = Some(b)));
+        assert_eq!(kept.unwrap(), "hello world");
         for r in [early, late] {
             assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "hello world");
         }
@@ -309,7 +318,7 @@ mod tests {
             assert!(fill.push(Bytes::from(vec![b'x'; 10_000])).await);
         }
         assert!(fill.reader().is_none());
-        assert!(fill.finish(Ok(())).is_none());
+        assert!(!fill.finish(Ok(()), |_| panic!("nothing to store")));
         assert_eq!(consumer.await.unwrap().len(), 1_000_000);
     }
 
@@ -328,7 +337,7 @@ mod tests {
         let r = fill.reader().unwrap();
         fill.set_outcome(head(), true);
         fill.push(Bytes::from_static(b"par")).await;
-        assert!(fill.finish(Err("upstream reset".into())).is_none());
+        assert!(!fill.finish(Err("upstream reset".into()), |_| panic!("nothing to store")));
         assert!(r.into_body().collect().await.is_err());
     }
 }

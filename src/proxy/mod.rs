@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::{AUTHORIZATION, HOST};
+use http::header::HOST;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -186,13 +186,9 @@ impl Proxy {
         if method != Method::GET && method != Method::HEAD {
             return self.forward(req, &target, client, CacheStatus::forward(Fwd::Method)).await;
         }
-        // §3.5: an authenticated request is answered by the origin; Fresco
-        // does not decide which user may see what.
-        if req.headers().contains_key(AUTHORIZATION) {
-            return self
-                .forward(req, &target, client, CacheStatus::forward(Fwd::Bypass).with_detail("authorization"))
-                .await;
-        }
+        // Authenticated requests take the same path: §3.5 (in
+        // policy::response::storable) decides whether their responses may be
+        // shared.
         self.lookup(req, target, client).await
     }
 
@@ -208,6 +204,14 @@ impl Proxy {
         let mut fwd = if variants.is_some() { Fwd::VaryMiss } else { Fwd::UriMiss };
         let mut detail = None;
         let mut selected = variants.as_ref().and_then(|v| v.select(req.headers()).cloned());
+        // §3.5: an authenticated request is answered from the store only by
+        // a response the origin marked as shareable with such requests.
+        if req.headers().contains_key(http::header::AUTHORIZATION)
+            && selected.as_ref().is_some_and(|o| !o.policy.shareable_with_authorization())
+        {
+            selected = None;
+            detail = Some("authorization");
+        }
         if selected.is_some() && self.invalidations.catching_up() {
             // Invalidations missed while disconnected are still arriving.
             selected = None;

@@ -313,7 +313,7 @@ impl Fresco {
         });
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(45);
         while Instant::now() < deadline {
             match lines.next() {
                 Some(Ok(line)) if line.starts_with("fresco ready") => {

@@ -82,13 +82,19 @@ async fn rfc9111_5_2_2_5_no_store_and_set_cookie_are_not_stored() {
 }
 
 #[tokio::test]
-async fn rfc9111_3_5_authorization_requests_go_to_origin() {
+async fn rfc9111_3_5_authenticated_responses_are_shared_only_when_marked() {
     let (origin, fresco) = setup().await;
-    origin.route("/auth", Reply::ok("secret").header("cache-control", "max-age=60"));
-    get(&fresco.url("/auth")).await;
-    let authed = send("GET", &fresco.url("/auth"), &[("authorization", "Bearer t")]).await;
-    assert!(authed.cache_status().contains("fwd=bypass"), "{}", authed.cache_status());
-    assert_eq!(origin.hits("/auth"), 2);
+    origin.route("/mine", Reply::ok("secret").header("cache-control", "max-age=60"));
+    origin.route("/shared", Reply::ok("everyone").header("cache-control", "max-age=60, public"));
+    let alice = [("authorization", "Bearer alice")];
+    let first = send("GET", &fresco.url("/mine"), &alice).await;
+    assert!(first.cache_status().contains("detail=authorization"), "{}", first.cache_status());
+    assert!(!get(&fresco.url("/mine")).await.is_hit(), "alice's response was not stored for others");
+    let again = send("GET", &fresco.url("/mine"), &alice).await;
+    assert!(!again.is_hit(), "an anonymous copy does not answer an authenticated request");
+    send("GET", &fresco.url("/shared"), &alice).await;
+    assert!(get(&fresco.url("/shared")).await.is_hit(), "public allows sharing (§3.5)");
+    assert!(send("GET", &fresco.url("/shared"), &alice).await.is_hit());
 }
 
 #[tokio::test]
