@@ -43,6 +43,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/api/v1/invalidations", get(list).post(create))
         .route("/api/v1/invalidations/{id}", get(status))
+        .route("/api/v1/invalidation-events", axum::routing::post(event))
         .route("/api/v1/nodes", get(nodes))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
@@ -108,6 +109,46 @@ async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes
             (StatusCode::ACCEPTED, axum::Json(body)).into_response()
         }
         Err(r) => refusal(r),
+    }
+}
+
+/// How long the standard event API waits for every live node before
+/// answering 202 instead of 200.
+const EVENT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `POST /api/v1/invalidation-events`: the HTTP cache invalidation draft's
+/// resource. 200 once every live node has applied it (within EVENT_WAIT),
+/// 202 otherwise, 501 for selector types Fresco does not support.
+async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(d) = state.service.access.authenticate(bearer(&headers)) {
+        return denial(d);
+    }
+    let event: service::Event = match serde_json::from_slice(&body) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid invalidation event: {e}")),
+    };
+    let (selectors, mode) = match service::event_selectors(&event, &state.service.keys) {
+        Ok(x) => x,
+        Err((true, msg)) => return error(StatusCode::NOT_IMPLEMENTED, msg),
+        Err((false, msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let entry = match state.service.submit(bearer(&headers), selectors, mode, "invalidation event".into(), false).await
+    {
+        Ok(e) => e,
+        Err(r) => return refusal(r),
+    };
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+    loop {
+        let view = state.service.membership.view().await;
+        let converged = state.service.audit.get(entry.version).is_some_and(|r| status_of(&view, r).converged);
+        if converged {
+            return (StatusCode::OK, axum::Json(json!({ "id": entry.id(), "version": entry.version }))).into_response();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return (StatusCode::ACCEPTED, axum::Json(json!({ "id": entry.id(), "version": entry.version })))
+                .into_response();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     }
 }
 

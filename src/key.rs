@@ -78,6 +78,9 @@ pub fn normalise_origin(scheme: &str, authority: &str) -> String {
     let default_port = if scheme == "https" { ":443" } else { ":80" };
     if host.ends_with(default_port) {
         host.truncate(host.len() - default_port.len());
+    } else if host.ends_with(':') {
+        // An empty port is the default one (RFC 3986 §6.2.3).
+        host.pop();
     }
     format!("{scheme}://{host}")
 }
@@ -167,6 +170,7 @@ mod tests {
         assert_eq!(url(&p, "https", "a.test:443", "/%7euser/%2f"), "https://a.test/~user/%2F");
         assert_eq!(url(&p, "http", "a.test:8080", "/x"), "http://a.test:8080/x");
         assert_eq!(url(&p, "http", "a.test", "/a/./b/../c"), "http://a.test/a/c");
+        assert_eq!(url(&p, "https", "www.example.com:", "/../foo/bar"), "https://www.example.com/foo/bar");
     }
 
     #[test]

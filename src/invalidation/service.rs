@@ -42,6 +42,67 @@ pub struct Request {
     pub break_glass: bool,
 }
 
+/// The body of `POST /api/v1/invalidation-events`, the event format of the
+/// HTTP cache invalidation draft (`shared/specs/draft-http-invalidation.md`).
+#[derive(Debug, Deserialize)]
+pub struct Event {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub selectors: Vec<String>,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Remove (true) or mark invalid, to be validated before reuse (false).
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// What an event asks for, or why it cannot be done: `Err((true, msg))`
+/// for an unsupported feature (501), `Err((false, msg))` for a malformed
+/// event (400).
+pub fn event_selectors(event: &Event, keys: &KeyPolicy) -> Result<(Vec<Selector>, Mode), (bool, String)> {
+    let mode = if event.purge { Mode::Hard } else { Mode::Soft };
+    let bad = |m: String| (false, m);
+    if event.selectors.is_empty() {
+        return Err(bad("\"selectors\" is empty".into()));
+    }
+    if event.selectors.len() + event.groups.len() > MAX_SELECTORS {
+        return Err(bad(format!("at most {MAX_SELECTORS} selectors per event")));
+    }
+    let selectors = match event.kind.as_str() {
+        "uri" => event.selectors.iter().map(|s| normalise_url("selectors", s, keys).map(Selector::Url)).collect(),
+        // An origin is the prefix that selects everything under it.
+        "uri-prefix" | "origin" => event
+            .selectors
+            .iter()
+            .map(|s| normalise_url("selectors", s, keys).map(|u| Selector::Prefix(u.trim_end_matches('/').to_string())))
+            .collect(),
+        "group" => {
+            if event.groups.is_empty() {
+                return Err(bad("a \"group\" event needs a non-empty \"groups\" member".into()));
+            }
+            // Fresco fronts one origin, so its groups are that origin's.
+            for s in &event.selectors {
+                normalise_url("selectors", s, keys).map_err(bad)?;
+            }
+            let mut out = Vec::new();
+            for g in &event.groups {
+                if g.is_empty() || g.len() > MAX_TAG_LEN {
+                    return Err(bad(format!("group {g:?} is empty or longer than {MAX_TAG_LEN} bytes")));
+                }
+                out.push(Selector::Tag(g.clone()));
+            }
+            Ok(out)
+        }
+        other => {
+            return Err((
+                true,
+                format!("selector type {other:?} is not supported; supported: uri, uri-prefix, origin, group"),
+            ));
+        }
+    };
+    selectors.map(|s| (s, mode)).map_err(bad)
+}
+
 /// Why a submission was not accepted.
 #[derive(Debug)]
 pub enum Refused {
@@ -192,6 +253,20 @@ mod tests {
         assert!(parse_str(&many).unwrap_err().contains("at most 1000"));
         let long = format!(r#"{{"tags":["{}"]}}"#, "x".repeat(300));
         assert!(parse_str(&long).unwrap_err().contains("longer than"));
+    }
+
+    #[test]
+    fn invalidation_events_map_onto_selectors() {
+        let keys = KeyPolicy::default();
+        let event = |json: &str| event_selectors(&serde_json::from_str(json).unwrap(), &keys);
+        let (s, mode) = event(r#"{"type":"uri","selectors":["HTTPS://www.example.com:443/fo%6f/bar"]}"#).unwrap();
+        assert_eq!((s, mode), (vec![Selector::Url("https://www.example.com/foo/bar".into())], Mode::Soft));
+        let (s, mode) = event(r#"{"type":"origin","selectors":["https://example.net:8080"],"purge":true}"#).unwrap();
+        assert_eq!((s, mode), (vec![Selector::Prefix("https://example.net:8080".into())], Mode::Hard));
+        let (s, _) = event(r#"{"type":"group","selectors":["https://example.com:443"],"groups":["scripts"]}"#).unwrap();
+        assert_eq!(s, vec![Selector::Tag("scripts".into())]);
+        assert!(event(r#"{"type":"regex","selectors":["x"]}"#).unwrap_err().0, "unsupported: 501");
+        assert!(!event(r#"{"type":"group","selectors":["https://a"]}"#).unwrap_err().0, "malformed: 400");
     }
 
     #[test]

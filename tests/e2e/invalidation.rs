@@ -292,3 +292,39 @@ async fn the_sweeper_frees_purged_objects() {
     assert_eq!(objects, 1.0, "the purged object's memory was reclaimed");
     assert!(get(&fresco.url("/keep")).await.is_hit());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standard_invalidation_events() {
+    let origin = Origin::start().await;
+    for p in ["/docs/a", "/docs/b", "/other"] {
+        origin.route(p, Reply::ok(p).header("cache-control", "max-age=600").header("cache-groups", "\"docs\""));
+    }
+    let fresco = Fresco::start(&origin.url(), &[]);
+    let auth = format!("Bearer {}", fresco.token());
+    let event = async |body: Value| {
+        send_body(
+            "POST",
+            &fresco.admin_url("/api/v1/invalidation-events"),
+            &[("authorization", &auth)],
+            Bytes::from(body.to_string()),
+        )
+        .await
+    };
+    for p in ["/docs/a", "/docs/b", "/other"] {
+        get(&fresco.url(p)).await;
+    }
+    let prefix = event(json!({"type": "uri-prefix", "selectors": [absolute(&fresco, "/docs")], "purge": true})).await;
+    assert_eq!(prefix.status, 200, "applied on every node before answering: {}", prefix.text());
+    assert!(!get(&fresco.url("/docs/a")).await.is_hit());
+    assert!(get(&fresco.url("/other")).await.is_hit());
+    let group =
+        event(json!({"type": "group", "selectors": [format!("http://{}", fresco.data)], "groups": ["docs"]})).await;
+    assert_eq!(group.status, 200);
+    let soft = get(&fresco.url("/other")).await;
+    assert!(soft.cache_status().contains("fwd=stale"), "purge:false marks invalid: {}", soft.cache_status());
+    assert_eq!(event(json!({"type": "regex", "selectors": ["."]})).await.status, 501);
+    assert_eq!(event(json!({"type": "uri"})).await.status, 400);
+    let anonymous =
+        send_body("POST", &fresco.admin_url("/api/v1/invalidation-events"), &[], Bytes::from_static(b"{}")).await;
+    assert_eq!(anonymous.status, 401);
+}
