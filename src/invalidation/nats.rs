@@ -383,19 +383,28 @@ impl NatsBus {
         }
     }
 
-    async fn listen_heartbeats(self: Arc<Self>) {
+    /// Calls `f` with every message on `subject` that decodes as `T`,
+    /// resubscribing whenever the subscription ends.
+    async fn each<T: serde::de::DeserializeOwned>(&self, subject: &'static str, mut f: impl FnMut(T)) {
         loop {
-            let Ok(mut sub) = self.client.subscribe(HEARTBEATS).await else {
+            let Ok(mut sub) = self.client.subscribe(subject).await else {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 continue;
             };
             while let Some(msg) = sub.next().await {
-                if let Ok(hb) = serde_json::from_slice::<Heartbeat>(&msg.payload) {
-                    let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-                    members.insert(hb.node.clone(), (hb, std::time::Instant::now()));
+                if let Ok(value) = serde_json::from_slice::<T>(&msg.payload) {
+                    f(value);
                 }
             }
         }
+    }
+
+    async fn listen_heartbeats(self: Arc<Self>) {
+        self.each(HEARTBEATS, |hb: Heartbeat| {
+            let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
+            members.insert(hb.node.clone(), (hb, std::time::Instant::now()));
+        })
+        .await;
     }
 
     async fn heartbeat(self: Arc<Self>) {
@@ -407,17 +416,7 @@ impl NatsBus {
 
     /// Records other nodes' applied ranges in the local audit.
     async fn collect_acks(self: Arc<Self>, audit: Arc<Audit>) {
-        loop {
-            let Ok(mut sub) = self.client.subscribe(ACKS).await else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            };
-            while let Some(msg) = sub.next().await {
-                if let Ok(a) = serde_json::from_slice::<Applied>(&msg.payload) {
-                    audit.applied_range(a.from, a.to, &a.node, a.applied_ms);
-                }
-            }
-        }
+        self.each(ACKS, |a: Applied| audit.applied_range(a.from, a.to, &a.node, a.applied_ms)).await;
     }
 }
 

@@ -291,28 +291,9 @@ pub fn path_prefixes(url: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::response::{PolicyConfig, ResponsePolicy};
-    use std::time::SystemTime;
 
     fn object(url: &str, tags: &[&str], stamp: Stamp) -> CachedObject {
-        let now = SystemTime::now();
-        CachedObject {
-            status: http::StatusCode::OK,
-            headers: Default::default(),
-            body: bytes::Bytes::new(),
-            policy: ResponsePolicy::new(
-                http::StatusCode::OK,
-                &http::HeaderMap::new(),
-                now,
-                now,
-                &PolicyConfig::default(),
-            ),
-            vary: Default::default(),
-            url: Arc::from(url),
-            tags: tags.iter().map(|t| Arc::from(*t)).collect(),
-            stamp,
-            stale: Default::default(),
-        }
+        CachedObject::for_test(url, tags, stamp)
     }
 
     #[test]

@@ -69,29 +69,10 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::invalidation::{Mode, Selector};
-    use crate::policy::response::{PolicyConfig, ResponsePolicy};
     use crate::store::{CachedObject, MemoryStore, Variants};
-    use std::time::SystemTime;
 
     fn put(store: &MemoryStore, url: &str, tag: &str, stamp: Stamp) {
-        let now = SystemTime::now();
-        let o = CachedObject {
-            status: http::StatusCode::OK,
-            headers: Default::default(),
-            body: bytes::Bytes::from_static(b"x"),
-            policy: ResponsePolicy::new(
-                http::StatusCode::OK,
-                &http::HeaderMap::new(),
-                now,
-                now,
-                &PolicyConfig::default(),
-            ),
-            vary: Default::default(),
-            url: Arc::from(url),
-            tags: Box::new([Arc::from(tag)]),
-            stamp,
-            stale: Default::default(),
-        };
+        let o = CachedObject::for_test(url, &[tag], stamp);
         store.put(Arc::from(url), Variants::default().with(Arc::new(o), 4));
     }
 

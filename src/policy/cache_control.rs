@@ -341,15 +341,7 @@ pub fn parse_surrogate_control(headers: &HeaderMap, device: &str) -> Option<Cach
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::policy::test_support::headers;
 
     #[test]
     fn rfc9111_5_2_directive_names_are_case_insensitive() {

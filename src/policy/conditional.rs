@@ -147,15 +147,8 @@ pub fn freshen(stored: &mut HeaderMap, update: &HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::test_support::headers;
     use std::time::Duration;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)

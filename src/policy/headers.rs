@@ -132,15 +132,7 @@ fn same_origin(a: &Uri, b: &Uri) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::policy::test_support::headers;
 
     #[test]
     fn rfc9110_7_6_1_connection_listed_fields_are_removed() {

@@ -25,3 +25,5 @@ pub mod vary;
 
 #[cfg(test)]
 mod proptests;
+#[cfg(test)]
+pub(crate) mod test_support;

@@ -179,20 +179,13 @@ pub fn stale_if_error(
 mod tests {
     use super::*;
     use crate::policy::response::PolicyConfig;
-    use http::{HeaderName, HeaderValue, StatusCode};
+    use crate::policy::test_support::headers;
+    use http::{HeaderValue, StatusCode};
 
     const T0: u64 = 1_700_000_000;
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(T0 + secs)
-    }
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
     }
 
     /// A response received at t=0 with this Cache-Control.

@@ -66,15 +66,7 @@ pub fn cache_groups(headers: &HeaderMap, name: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, HeaderValue};
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
-        }
-        h
-    }
+    use crate::policy::test_support::headers;
 
     #[test]
     fn tags_from_all_three_fields() {

@@ -139,3 +139,22 @@ pub trait Store: Send + Sync + 'static {
     /// as they are). For background sweeping, never on the request path.
     fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>);
 }
+
+#[cfg(test)]
+impl CachedObject {
+    /// A small stored object for tests: `url`, tagged `tags`, fetched at `stamp`.
+    pub fn for_test(url: &str, tags: &[&str], stamp: crate::invalidation::Stamp) -> CachedObject {
+        let now = std::time::SystemTime::now();
+        CachedObject {
+            status: StatusCode::OK,
+            headers: StoredHeaders::default(),
+            body: Bytes::from_static(b"x"),
+            policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
+            vary: VaryKey::default(),
+            url: Arc::from(url),
+            tags: tags.iter().map(|t| Arc::from(*t)).collect(),
+            stamp,
+            stale: Default::default(),
+        }
+    }
+}
