@@ -9,6 +9,7 @@
 //! - [`request`]: request directives and reuse decisions (§4, §4.2.4, §5.2.1, RFC 5861)
 //! - [`conditional`]: validation and freshening (§4.3)
 //! - [`vary`]: secondary keys (§4.1)
+//! - [`range`]: byte ranges served from stored responses (RFC 9110 §14)
 //! - [`headers`]: hop-by-hop fields and unsafe-method invalidation (§3.1, §4.4)
 //! - [`tags`]: invalidation tags from Surrogate-Key, Cache-Tag, Cache-Groups
 //! - [`cache_status`]: the Cache-Status field (RFC 9211)
@@ -18,6 +19,7 @@ pub mod cache_control;
 pub mod cache_status;
 pub mod conditional;
 pub mod headers;
+pub mod range;
 pub mod request;
 pub mod response;
 pub mod tags;

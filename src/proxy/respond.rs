@@ -7,8 +7,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use http::header::{
-    AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_TYPE, DATE, ETAG, EXPIRES, HeaderName, HeaderValue,
-    LAST_MODIFIED, VARY, VIA,
+    ACCEPT_RANGES, AGE, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_LOCATION, CONTENT_RANGE, CONTENT_TYPE, DATE, ETAG,
+    EXPIRES, HeaderName, HeaderValue, LAST_MODIFIED, VARY, VIA,
 };
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
@@ -18,6 +18,7 @@ use super::Proxy;
 use super::fill::{FetchedHead, Reader};
 use super::upstream::UpstreamBody;
 use crate::policy::cache_status::CacheStatus;
+use crate::policy::range::{self, RangeReply};
 use crate::policy::{conditional, headers, tags};
 use crate::store::CachedObject;
 
@@ -26,6 +27,10 @@ const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 /// Header fields a 304 carries (RFC 9110 §15.4.5), plus the cache's own.
 const NOT_MODIFIED_FIELDS: [HeaderName; 7] =
     [CACHE_CONTROL, CONTENT_LOCATION, DATE, ETAG, EXPIRES, VARY, LAST_MODIFIED];
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
 
 pub fn empty() -> UpstreamBody {
     Empty::new().map_err(|e: Infallible| match e {}).boxed()
@@ -67,6 +72,24 @@ impl Proxy {
             || obj.status.is_informational())
         {
             h.insert(CONTENT_LENGTH, HeaderValue::from(obj.body.len()));
+        }
+        if obj.status == StatusCode::OK && req.method == Method::GET {
+            h.entry(ACCEPT_RANGES).or_insert(HeaderValue::from_static("bytes"));
+            let len = obj.body.len() as u64;
+            match range::evaluate(&req.headers, &h, len) {
+                RangeReply::Full => {}
+                RangeReply::Partial { start, end } => {
+                    h.insert(CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{len}")));
+                    h.insert(CONTENT_LENGTH, HeaderValue::from(end - start + 1));
+                    let part = obj.body.slice(start as usize..=end as usize);
+                    return self.relay(StatusCode::PARTIAL_CONTENT, h, full(part), status);
+                }
+                RangeReply::Unsatisfiable => {
+                    h.insert(CONTENT_RANGE, header_value(&format!("bytes */{len}")));
+                    h.insert(CONTENT_LENGTH, HeaderValue::from(0));
+                    return self.relay(StatusCode::RANGE_NOT_SATISFIABLE, h, empty(), status);
+                }
+            }
         }
         let body = if req.method == Method::HEAD { empty() } else { full(obj.body.clone()) };
         self.relay(obj.status, h, body, status)

@@ -354,3 +354,23 @@ async fn request_coalescing_sends_one_origin_request() {
     assert_eq!(origin.hits("/slow"), 1);
     assert!(collapsed >= 40, "collapsed {collapsed}");
 }
+
+#[tokio::test]
+async fn rfc9110_14_ranges_are_served_from_a_stored_response() {
+    let (origin, fresco) = setup().await;
+    origin.route("/file", Reply::ok("0123456789").header("cache-control", "max-age=60").header("etag", "\"f1\""));
+    let whole = send("GET", &fresco.url("/file"), &[("range", "bytes=2-4")]).await;
+    assert_eq!((whole.status, whole.text()), (200, "0123456789".to_string()), "a miss fetches and returns the whole");
+    let part = send("GET", &fresco.url("/file"), &[("range", "bytes=2-4")]).await;
+    assert_eq!((part.status, part.text()), (206, "234".to_string()));
+    assert_eq!(part.header("content-range"), Some("bytes 2-4/10"));
+    let tail = send("GET", &fresco.url("/file"), &[("range", "bytes=-3")]).await;
+    assert_eq!(tail.text(), "789");
+    let beyond = send("GET", &fresco.url("/file"), &[("range", "bytes=20-")]).await;
+    assert_eq!(beyond.status, 416);
+    assert_eq!(beyond.header("content-range"), Some("bytes */10"));
+    let changed = send("GET", &fresco.url("/file"), &[("range", "bytes=0-1"), ("if-range", "\"f0\"")]).await;
+    assert_eq!(changed.status, 200, "If-Range mismatch: the whole representation");
+    assert_eq!(origin.hits("/file"), 1);
+    assert_eq!(origin.last("/file").unwrap().headers.get("range"), None, "fills fetch the whole representation");
+}
