@@ -151,13 +151,13 @@ impl Invalidations {
         let stale = |m: &Mark| m.hard <= floor.log && m.soft <= floor.log && m.local <= floor.local;
         let mut dropped = 0;
         for table in [&self.urls, &self.prefixes, &self.tags] {
-            let mut map = table.write().expect("invalidation lock");
+            let mut map = table.write().unwrap_or_else(|e| e.into_inner());
             let before = map.len();
             map.retain(|_, m| !stale(m));
             dropped += before - map.len();
         }
         {
-            let mut all = self.all.write().expect("invalidation lock");
+            let mut all = self.all.write().unwrap_or_else(|e| e.into_inner());
             if *all != Mark::default() && stale(&all) {
                 *all = Mark::default();
                 dropped += 1;
@@ -191,7 +191,7 @@ impl Invalidations {
             Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| m.record(mode, version)),
             Selector::Tag(t) => self.record(&self.tags, t, |m| m.record(mode, version)),
             Selector::All => {
-                let mut all = self.all.write().expect("invalidation lock");
+                let mut all = self.all.write().unwrap_or_else(|e| e.into_inner());
                 if *all == Mark::default() {
                     self.records.fetch_add(1, Ordering::Release);
                 }
@@ -213,7 +213,7 @@ impl Invalidations {
     }
 
     fn record(&self, table: &Table, key: &str, f: impl FnOnce(&mut Mark)) {
-        let mut map = table.write().expect("invalidation lock");
+        let mut map = table.write().unwrap_or_else(|e| e.into_inner());
         let mark = match map.get_mut(key) {
             Some(m) => m,
             None => {
@@ -231,7 +231,7 @@ impl Invalidations {
             return Validity::Valid;
         }
         let stamp = object.stamp;
-        let mut worst = self.all.read().expect("invalidation lock").judge(stamp);
+        let mut worst = self.all.read().unwrap_or_else(|e| e.into_inner()).judge(stamp);
         let mut consider = |v: Validity| {
             worst = match (worst, v) {
                 (Validity::Hard, _) | (_, Validity::Hard) => Validity::Hard,
@@ -239,11 +239,11 @@ impl Invalidations {
                 _ => Validity::Valid,
             }
         };
-        if let Some(m) = self.urls.read().expect("invalidation lock").get(&*object.url) {
+        if let Some(m) = self.urls.read().unwrap_or_else(|e| e.into_inner()).get(&*object.url) {
             consider(m.judge(stamp));
         }
         {
-            let prefixes = self.prefixes.read().expect("invalidation lock");
+            let prefixes = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
             if !prefixes.is_empty() {
                 for prefix in path_prefixes(&object.url) {
                     if let Some(m) = prefixes.get(prefix) {
@@ -253,7 +253,7 @@ impl Invalidations {
             }
         }
         if !object.tags.is_empty() {
-            let tags = self.tags.read().expect("invalidation lock");
+            let tags = self.tags.read().unwrap_or_else(|e| e.into_inner());
             for tag in object.tags.iter() {
                 if let Some(m) = tags.get(&**tag) {
                     consider(m.judge(stamp));

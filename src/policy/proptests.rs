@@ -74,3 +74,26 @@ proptest! {
         let _ = conditional::not_modified_applies(&stored, &req);
     }
 }
+
+proptest! {
+    #[test]
+    fn cache_keys_and_prefix_walks_never_panic(host in "\\PC{0,30}", path in "\\PC{0,80}") {
+        let key = crate::key::KeyPolicy { sort_query: true, ..Default::default() }.key("http", &host, &path, &HeaderMap::new());
+        let _ = crate::invalidation::selectors::path_prefixes(&key.url).count();
+        let _ = crate::invalidation::selectors::path_prefixes(&path).count();
+    }
+
+    #[test]
+    fn range_and_tags_never_panic(range in field_bytes(), tags in field_bytes(), len in 0u64..1_000_000) {
+        let _ = range::evaluate(&header_map("range", &range), &HeaderMap::new(), len);
+        let _ = tags::tags(&header_map("cache-groups", &tags));
+        let _ = tags::tags(&header_map("surrogate-key", &tags));
+    }
+
+    #[test]
+    fn api_requests_never_panic(body in prop::collection::vec(any::<u8>(), 0..200), json in "\\{\"(urls|tags|prefixes)\":\\[\"\\PC{0,40}\"\\]\\}") {
+        let keys = crate::key::KeyPolicy::default();
+        let _ = crate::invalidation::service::parse(&body, &keys);
+        let _ = crate::invalidation::service::parse(json.as_bytes(), &keys);
+    }
+}
