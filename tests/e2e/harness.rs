@@ -269,6 +269,19 @@ impl Fresco {
         std::fs::read_to_string(self.data_dir.join("admin-token")).expect("admin token").trim().to_string()
     }
 
+    /// SIGTERM, then waits for the process to exit.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await;
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("fresco did not exit within 15 s of SIGTERM");
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

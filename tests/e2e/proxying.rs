@@ -202,3 +202,18 @@ async fn tls_with_http2_by_alpn() {
     let bad = Fresco::spawn(&["serve", "--origin", &origin.url(), "--tls-cert", cert]).err().unwrap();
     assert!(bad.contains("tls_key"), "{bad}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_in_flight_then_exits() {
+    let origin = Origin::start().await;
+    origin
+        .route("/slow", Reply::ok("finished").header("cache-control", "max-age=60").delay(Duration::from_millis(800)));
+    let fresco = Fresco::start(&origin.url(), &[]);
+    let url = fresco.url("/slow");
+    let in_flight = tokio::spawn(async move { get(&url).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = fresco.terminate().await;
+    assert!(status.success(), "clean exit: {status}");
+    let r = in_flight.await.unwrap();
+    assert_eq!((r.status, r.text()), (200, "finished".to_string()), "the request in flight was answered");
+}
