@@ -1,6 +1,7 @@
 //! Content classes: named matchers (path prefix, content type) that give
-//! stale-serving defaults when the origin sends none, or forbid serving
-//! stale for what must never be stale. The first matching class wins.
+//! stale-serving defaults when the origin sends none, forbid serving stale
+//! for what must never be stale, and decide whether Set-Cookie responses may
+//! be stored. The first matching class wins.
 
 use std::time::Duration;
 
@@ -14,6 +15,8 @@ pub struct ContentClass {
     /// Matches responses whose Content-Type starts with this, e.g. `text/html`.
     pub content_type: Option<String>,
     pub stale: StaleDefaults,
+    /// Overrides the node's `store_set_cookie` for this class.
+    pub store_set_cookie: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,11 +32,6 @@ impl Classes {
                         .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
                 })
         })
-    }
-
-    /// The stale defaults for a response, none when no class matches.
-    pub fn stale_defaults(&self, path: &str, content_type: Option<&str>) -> StaleDefaults {
-        self.classify(path, content_type).map(|c| c.stale).unwrap_or_default()
     }
 }
 
@@ -52,6 +50,7 @@ mod tests {
             path_prefix: path.map(str::to_string),
             content_type: ct.map(str::to_string),
             stale: stale(None, Some(Duration::from_secs(sie)), false),
+            store_set_cookie: None,
         }
     }
 
@@ -69,7 +68,7 @@ mod tests {
     }
 
     #[test]
-    fn no_class_means_no_defaults() {
-        assert_eq!(Classes::default().stale_defaults("/", None), StaleDefaults::default());
+    fn no_class_matches_without_classes() {
+        assert!(Classes::default().classify("/", None).is_none());
     }
 }

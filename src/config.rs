@@ -147,6 +147,7 @@ pub struct RawClass {
     pub stale_while_revalidate: Option<String>,
     pub stale_if_error: Option<String>,
     pub forbid_stale: Option<bool>,
+    pub store_set_cookie: Option<bool>,
 }
 
 impl RawConfig {
@@ -293,6 +294,7 @@ impl Config {
                             window("stale_if_error", c.stale_if_error)?,
                             c.forbid_stale.unwrap_or(false),
                         ),
+                        store_set_cookie: c.store_set_cookie,
                         name: c.name,
                         path_prefix: c.path_prefix,
                         content_type: c.content_type,

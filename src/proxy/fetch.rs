@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{CONTENT_LENGTH, DATE, HeaderValue};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderValue, SET_COOKIE};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -306,10 +306,16 @@ impl Proxy {
         {
             hdrs.insert(DATE, v);
         }
-        let cfg = &self.settings.policy;
-        let policy = ResponsePolicy::new(parts.status, &hdrs, request_time, response_time, cfg);
+        let path = job.target.path_and_query.split('?').next().unwrap_or("/");
+        let class = self.settings.classes.classify(path, hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let mut cfg = std::borrow::Cow::Borrowed(&self.settings.policy);
+        if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
+            cfg.to_mut().store_set_cookie = store_set_cookie;
+        }
+        let policy = ResponsePolicy::new(parts.status, &hdrs, request_time, response_time, &cfg);
         let storable =
-            response::storable(&Method::GET, &job.directives, &job.headers, parts.status, &hdrs, &policy, cfg);
+            response::storable(&Method::GET, &job.directives, &job.headers, parts.status, &hdrs, &policy, &cfg);
+        let stale = class.map(|c| c.stale).unwrap_or_default();
         let vary_names = vary::vary_names(&hdrs);
         let vary = vary::VaryKey::for_request(vary_names.as_deref().unwrap_or(&[]), &job.headers);
         let declared = hdrs.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
@@ -348,6 +354,9 @@ impl Proxy {
         fill.finish(result, |bytes| {
             let mut stored_headers = head.headers.clone();
             headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
+            // When a class allows storing Set-Cookie responses, the cookie
+            // stays with the client whose request fetched it.
+            stored_headers.remove(SET_COOKIE);
             let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
             let object = CachedObject {
                 status: head.status,
@@ -358,10 +367,7 @@ impl Proxy {
                 url: Arc::from(job.target.key.url.as_str()),
                 tags,
                 stamp,
-                stale: self.settings.classes.stale_defaults(
-                    job.target.path_and_query.split('?').next().unwrap_or("/"),
-                    head.headers.get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
-                ),
+                stale,
             };
             self.store_object(&job.target.key.key, Arc::new(object));
         });

@@ -116,7 +116,12 @@ impl Proxy {
             return self.relay(StatusCode::NOT_MODIFIED, short, empty(), status);
         }
         let body = if req.method == Method::HEAD { empty() } else { reader.into_body() };
-        self.relay(head.status, head.headers.clone(), body, status)
+        let mut h = head.headers.clone();
+        if status.collapsed {
+            // Another client's fetch: its cookie is not for this one.
+            h.remove(http::header::SET_COOKIE);
+        }
+        self.relay(head.status, h, body, status)
     }
 
     /// The last step for every response: hop-by-hop fields out, Via and

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::harness::{Fresco, Got, Origin, Reply, get, metric, send};
+use crate::harness::{Fresco, Got, Origin, Reply, get, metric, send, temp_dir};
 
 async fn burst(url: &str, n: usize) -> Vec<Got> {
     burst_with(url, n, &[]).await
@@ -219,4 +219,31 @@ async fn a_parent_that_is_down_is_skipped() {
     let child = Fresco::start(&origin.url(), &["--parent", "http://127.0.0.1:9"]);
     let r = get(&child.url("/p")).await;
     assert_eq!((r.status, r.text()), (200, "direct".to_string()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_may_store_set_cookie_responses_but_never_replays_the_cookie() {
+    let origin = Origin::start().await;
+    let n = Arc::new(AtomicUsize::new(0));
+    let counter = n.clone();
+    origin.handle("/landing", move |_| {
+        let i = counter.fetch_add(1, Ordering::SeqCst);
+        Reply::ok("landing page")
+            .header("cache-control", "max-age=600")
+            .header("set-cookie", &format!("visitor={i}"))
+            .delay(Duration::from_millis(300))
+    });
+    let dir = temp_dir("cookie-class");
+    let file = dir.join("fresco.toml");
+    std::fs::write(&file, "[[class]]\nname = \"landing\"\npath_prefix = \"/landing\"\nstore_set_cookie = true\n")
+        .unwrap();
+    let fresco = Fresco::start(&origin.url(), &["--config", file.to_str().unwrap()]);
+    let responses = burst(&fresco.url("/landing"), 20).await;
+    let with_cookie = responses.iter().filter(|r| r.header("set-cookie").is_some()).count();
+    assert_eq!(with_cookie, 1, "only the client whose request fetched it gets the cookie");
+    assert!(responses.iter().all(|r| r.text() == "landing page"));
+    let hit = get(&fresco.url("/landing")).await;
+    assert!(hit.is_hit());
+    assert_eq!(hit.header("set-cookie"), None, "a stored copy never replays a cookie");
+    assert_eq!(origin.hits("/landing"), 1);
 }
