@@ -36,7 +36,9 @@ fn main() {
         }
         ["storm", admins, token, count] => rt.block_on(storm(&client, admins, token, count.parse().unwrap())),
         _ => {
-            eprintln!("usage: invalidation latency DATA ADMIN TOKEN OBJECTS | records ADMIN TOKEN COUNT");
+            eprintln!(
+                "usage: invalidation latency DATA ADMIN TOKEN OBJECTS | records ADMIN TOKEN COUNT | convergence ADMINS TOKEN COUNT | storm ADMINS TOKEN COUNT"
+            );
             std::process::exit(2);
         }
     }
