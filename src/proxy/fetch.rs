@@ -11,11 +11,11 @@ use http_body_util::BodyExt;
 
 use super::fill::{FetchedHead, Fill, Outcome, Reader};
 use super::upstream::UpstreamBody;
-use super::{Client, Proxy, Target};
+use super::{Candidate, Client, Proxy, Target};
 use crate::invalidation::{Stamp, Validity};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
-use crate::policy::request::{self, ObjectState, RequestDirectives};
+use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse};
 use crate::policy::response::{self, ResponsePolicy};
 use crate::policy::{age, conditional, headers, tags, vary};
 use crate::store::{CachedObject, StoredHeaders};
@@ -29,6 +29,16 @@ struct Job {
     directives: RequestDirectives,
     /// The stored object being revalidated, if any.
     stale: Option<Arc<CachedObject>>,
+}
+
+/// How a request gets its response from upstream.
+enum Start {
+    /// Joined another request's fill.
+    Joined(Reader),
+    /// Started a fill of its own.
+    Started(Reader),
+    /// A fill finished and stored what it needs in the meantime.
+    Stored(Arc<CachedObject>),
 }
 
 /// Statuses after which a stale object may stand in (RFC 5861 §4).
@@ -49,7 +59,11 @@ impl Proxy {
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
         let (mut reader, collapsed) =
-            self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), true);
+            match self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), true) {
+                Start::Joined(r) => (r, true),
+                Start::Started(r) => (r, false),
+                Start::Stored(obj) => return self.serve_stored_hit(&parts, &obj),
+            };
         let mut outcome = if collapsed {
             match tokio::time::timeout(self.settings.lock_timeout, reader.outcome()).await {
                 Ok(o) => Some(o),
@@ -75,15 +89,17 @@ impl Proxy {
                 // After a failure the waiters share one retry; otherwise the
                 // leader's response was not for them and each asks alone.
                 let retry_shared = matches!(outcome, Some(Outcome::Failed(_)));
-                // The shared retry may already have finished and stored the
-                // object before this waiter got here.
-                if retry_shared && let Some(obj) = self.fresh_stored(&target, &parts.headers) {
-                    let now = SystemTime::now();
-                    return self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now);
-                }
-                let (own, _) =
-                    self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), retry_shared);
-                reader = own;
+                reader = match self.join_or_start(
+                    &parts,
+                    &target,
+                    client,
+                    &rd,
+                    stale.as_ref().map(|s| s.0.clone()),
+                    retry_shared,
+                ) {
+                    Start::Joined(r) | Start::Started(r) => r,
+                    Start::Stored(obj) => return self.serve_stored_hit(&parts, &obj),
+                };
                 outcome = Some(reader.outcome().await);
             }
         }
@@ -129,11 +145,17 @@ impl Proxy {
         }
     }
 
-    /// A stored variant for this request that is valid and fresh now.
-    fn fresh_stored(&self, target: &Target, request: &HeaderMap) -> Option<Arc<CachedObject>> {
-        let obj = self.store.get(&target.key.key)?.select(request)?.clone();
-        let fresh = self.invalidations.check(&obj) == Validity::Valid && obj.policy.ttl(SystemTime::now()) > 0;
-        fresh.then_some(obj)
+    /// A stored variant this request may use as it is, now: valid, and
+    /// fresh by the request's own directives.
+    fn usable_stored(&self, target: &Target, parts: &Parts, rd: &RequestDirectives) -> Option<Arc<CachedObject>> {
+        let Candidate::Found(obj, state) = self.candidate(target, &parts.headers) else { return None };
+        let reuse = request::reuse(rd, &obj.policy, state, obj.stale, SystemTime::now());
+        (reuse == Reuse::Fresh).then_some(obj)
+    }
+
+    fn serve_stored_hit(&self, parts: &Parts, obj: &CachedObject) -> Response<UpstreamBody> {
+        let now = SystemTime::now();
+        self.serve_stored(parts, obj, CacheStatus::hit(obj.policy.ttl(now)), false, now)
     }
 
     fn serve_stale_on_error(
@@ -166,16 +188,15 @@ impl Proxy {
         rd: &RequestDirectives,
         obj: &Arc<CachedObject>,
     ) {
-        let (reader, joined) = self.join_or_start(parts, target, client, rd, Some(obj.clone()), true);
-        if !joined {
+        // Joined or already refreshed: someone else's revalidation covers it.
+        if let Start::Started(_) = self.join_or_start(parts, target, client, rd, Some(obj.clone()), true) {
             metrics::background_revalidation();
         }
-        drop(reader);
     }
 
-    /// Joins the fill in progress for this key or starts one. `share` false
-    /// starts a private fill that nobody else joins. Returns the reader and
-    /// whether it joined someone else's fill.
+    /// Joins the fill in progress for this key, or finds that one just
+    /// stored what this request needs, or starts one. `share` false starts a
+    /// private fill that nobody else joins.
     fn join_or_start(
         self: &Arc<Self>,
         parts: &Parts,
@@ -184,24 +205,33 @@ impl Proxy {
         rd: &RequestDirectives,
         stale: Option<Arc<CachedObject>>,
         share: bool,
-    ) -> (Reader, bool) {
+    ) -> Start {
         let key = &target.key.key;
         let share = share && !self.recently_uncacheable(key);
         let fill = Fill::new(self.settings.max_object_size);
-        let reader = fill.reader().expect("a new fill accepts readers");
-        if share {
+        let Some(reader) = fill.reader() else { unreachable!("a new fill accepts readers") };
+        {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(existing) = inflight.get(key)
+            if share
+                && let Some(existing) = inflight.get(key)
                 && let Some(r) = existing.reader()
             {
-                return (r, true);
+                return Start::Joined(r);
             }
-            inflight.insert(key.clone(), fill.clone());
+            // A fill stores its object before it leaves `inflight`, so
+            // looking here, under the lock, closes the gap between this
+            // request's lookup and now.
+            if let Some(obj) = self.usable_stored(target, parts, rd) {
+                return Start::Stored(obj);
+            }
+            if share {
+                inflight.insert(key.clone(), fill.clone());
+            }
         }
         let job = Job { target: target.clone(), client, headers: parts.headers.clone(), directives: rd.clone(), stale };
         let this = self.clone();
         tokio::spawn(async move { this.run_fill(fill, job, share).await });
-        (reader, false)
+        Start::Started(reader)
     }
 
     fn recently_uncacheable(&self, key: &str) -> bool {

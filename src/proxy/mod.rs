@@ -34,7 +34,7 @@ use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
 use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse, ValidateReason};
 use crate::policy::response::PolicyConfig;
-use crate::store::Store;
+use crate::store::{CachedObject, Store};
 
 use fill::Fill;
 use upstream::{Upstream, UpstreamBody};
@@ -87,6 +87,12 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `http` or `https`, as the client spoke to us.
     pub scheme: &'static str,
+}
+
+/// What the store holds for a request.
+pub(super) enum Candidate {
+    Found(Arc<CachedObject>, ObjectState),
+    Missing { fwd: Fwd, detail: Option<&'static str> },
 }
 
 /// The request target, resolved once.
@@ -198,47 +204,62 @@ impl Proxy {
         target: Target,
         client: Client,
     ) -> Response<UpstreamBody> {
-        let now = SystemTime::now();
         let rd = RequestDirectives::from_headers(req.headers());
-        let variants = self.store.get(&target.key.key);
-        let mut fwd = if variants.is_some() { Fwd::VaryMiss } else { Fwd::UriMiss };
-        let mut detail = None;
-        let mut selected = variants.as_ref().and_then(|v| v.select(req.headers()).cloned());
-        // §3.5: an authenticated request is answered from the store only by
-        // a response the origin marked as shareable with such requests.
-        if req.headers().contains_key(http::header::AUTHORIZATION)
-            && selected.as_ref().is_some_and(|o| !o.policy.shareable_with_authorization())
-        {
-            selected = None;
-            detail = Some("authorization");
-        }
-        if selected.is_some() && self.invalidations.catching_up() {
-            // Invalidations missed while disconnected are still arriving.
-            selected = None;
-            detail = Some("catching-up");
-        }
-        let candidate = selected.and_then(|obj| match self.invalidations.check(&obj) {
-            Validity::Valid => Some((obj, ObjectState::default())),
-            Validity::Soft => Some((obj, ObjectState { soft_invalidated: true })),
-            Validity::Hard => {
-                fwd = Fwd::UriMiss;
-                detail = Some("invalidated");
-                None
-            }
-        });
         let head = req.method() == Method::HEAD;
         // GET and HEAD carry no content Fresco would forward.
         let (parts, _) = req.into_parts();
-        let Some((obj, state)) = candidate else {
-            if rd.cc.only_if_cached {
-                return self.only_if_cached(fwd);
-            }
-            if head {
-                return self.forward_head(parts, &target, client, None, fwd).await;
-            }
-            let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
-            return self.fetch(parts, target, client, rd, None, status).await;
+        let (fwd, detail) = match self.candidate(&target, &parts.headers) {
+            Candidate::Found(obj, state) => return self.reuse_stored(parts, target, client, rd, obj, state).await,
+            Candidate::Missing { fwd, detail } => (fwd, detail),
         };
+        if rd.cc.only_if_cached {
+            return self.only_if_cached(fwd);
+        }
+        if head {
+            return self.forward_head(parts, &target, client, None, fwd).await;
+        }
+        let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
+        self.fetch(parts, target, client, rd, None, status).await
+    }
+
+    /// The store's answer for a request: a usable object (possibly soft
+    /// invalidated), or why there is none. Every rule about which stored
+    /// object may answer which request lives here.
+    pub(super) fn candidate(&self, target: &Target, request: &http::HeaderMap) -> Candidate {
+        let Some(variants) = self.store.get(&target.key.key) else {
+            return Candidate::Missing { fwd: Fwd::UriMiss, detail: None };
+        };
+        let Some(obj) = variants.select(request).cloned() else {
+            return Candidate::Missing { fwd: Fwd::VaryMiss, detail: None };
+        };
+        // §3.5: an authenticated request is answered from the store only by
+        // a response the origin marked as shareable with such requests.
+        if request.contains_key(http::header::AUTHORIZATION) && !obj.policy.shareable_with_authorization() {
+            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("authorization") };
+        }
+        // Invalidations missed while disconnected are still arriving.
+        if self.invalidations.catching_up() {
+            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("catching-up") };
+        }
+        match self.invalidations.check(&obj) {
+            Validity::Valid => Candidate::Found(obj, ObjectState::default()),
+            Validity::Soft => Candidate::Found(obj, ObjectState { soft_invalidated: true }),
+            Validity::Hard => Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("invalidated") },
+        }
+    }
+
+    /// Answers from a stored object, revalidating it first when it must be.
+    async fn reuse_stored(
+        self: &Arc<Self>,
+        parts: http::request::Parts,
+        target: Target,
+        client: Client,
+        rd: RequestDirectives,
+        obj: Arc<CachedObject>,
+        state: ObjectState,
+    ) -> Response<UpstreamBody> {
+        let now = SystemTime::now();
+        let head = parts.method == Method::HEAD;
         match request::reuse(&rd, &obj.policy, state, obj.stale, now) {
             Reuse::Fresh | Reuse::StaleAccepted => {
                 let status = CacheStatus::hit(obj.policy.ttl(now));
