@@ -170,10 +170,7 @@ impl InvalidationLog for EmbeddedLog {
 }
 
 fn apply(invalidations: &Invalidations, entry: &Entry) {
-    for selector in &entry.invalidation.selectors {
-        invalidations.apply(selector, entry.invalidation.mode, entry.version);
-    }
-    invalidations.advance(entry.version);
+    invalidations.apply(&entry.invalidation.selectors, entry.invalidation.mode, entry.version);
 }
 
 /// Reads every complete entry. A torn last line (a crash mid-write, before

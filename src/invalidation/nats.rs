@@ -313,14 +313,14 @@ impl NatsBus {
                 match serde_json::from_slice::<Published>(&message.payload) {
                     Ok(p) => {
                         let entry = Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
-                        for selector in &entry.invalidation.selectors {
-                            self.invalidations.apply(selector, entry.invalidation.mode, seq);
-                        }
+                        self.invalidations.apply(&entry.invalidation.selectors, entry.invalidation.mode, seq);
                         audit.record(entry);
                     }
-                    Err(e) => tracing::error!(seq, error = %e, "unreadable invalidation in the log; skipped"),
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "unreadable invalidation in the log; skipped");
+                        self.invalidations.advance(seq);
+                    }
                 }
-                self.invalidations.advance(seq);
                 metrics::counter!("fresco_invalidations_applied_total").increment(1);
                 metrics::gauge!("fresco_invalidation_log_version").set(seq as f64);
                 let applied_ms = now_ms();
@@ -339,7 +339,7 @@ impl NatsBus {
             missed_to = got - 1,
             "this node's position fell out of the log's retention: everything stored before the gap is treated as soft-purged"
         );
-        self.invalidations.apply(&Selector::All, Mode::Soft, got - 1);
+        self.invalidations.apply(&[Selector::All], Mode::Soft, got - 1);
         metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
     }
 

@@ -182,10 +182,17 @@ impl Invalidations {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// Records `selector` at log `version`. Idempotent and order-free.
-    /// The caller raises the applied version with [`Self::advance`] once
-    /// every selector of an invalidation is recorded.
-    pub fn apply(&self, selector: &Selector, mode: Mode, version: u64) {
+    /// Records every selector of the invalidation at log `version`, and only
+    /// then counts `version` as applied: a fetch stamped `version` must be
+    /// outranked by none of them. Idempotent and order-free.
+    pub fn apply(&self, selectors: &[Selector], mode: Mode, version: u64) {
+        for selector in selectors {
+            self.record_selector(selector, mode, version);
+        }
+        self.advance(version);
+    }
+
+    fn record_selector(&self, selector: &Selector, mode: Mode, version: u64) {
         match selector {
             Selector::Url(u) => self.record(&self.urls, u, |m| m.record(mode, version)),
             Selector::Prefix(p) => self.record(&self.prefixes, p.trim_end_matches('/'), |m| m.record(mode, version)),
@@ -198,7 +205,6 @@ impl Invalidations {
                 all.record(mode, version);
             }
         }
-        self.advance(version);
     }
 
     /// Marks every log version up to `version` as applied.
@@ -307,7 +313,7 @@ mod tests {
     #[test]
     fn prefix_matches_segments_not_substrings() {
         let inv = Invalidations::default();
-        inv.apply(&Selector::Prefix("http://h/foo/bar".into()), Mode::Hard, 1);
+        inv.apply(&[Selector::Prefix("http://h/foo/bar".into())], Mode::Hard, 1);
         assert_eq!(inv.check(&object("http://h/foo/bar/baz", &[], Stamp::default())), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/foo/bar?x", &[], Stamp::default())), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/foo/barbaz", &[], Stamp::default())), Validity::Valid);
@@ -316,7 +322,7 @@ mod tests {
     #[test]
     fn object_fetched_after_invalidation_is_valid() {
         let inv = Invalidations::default();
-        inv.apply(&Selector::Tag("p-1".into()), Mode::Hard, 5);
+        inv.apply(&[Selector::Tag("p-1".into())], Mode::Hard, 5);
         assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 4, local: 0 })), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/a", &["p-1"], Stamp { log: 5, local: 0 })), Validity::Valid);
     }
@@ -327,10 +333,10 @@ mod tests {
         let b = Invalidations::default();
         let ops = [(Selector::Tag("t".into()), Mode::Soft, 3), (Selector::Tag("t".into()), Mode::Hard, 2)];
         for (s, m, v) in &ops {
-            a.apply(s, *m, *v);
+            a.apply(std::slice::from_ref(s), *m, *v);
         }
         for (s, m, v) in ops.iter().rev().chain(ops.iter()) {
-            b.apply(s, *m, *v);
+            b.apply(std::slice::from_ref(s), *m, *v);
         }
         for log in 0..5 {
             let o = object("http://h/x", &["t"], Stamp { log, local: 0 });
@@ -342,9 +348,9 @@ mod tests {
     #[test]
     fn soft_then_hard_is_hard_for_old_objects() {
         let inv = Invalidations::default();
-        inv.apply(&Selector::All, Mode::Soft, 1);
+        inv.apply(&[Selector::All], Mode::Soft, 1);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Soft);
-        inv.apply(&Selector::Url("http://h/x".into()), Mode::Hard, 2);
+        inv.apply(&[Selector::Url("http://h/x".into())], Mode::Hard, 2);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp::default())), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 1, local: 0 })), Validity::Hard);
         assert_eq!(inv.check(&object("http://h/x", &[], Stamp { log: 2, local: 0 })), Validity::Valid);
@@ -353,9 +359,9 @@ mod tests {
     #[test]
     fn compaction_keeps_records_an_old_object_or_fetch_still_needs() {
         let inv = Invalidations::default();
-        inv.apply(&Selector::Tag("a".into()), Mode::Hard, 1);
+        inv.apply(&[Selector::Tag("a".into())], Mode::Hard, 1);
         let old_fetch = inv.begin_fetch();
-        inv.apply(&Selector::Tag("b".into()), Mode::Hard, 2);
+        inv.apply(&[Selector::Tag("b".into())], Mode::Hard, 2);
         assert_eq!(inv.records(), 2);
         // The fetch that started at 1 must still be checked against "b".
         assert_eq!(inv.compact(inv.oldest_possible_stamp()), 1);

@@ -82,8 +82,8 @@ mod tests {
         let inv = Invalidations::default();
         put(&store, "http://h/a", "t", inv.stamp());
         put(&store, "http://h/b", "u", inv.stamp());
-        inv.apply(&Selector::Tag("t".into()), Mode::Hard, 1);
-        inv.apply(&Selector::Tag("u".into()), Mode::Soft, 2);
+        inv.apply(&[Selector::Tag("t".into())], Mode::Hard, 1);
+        inv.apply(&[Selector::Tag("u".into())], Mode::Soft, 2);
         let swept = sweep(&store, &inv);
         assert_eq!(swept.objects_freed, 1);
         assert!(store.get("http://h/a").is_none());
