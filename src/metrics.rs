@@ -22,35 +22,17 @@ pub fn install() -> PrometheusHandle {
     handle
 }
 
-/// Classifies a finished response by its Cache-Status entry and records it;
-/// returns the class.
+/// A response's class for the request metrics, left by the proxy in the
+/// response's extensions ([`crate::policy::cache_status::CacheStatus::class`]).
+#[derive(Debug, Clone, Copy)]
+pub struct CacheClass(pub &'static str);
+
+/// Records a finished response under its class; returns the class.
 pub fn request_finished<B>(resp: &Response<B>, elapsed: Duration) -> &'static str {
-    let status = resp
-        .headers()
-        .get_all("cache-status")
-        .iter()
-        .next_back()
-        .and_then(|v| v.to_str().ok())
-        .map(cache_label)
-        .unwrap_or("none");
+    let status = resp.extensions().get::<CacheClass>().map_or("none", |c| c.0);
     counter!("fresco_requests_total", "cache" => status).increment(1);
     histogram!("fresco_request_duration_seconds", "cache" => status).record(elapsed.as_secs_f64());
     status
-}
-
-fn cache_label(entry: &str) -> &'static str {
-    let has = |p: &str| entry.split(';').any(|s| s.trim() == p || s.trim().starts_with(&format!("{p}=")));
-    if has("hit") {
-        "hit"
-    } else if entry.contains("stale-while-revalidate") || entry.contains("stale-if-error") {
-        "stale"
-    } else if entry.contains("fwd=stale") || entry.contains("fwd=request") {
-        "revalidated"
-    } else if entry.contains("fwd=method") || entry.contains("fwd=bypass") {
-        "pass"
-    } else {
-        "miss"
-    }
 }
 
 pub fn origin_request(kind: &'static str) {

@@ -56,6 +56,23 @@ impl CacheStatus {
         self
     }
 
+    /// How this response counts in the request metrics: `hit`, `stale`
+    /// (served stale without waiting), `revalidated`, `pass` or `miss`.
+    pub fn class(&self) -> &'static str {
+        let detail = self.detail.as_deref().unwrap_or("");
+        if self.hit {
+            "hit"
+        } else if detail.ends_with("stale-while-revalidate") || detail.ends_with("stale-if-error") {
+            "stale"
+        } else {
+            match self.fwd {
+                Some(Fwd::Stale | Fwd::Request) => "revalidated",
+                Some(Fwd::Method | Fwd::Bypass) => "pass",
+                _ => "miss",
+            }
+        }
+    }
+
     /// Serialises this entry for the cache named `name` (RFC 9211 §2).
     pub fn render(&self, name: &str) -> String {
         let mut out = String::from(name);
@@ -112,6 +129,16 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(s.render("fresco"), "fresco; fwd=stale; fwd-status=304; stored; ttl=60");
+    }
+
+    #[test]
+    fn classes_for_metrics() {
+        assert_eq!(CacheStatus::hit(1).class(), "hit");
+        assert_eq!(CacheStatus::forward(Fwd::Stale).with_detail("stale-while-revalidate").class(), "stale");
+        assert_eq!(CacheStatus::forward(Fwd::Stale).with_detail("invalidated stale-if-error").class(), "stale");
+        assert_eq!(CacheStatus::forward(Fwd::Stale).class(), "revalidated");
+        assert_eq!(CacheStatus::forward(Fwd::Method).class(), "pass");
+        assert_eq!(CacheStatus::forward(Fwd::UriMiss).with_detail("private").class(), "miss");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use http_body_util::{BodyExt, Empty, Full};
 use super::Proxy;
 use super::fill::{FetchedHead, Reader};
 use super::upstream::UpstreamBody;
+use crate::metrics;
 use crate::policy::cache_status::CacheStatus;
 use crate::policy::range::{self, RangeReply};
 use crate::policy::{conditional, headers, tags};
@@ -143,6 +144,7 @@ impl Proxy {
         let mut resp = Response::new(body);
         *resp.status_mut() = code;
         *resp.headers_mut() = h;
+        resp.extensions_mut().insert(metrics::CacheClass(status.class()));
         resp
     }
 
