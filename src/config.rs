@@ -373,7 +373,7 @@ impl Config {
             key_headers,
             key_cookies: raw.key_cookies.unwrap_or_default(),
             parents,
-            lock_timeout: duration("lock_timeout", raw.lock_timeout, "10s")?,
+            lock_timeout: duration("lock_timeout", raw.lock_timeout, "30s")?,
             uncacheable_ttl: duration("uncacheable_ttl", raw.uncacheable_ttl, "10s")?,
             classes,
             data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("fresco-data")),

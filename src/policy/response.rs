@@ -86,6 +86,14 @@ pub enum NotStorable {
 }
 
 impl NotStorable {
+    /// True when the refusal comes from the request (its `no-store`, its
+    /// credentials), not from the response: another request for the same
+    /// URL may well get a storable answer, so the URL is not marked
+    /// hit-for-pass.
+    pub fn caused_by_request(self) -> bool {
+        matches!(self, NotStorable::NoStoreRequest | NotStorable::Authorization)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NotStorable::Method => "method",
@@ -218,8 +226,32 @@ fn freshness_lifetime(
     (Duration::ZERO, false)
 }
 
+/// The one admission rule for everything that enters the store: a fresh
+/// fill, a 304 merged into a stored response (§4.3.4), a HEAD response
+/// merged into one (§4.3.5). It applies §3 (with §3.5 and the Set-Cookie
+/// rule) to the response as it would be stored and returns the fields to
+/// keep: the fields named by `private="..."` (§5.2.2.7) and `Set-Cookie`
+/// removed. A refused response may still be served to the client whose
+/// request produced it, never to anyone else.
+pub fn admit(
+    request: &RequestDirectives,
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    headers: &HeaderMap,
+    policy: &ResponsePolicy,
+    cfg: &PolicyConfig,
+) -> Result<HeaderMap, NotStorable> {
+    storable(&Method::GET, request, request_headers, status, headers, policy, cfg)?;
+    let mut kept = headers.clone();
+    super::headers::remove_private_fields(&mut kept, policy.directives.private.as_ref());
+    // Even where a class allows storing Set-Cookie responses, the cookie
+    // stays with the client whose request fetched it.
+    kept.remove(SET_COOKIE);
+    Ok(kept)
+}
+
 /// §3: may a shared cache store this response to this request?
-pub fn storable(
+fn storable(
     method: &Method,
     request: &RequestDirectives,
     request_headers: &HeaderMap,
@@ -301,6 +333,32 @@ mod tests {
         let p = analyse(status, h);
         let rd = RequestDirectives::from_headers(req);
         storable(&Method::GET, &rd, req, StatusCode::from_u16(status).unwrap(), h, &p, &PolicyConfig::default())
+    }
+
+    fn admit_for(h: &HeaderMap, cfg: &PolicyConfig) -> Result<HeaderMap, NotStorable> {
+        let p = ResponsePolicy::new(StatusCode::OK, h, at(0), at(0), cfg);
+        let rd = RequestDirectives::from_headers(&HeaderMap::new());
+        admit(&rd, &HeaderMap::new(), StatusCode::OK, h, &p, cfg)
+    }
+
+    #[test]
+    fn rfc9111_3_admission_never_keeps_a_cookie() {
+        let h = headers(&[("cache-control", "max-age=60"), ("set-cookie", "session=alice")]);
+        assert_eq!(admit_for(&h, &PolicyConfig::default()).unwrap_err(), NotStorable::SetCookie);
+        let allow = PolicyConfig { store_set_cookie: true, ..Default::default() };
+        let kept = admit_for(&h, &allow).unwrap();
+        assert!(!kept.contains_key(SET_COOKIE), "stored, but without the cookie");
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_7_admission_drops_fields_named_by_private() {
+        let h =
+            headers(&[("cache-control", "max-age=60, private=\"x-secret\""), ("x-secret", "alice"), ("x-other", "1")]);
+        let kept = admit_for(&h, &PolicyConfig::default()).unwrap();
+        assert!(!kept.contains_key("x-secret"));
+        assert_eq!(kept.get("x-other").unwrap(), "1");
+        let h = headers(&[("cache-control", "private, max-age=60")]);
+        assert_eq!(admit_for(&h, &PolicyConfig::default()).unwrap_err(), NotStorable::Private);
     }
 
     #[test]

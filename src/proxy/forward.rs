@@ -13,13 +13,15 @@ use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::fetch::Asked;
 use super::upstream::{BoxError, UpstreamBody};
-use super::{Client, Proxy, Target};
+use super::{Candidate, Client, Proxy, Target};
 use crate::access::Denied;
 use crate::invalidation::service::Refused;
 use crate::invalidation::{LogError, Mode, NewInvalidation, Selector};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
+use crate::policy::request::RequestDirectives;
 use crate::policy::{conditional, headers, tags};
 use crate::store::CachedObject;
 
@@ -113,7 +115,10 @@ impl Proxy {
 
     /// A HEAD that Fresco cannot answer from its store goes upstream as
     /// HEAD. A 200 then freshens the stored GET response it describes, or
-    /// marks it stale when it describes another one (§4.3.5).
+    /// marks it stale when it describes another one (§4.3.5). Only an
+    /// object the validity check still accepts when the answer arrives is
+    /// touched, the merge goes through the same admission as a fill, and it
+    /// carries the stamp of a fetch that started when the HEAD was sent.
     pub(super) async fn forward_head(
         self: &Arc<Self>,
         parts: Parts,
@@ -124,7 +129,7 @@ impl Proxy {
     ) -> Response<UpstreamBody> {
         let mut status = CacheStatus::forward(fwd);
         let request_time = SystemTime::now();
-        let stamp = self.invalidations.stamp();
+        let fetch = self.invalidations.begin_fetch();
         let req = self.upstream_request(&Method::HEAD, target, client, &parts.headers, None, super::respond::empty());
         metrics::origin_request("head");
         let resp = match self.upstream.send(req, &target.key.key).await {
@@ -139,18 +144,22 @@ impl Proxy {
         let response_time = SystemTime::now();
         let (resp_parts, _) = resp.into_parts();
         status.fwd_status = Some(resp_parts.status.as_u16());
-        if resp_parts.status == StatusCode::OK {
-            let stored =
-                stored.or_else(|| self.store.get(&target.key.key).and_then(|v| v.select(&parts.headers).cloned()));
-            if let Some(obj) = stored {
-                let updated = if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
-                    self.freshened(&obj, &resp_parts.headers, request_time, response_time, stamp)
-                } else {
-                    let mut stale = (*obj).clone();
-                    stale.policy.lifetime = std::time::Duration::ZERO;
-                    Arc::new(stale)
-                };
-                self.store_object(&target.key.key, updated);
+        if resp_parts.status == StatusCode::OK
+            && let Candidate::Found(obj, _) = self.candidate(target, &parts.headers)
+        {
+            if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
+                let rd = RequestDirectives::from_headers(&parts.headers);
+                let times = (request_time, response_time);
+                let asked = Asked { target, headers: &parts.headers, directives: &rd };
+                let (_, shared) = self.merge_update(asked, &obj, &resp_parts.headers, times, fetch.stamp);
+                if let Some(shared) = shared {
+                    self.store_object(&target.key.key, shared);
+                }
+            } else {
+                // Keeps its old stamp: marking stale never revives anything.
+                let mut stale = (*obj).clone();
+                stale.policy.lifetime = std::time::Duration::ZERO;
+                self.store_object(&target.key.key, Arc::new(stale));
             }
         }
         self.relay(resp_parts.status, resp_parts.headers, super::respond::empty(), status)

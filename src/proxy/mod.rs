@@ -73,7 +73,7 @@ impl ProxySettings {
             max_object_size: 16 << 20,
             total_timeout: Duration::from_secs(300),
             expose_tag_headers: false,
-            lock_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(30),
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
             classes: Classes::default(),
@@ -87,6 +87,30 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `http` or `https`, as the client spoke to us.
     pub scheme: &'static str,
+}
+
+/// Why a stored object may not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Selected by other request header values (§4.1).
+    Vary,
+    /// §3.5.
+    Authorization,
+    /// Removed by an invalidation.
+    Invalidated,
+    /// Invalidations this node knows it missed are still arriving.
+    CatchingUp,
+}
+
+impl Refusal {
+    fn detail(self) -> &'static str {
+        match self {
+            Refusal::Vary => "vary",
+            Refusal::Authorization => "authorization",
+            Refusal::Invalidated => "invalidated",
+            Refusal::CatchingUp => "catching-up",
+        }
+    }
 }
 
 /// What the store holds for a request.
@@ -113,8 +137,9 @@ pub struct Proxy {
     /// Hits and requests, for the cluster's hit ratios.
     pub counters: Arc<NodeCounters>,
     upstream: Upstream,
-    /// Fills in progress, by cache key.
-    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Fills in progress, by cache key; shared with each fill's producer,
+    /// which removes its entry however it ends.
+    inflight: Arc<Mutex<HashMap<String, Arc<Fill>>>>,
     /// Keys whose last response could not be shared, until when.
     uncacheable: Mutex<HashMap<String, Instant>>,
 }
@@ -135,7 +160,7 @@ impl Proxy {
             service,
             counters,
             upstream,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
             uncacheable: Mutex::new(HashMap::new()),
         }
     }
@@ -223,8 +248,7 @@ impl Proxy {
     }
 
     /// The store's answer for a request: a usable object (possibly soft
-    /// invalidated), or why there is none. Every rule about which stored
-    /// object may answer which request lives here.
+    /// invalidated), or why there is none.
     pub(super) fn candidate(&self, target: &Target, request: &http::HeaderMap) -> Candidate {
         let Some(variants) = self.store.get(&target.key.key) else {
             return Candidate::Missing { fwd: Fwd::UriMiss, detail: None };
@@ -232,19 +256,41 @@ impl Proxy {
         let Some(obj) = variants.select(request).cloned() else {
             return Candidate::Missing { fwd: Fwd::VaryMiss, detail: None };
         };
+        match self.may_answer(&obj, request) {
+            Ok(state) => Candidate::Found(obj, state),
+            Err(Refusal::Vary) => Candidate::Missing { fwd: Fwd::VaryMiss, detail: None },
+            Err(refusal) => Candidate::Missing { fwd: Fwd::UriMiss, detail: Some(refusal.detail()) },
+        }
+    }
+
+    /// The one rule for which stored (or shared) object may answer which
+    /// request, whatever the path: a lookup, a waiter on someone else's
+    /// fetch, stale content standing in for an error. Freshness is decided
+    /// after this, by `policy::request::reuse`.
+    pub(super) fn may_answer(&self, obj: &CachedObject, request: &http::HeaderMap) -> Result<ObjectState, Refusal> {
+        if !obj.vary.matches(request) {
+            return Err(Refusal::Vary);
+        }
         // §3.5: an authenticated request is answered from the store only by
         // a response the origin marked as shareable with such requests.
         if request.contains_key(http::header::AUTHORIZATION) && !obj.policy.shareable_with_authorization() {
-            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("authorization") };
+            return Err(Refusal::Authorization);
         }
-        // Invalidations missed while disconnected are still arriving.
+        self.validity(obj)
+    }
+
+    /// The validity check against the invalidation state, for an object
+    /// already selected for this request: None when it may not be used at
+    /// all. While invalidations this node knows it missed are still
+    /// arriving, nothing stored is trusted.
+    pub(super) fn validity(&self, obj: &CachedObject) -> Result<ObjectState, Refusal> {
         if self.invalidations.catching_up() {
-            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("catching-up") };
+            return Err(Refusal::CatchingUp);
         }
-        match self.invalidations.check(&obj) {
-            Validity::Valid => Candidate::Found(obj, ObjectState::default()),
-            Validity::Soft => Candidate::Found(obj, ObjectState { soft_invalidated: true }),
-            Validity::Hard => Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("invalidated") },
+        match self.invalidations.check(obj) {
+            Validity::Valid => Ok(ObjectState::default()),
+            Validity::Soft => Ok(ObjectState { soft_invalidated: true }),
+            Validity::Hard => Err(Refusal::Invalidated),
         }
     }
 
