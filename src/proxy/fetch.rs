@@ -479,7 +479,13 @@ impl Proxy {
             cfg.to_mut().store_set_cookie = store_set_cookie;
         }
         let policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
-        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg).map(|kept| {
+        let content_type = hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg);
+        let admitted = admitted.and_then(|kept| match self.settings.classes.refuses(path, content_type) {
+            true => Err(NotStorable::ContentType),
+            false => Ok(kept),
+        });
+        let admitted = admitted.map(|kept| {
             let names = vary::vary_names(&kept).unwrap_or_default();
             Arc::new(CachedObject {
                 status,

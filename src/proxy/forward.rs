@@ -4,10 +4,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue, VIA};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING, VIA};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
@@ -27,14 +28,49 @@ use crate::store::CachedObject;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Request fields that origins and frameworks commonly use to rebuild the
+/// request's host, scheme, path or method, and that published web cache
+/// poisoning research found reflected into cacheable responses. Removed
+/// from GET and HEAD requests unless named in `key_headers`; Fresco sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` itself.
+pub(crate) const STEERING_FIELDS: [HeaderName; 20] = [
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 impl Proxy {
     /// The request Fresco sends upstream for a client request: hop-by-hop
-    /// fields removed, Via and X-Forwarded-* added, and for fills the
-    /// client's own conditionals replaced by Fresco's validators: `fill` is
-    /// `Some(validators)` for a fetch Fresco may store, `None` to pass the
-    /// request through as the client sent it.
+    /// fields removed, the canonical Host, Via and X-Forwarded-* added, and
+    /// for fills the client's own conditionals replaced by Fresco's
+    /// validators: `fill` is `Some(validators)` for a fetch Fresco may
+    /// store, `None` to pass the request through as the client sent it.
+    ///
+    /// For GET and HEAD, whose answers may be stored or freshen what is
+    /// stored, the request header fields that origins commonly act on but
+    /// the key does not include ([`STEERING_FIELDS`]) are removed unless the
+    /// configuration makes them part of the key: one client must not be
+    /// able to shape what every later client gets.
     pub(super) fn upstream_request(
         &self,
         method: &Method,
@@ -46,6 +82,21 @@ impl Proxy {
     ) -> Request<UpstreamBody> {
         let mut h = client_headers.clone();
         headers::remove_hop_by_hop(&mut h);
+        let keyed = |name: &HeaderName| self.settings.keys.headers.contains(name);
+        let cacheable = *method == Method::GET || *method == Method::HEAD;
+        if cacheable {
+            for name in STEERING_FIELDS {
+                if !keyed(&name) {
+                    h.remove(name);
+                }
+            }
+            // What is sent must be framed exactly as it is sent: a bodiless
+            // request carries no framing fields of the client's.
+            if http_body::Body::is_end_stream(&body) {
+                h.remove(CONTENT_LENGTH);
+                h.remove(TRANSFER_ENCODING);
+            }
+        }
         if let Some(validators) = fill {
             for name in conditional::CLIENT_CONDITIONALS {
                 h.remove(name);
@@ -57,9 +108,8 @@ impl Proxy {
                 h.insert(name, value);
             }
         }
-        if !h.contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(&target.authority)
-        {
+        // RFC 9112 §3.2.2: the target's authority, normalised as in the key.
+        if let Ok(v) = HeaderValue::from_str(&target.authority) {
             h.insert(HOST, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", self.settings.node_name)) {
@@ -71,8 +121,14 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&self.settings.node_name) {
             h.append(CDN_LOOP, v);
         }
-        if !h.contains_key(X_FORWARDED_PROTO) {
+        // Fresco says what it knows, whatever the client claimed.
+        if !keyed(&X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
+        }
+        if !keyed(&X_FORWARDED_HOST)
+            && let Ok(v) = HeaderValue::from_str(&target.authority)
+        {
+            h.insert(X_FORWARDED_HOST, v);
         }
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
@@ -92,12 +148,25 @@ impl Proxy {
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
         let (parts, body) = req.into_parts();
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        // A request body the client could not frame (a malformed chunk, a
+        // short Content-Length) is the client's error, not the origin's.
+        let client_body_failed = Arc::new(AtomicBool::new(false));
+        let flag = client_body_failed.clone();
+        let body = body
+            .map_err(move |e| -> BoxError {
+                flag.store(true, Ordering::Release);
+                Box::new(e)
+            })
+            .boxed();
         let upstream_req = self.upstream_request(&parts.method, target, client, &parts.headers, None, body);
         metrics::origin_request("pass");
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req, &target.key.key).await {
             Ok(r) => r,
+            Err(_) if client_body_failed.load(Ordering::Acquire) => {
+                status.detail = Some("request-body".into());
+                return self.error(StatusCode::BAD_REQUEST, status, "the request body is malformed or incomplete\n");
+            }
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::HOST;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -198,29 +197,73 @@ impl Proxy {
     }
 
     async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
-        let Some(authority) = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-            req.headers().get(HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_string)
-        }) else {
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                CacheStatus::forward(Fwd::Bypass).with_detail("missing-host"),
-                "request has no Host\n",
-            );
+        let authority = match crate::key::request_authority(req.uri(), req.headers()) {
+            Ok(a) => a,
+            Err(e) => {
+                let detail = if e == crate::key::HostError::Missing { "missing-host" } else { "bad-host" };
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    CacheStatus::forward(Fwd::Bypass).with_detail(detail),
+                    e.message(),
+                );
+            }
         };
-        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let key = self.settings.keys.key(client.scheme, &authority, &path_and_query, req.headers());
-        let target = Target { key, path_and_query, authority };
+        let raw_target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let key = self.settings.keys.key(client.scheme, &authority, raw_target, req.headers());
+        // Fresco forwards exactly what it keys: the normalised target and
+        // host, so a response can only be stored under the request it
+        // answers.
+        let target =
+            Target { path_and_query: key.path_and_query().to_string(), authority: key.host().to_string(), key };
         let method = req.method().clone();
+        if let Some(refused) = self.refuse_framing(&req) {
+            return refused;
+        }
         if method.as_str() == "PURGE" {
             return self.purge(&req, &target, client).await;
         }
         if method != Method::GET && method != Method::HEAD {
             return self.forward(req, &target, client, CacheStatus::forward(Fwd::Method)).await;
         }
+        // A GET or HEAD with content (RFC 9110 §9.3.1: no defined meaning)
+        // is passed through with that content, framed as received, and its
+        // answer never stored: the content may have mattered to it.
+        if !http_body::Body::is_end_stream(req.body()) {
+            let status = CacheStatus::forward(Fwd::Bypass).with_detail("request-body");
+            return self.forward(req, &target, client, status).await;
+        }
         // Authenticated requests take the same path: §3.5 (in
-        // policy::response::storable) decides whether their responses may be
+        // policy::response::admit) decides whether their responses may be
         // shared.
         self.lookup(req, target, client).await
+    }
+
+    /// Requests Fresco answers itself because forwarding them could not be
+    /// done safely: CONNECT and TRACE (a reverse proxy tunnels nothing and
+    /// reflects nothing), and transfer codings other than chunked, which it
+    /// cannot pass on as received (RFC 9112 §6.1: 501).
+    fn refuse_framing<B>(&self, req: &Request<B>) -> Option<Response<UpstreamBody>> {
+        let status = || CacheStatus::forward(Fwd::Method);
+        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+            let mut resp =
+                self.error(StatusCode::METHOD_NOT_ALLOWED, status().with_detail("method"), "method not allowed\n");
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return Some(resp);
+        }
+        let other_coding = req
+            .headers()
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+        if other_coding {
+            let msg = "only the chunked transfer coding is supported in requests\n";
+            return Some(self.error(StatusCode::NOT_IMPLEMENTED, status().with_detail("transfer-coding"), msg));
+        }
+        None
     }
 
     async fn lookup(
