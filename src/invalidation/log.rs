@@ -409,7 +409,8 @@ impl Writer {
             kept.push(line);
         }
         let text: String = kept.iter().rev().map(String::as_str).collect();
-        self.file = data_dir::replace(&path, text.as_bytes()).map_err(|e| format!("cannot rewrite {}: {e}", path.display()))?;
+        self.file =
+            data_dir::replace(&path, text.as_bytes()).map_err(|e| format!("cannot rewrite {}: {e}", path.display()))?;
         self.good = text.len() as u64;
         self.lines = kept.len();
         Ok(())
@@ -505,8 +506,12 @@ mod tests {
         drop(log);
         for round in 0..2 {
             let (log, _, audit) = open(&d).unwrap_or_else(|e| panic!("restart {round}: {e}"));
-            let want: Vec<(u64, String)> =
-                ["a", "b", "c", "d"].iter().take(3 + round).enumerate().map(|(i, t)| (i as u64 + 1, t.to_string())).collect();
+            let want: Vec<(u64, String)> = ["a", "b", "c", "d"]
+                .iter()
+                .take(3 + round)
+                .enumerate()
+                .map(|(i, t)| (i as u64 + 1, t.to_string()))
+                .collect();
             assert_eq!(history(&audit), want, "restart {round}");
             if round == 0 {
                 assert_eq!(log.append(tag("d")).await.unwrap().version, 4);
@@ -579,7 +584,10 @@ mod tests {
     /// does. Needs root; `None` (with the reason printed) otherwise.
     pub(crate) fn small_tmpfs(d: &Path, size: &str) -> Option<TmpfsMount> {
         std::fs::create_dir_all(d).unwrap();
-        let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(d).output();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(d)
+            .output();
         match out {
             Ok(o) if o.status.success() => Some(TmpfsMount(d.to_path_buf())),
             Ok(o) => {

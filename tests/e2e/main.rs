@@ -6,5 +6,6 @@ mod harness;
 mod cluster;
 mod http_caching;
 mod invalidation;
+mod log_durability;
 mod proxying;
 mod stampede;
