@@ -443,7 +443,9 @@ mod tests {
         d
     }
 
-    fn open(d: &Path) -> Result<(Arc<EmbeddedLog>, Arc<Invalidations>, Arc<Audit>), String> {
+    type Opened = (Arc<EmbeddedLog>, Arc<Invalidations>, Arc<Audit>);
+
+    fn open(d: &Path) -> Result<Opened, String> {
         let (inv, audit) = (Arc::new(Invalidations::default()), Arc::new(Audit::default()));
         Ok((EmbeddedLog::open(d, "n1", inv.clone(), audit.clone())?, inv, audit))
     }
@@ -582,7 +584,7 @@ mod tests {
 
     /// A small tmpfs, so that writes fail with ENOSPC the way a full disk
     /// does. Needs root; `None` (with the reason printed) otherwise.
-    pub(crate) fn small_tmpfs(d: &Path, size: &str) -> Option<TmpfsMount> {
+    fn small_tmpfs(d: &Path, size: &str) -> Option<TmpfsMount> {
         std::fs::create_dir_all(d).unwrap();
         let out = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
@@ -601,7 +603,7 @@ mod tests {
         }
     }
 
-    pub(crate) struct TmpfsMount(PathBuf);
+    struct TmpfsMount(PathBuf);
 
     impl Drop for TmpfsMount {
         fn drop(&mut self) {

@@ -108,6 +108,9 @@ async fn torn_writes_after_sigkill_lose_no_acknowledged_entry_across_restarts() 
         std::fs::remove_file(dir.join("node.log")).unwrap();
         node = restart(&dir, &origin);
         assert!(logged(&dir.join("node.log"), "cut a torn tail").await, "round {round}: the cut is logged");
+        let content = std::fs::read(dir.join(LOG)).unwrap();
+        assert!(content.ends_with(b"\n") && !content.contains(&0), "round {round}: the torn tail is cut from the file");
+        assert!(!String::from_utf8_lossy(&content).contains("never acknowledged"), "round {round}");
         assert_all_kept(&node, &acknowledged, &format!("after restart {round}")).await;
     }
     // The versions continue above every one handed out.
