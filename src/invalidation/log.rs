@@ -217,6 +217,11 @@ impl Writer {
             .append(true)
             .open(&path)
             .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        // A log (or data directory) just created must still exist after a
+        // power loss, or the entries fsynced into it go with it.
+        for d in [dir, dir.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))] {
+            data_dir::sync_dir(d).map_err(|e| format!("cannot sync directory {}: {e}", d.display()))?;
+        }
         if scan.good < scan.len {
             // Never acknowledged (its fsync did not complete). Cut it before
             // anything is appended, or the next entry would be glued onto it.
