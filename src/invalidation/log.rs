@@ -192,6 +192,10 @@ struct Writer {
     retain: Retain,
     /// Entry count at which the next compaction starts.
     compact_at: usize,
+    /// Size of the snapshot file. Compaction rewrites it whole, so it waits
+    /// until the log has grown at least as large: the cost stays in
+    /// proportion to the entries written, however many selectors there are.
+    snapshot_bytes: u64,
     invalidations: Arc<Invalidations>,
     audit: Arc<Audit>,
     node: String,
@@ -210,7 +214,9 @@ impl Writer {
         // Before reading anything: another node may be appending.
         let lock = DataDirLock::acquire(dir)?;
         let path = dir.join(log_file::LOG);
-        let snapshot = log_file::read_snapshot(&dir.join(log_file::SNAPSHOT))?;
+        let snapshot_path = dir.join(log_file::SNAPSHOT);
+        let snapshot = log_file::read_snapshot(&snapshot_path)?;
+        let snapshot_bytes = std::fs::metadata(&snapshot_path).map_or(0, |m| m.len());
         let scan = log_file::read_log(&path)?;
         let file = OpenOptions::new()
             .create(true)
@@ -274,6 +280,7 @@ impl Writer {
             broken: None,
             retain,
             compact_at: 2 * retain.entries,
+            snapshot_bytes,
             invalidations,
             audit,
             node: node.to_string(),
@@ -346,7 +353,7 @@ impl Writer {
         for (i, tx) in waiters {
             let _ = tx.send(Ok(entries[i].clone()));
         }
-        if self.lines >= self.compact_at || self.good >= 2 * self.retain.bytes {
+        if (self.lines >= self.compact_at || self.good >= 2 * self.retain.bytes) && self.good >= self.snapshot_bytes {
             self.compact();
         }
     }
@@ -402,7 +409,7 @@ impl Writer {
         let snapshot = log_file::read_snapshot(&snapshot_path)?.fold(&scan.entries, self.next);
         // The snapshot first: until the log is replaced, both hold the
         // folded entries, and replaying them twice changes nothing.
-        log_file::write_snapshot(&snapshot_path, &snapshot)?;
+        self.snapshot_bytes = log_file::write_snapshot(&snapshot_path, &snapshot)?;
         let mut kept: Vec<String> = Vec::new();
         let mut bytes = 0;
         for entry in scan.entries.iter().rev().take(self.retain.entries) {

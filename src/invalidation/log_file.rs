@@ -177,10 +177,11 @@ pub(super) fn read_snapshot(path: &Path) -> Result<Snapshot, String> {
     }
 }
 
-/// Replaces the snapshot at `path` atomically.
-pub(super) fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<(), String> {
+/// Replaces the snapshot at `path` atomically; returns its size.
+pub(super) fn write_snapshot(path: &Path, snapshot: &Snapshot) -> Result<u64, String> {
     let bytes = serde_json::to_vec(snapshot).map_err(|e| format!("cannot encode the snapshot: {e}"))?;
-    data_dir::replace(path, &bytes).map(drop).map_err(|e| format!("cannot write {}: {e}", path.display()))
+    data_dir::replace(path, &bytes).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(bytes.len() as u64)
 }
 
 #[cfg(test)]
