@@ -1,6 +1,7 @@
 //! The audit trail: who invalidated what, why, when it was accepted and when
 //! each node applied it. Recent entries are kept in memory for the API;
-//! the log file holds the full history.
+//! the log file holds the newest entries (older ones are folded into the
+//! snapshot, which keeps their selectors but not who, why or when).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;

@@ -6,6 +6,7 @@ mod harness;
 mod cluster;
 mod http_caching;
 mod invalidation;
+mod log_durability;
 mod poisoning;
 mod proxying;
 mod stampede;
