@@ -350,8 +350,15 @@ impl Proxy {
         let now = SystemTime::now();
         let head = parts.method == Method::HEAD;
         match request::reuse(&rd, &obj.policy, state, obj.stale, now) {
-            Reuse::Fresh | Reuse::StaleAccepted => {
-                let status = CacheStatus::hit(obj.policy.ttl(now));
+            Reuse::Fresh => self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now),
+            Reuse::StaleAccepted => {
+                // RFC 9211 §2.5: a stale response has a ttl of zero or less;
+                // a soft purge made it stale whatever its lifetime said.
+                let mut status = CacheStatus::hit(obj.policy.ttl(now));
+                if state.soft_invalidated {
+                    status.ttl = status.ttl.map(|t| t.min(0));
+                    status.detail = Some("invalidated".into());
+                }
                 self.serve_stored(&parts, &obj, status, false, now)
             }
             Reuse::Validate { reason, serve_stale_meanwhile } => {

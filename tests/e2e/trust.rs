@@ -175,3 +175,19 @@ async fn a_failed_shared_fetch_is_the_answer_for_its_waiters() {
     assert!(responses.iter().all(|r| r.status == 504), "{:?}", responses.iter().map(|r| r.status).collect::<Vec<_>>());
     assert_eq!(origin.hits("/hang"), 1, "one origin request for the 20 clients");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9211_a_soft_purged_object_served_to_max_stale_says_it_is_stale() {
+    let origin = Origin::start().await;
+    origin.route("/soft", Reply::ok("old").header("cache-control", "max-age=600").header("etag", "\"1\""));
+    let fresco = Fresco::start(&origin.url(), &[]);
+    get(&fresco.url("/soft")).await;
+    let auth = format!("Bearer {}", fresco.token());
+    let body = json!({"urls": [format!("http://{}/soft", fresco.data)], "mode": "soft"}).to_string();
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+    let r = send_body("POST", &fresco.admin_url("/api/v1/invalidations"), &headers, Bytes::from(body)).await;
+    assert_eq!(r.status, 202);
+    let stale = send("GET", &fresco.url("/soft"), &[("cache-control", "max-stale")]).await;
+    let cs = stale.cache_status();
+    assert!(cs.contains("detail=invalidated") && !cs.contains("ttl=600"), "{cs}");
+}
