@@ -3,7 +3,12 @@
 //! - `POST /api/v1/invalidations` → 202 `{"id","version"}` once durable
 //! - `GET  /api/v1/invalidations/{id}` → status with per-node applied times
 //! - `GET  /api/v1/invalidations?limit=N&before=V` → audit log, newest first
-//! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /metrics`
+//! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//!
+//! `/healthz` says the process runs; `/readyz` (200 or 503, with a JSON body
+//! naming each check) says whether the node may take traffic: it applied
+//! the log it knows of, can reach the log, and its consumer and other
+//! background tasks run.
 //!
 //! Every `/api` call needs a bearer token; errors are JSON `{"error": ...}`
 //! naming what was wrong.
@@ -25,8 +30,9 @@ use tokio::sync::watch;
 
 use crate::access::Denied;
 use crate::invalidation::audit::{Applied, AuditRecord};
-use crate::invalidation::cluster::ClusterView;
-use crate::invalidation::service::{self, MAX_BODY, Refused, Service};
+use crate::invalidation::cluster::{Check, ClusterView, NodeInfo};
+use crate::invalidation::service::{self, IdempotencyKey, MAX_BODY, Refused, Service};
+use crate::supervisor::Health;
 use crate::invalidation::{LogError, Mode};
 use crate::proxy::Proxy;
 
@@ -35,11 +41,13 @@ pub struct AdminState {
     pub proxy: Arc<Proxy>,
     pub service: Arc<Service>,
     pub metrics: PrometheusHandle,
+    pub health: Arc<Health>,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/invalidations", get(list).post(create))
         .route("/api/v1/invalidations/{id}", get(status))
@@ -51,6 +59,20 @@ pub fn router(state: AdminState) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let mut checks = state.service.membership.readiness();
+    let dead = state.health.dead();
+    checks.push(Check {
+        name: "tasks",
+        ok: dead.is_empty(),
+        detail: if dead.is_empty() { "all background tasks run".into() } else { format!("stopped: {}", dead.join(", ")) },
+    });
+    let ready = checks.iter().all(|c| c.ok);
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": ready, "failed": failed, "checks": checks }))).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -101,8 +123,13 @@ async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes
         Ok(x) => x,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    let key = match headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())) {
+        None => None,
+        Some(Ok(key)) => Some(key),
+        Some(Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    };
     let mode = req.mode.unwrap_or(Mode::Hard);
-    match state.service.submit(bearer(&headers), selectors, mode, req.reason, req.break_glass).await {
+    match state.service.submit_keyed(bearer(&headers), selectors, mode, req.reason, req.break_glass, key).await {
         Ok(entry) => {
             let id = entry.id();
             let body = json!({ "id": id, "version": entry.version, "status": format!("/api/v1/invalidations/{id}") });
@@ -167,32 +194,44 @@ struct Status {
     #[serde(flatten)]
     record: AuditRecord,
     id: String,
-    /// Every live node, with when it applied the invalidation.
+    /// Every node that is live or may still answer from its store, with
+    /// when it applied the invalidation.
     nodes: Vec<NodeStatus>,
-    /// Nodes that stopped heartbeating: listed, not counted.
+    /// Nodes that stopped heartbeating long enough ago that they no longer
+    /// answer from their stores: listed, not counted.
     down: Vec<String>,
+    /// Nodes that may still answer from their stores and have not
+    /// confirmed applying the invalidation.
+    unconfirmed: Vec<String>,
+    /// True when no node that may still answer from its store is unconfirmed.
     converged: bool,
 }
 
 fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
     let version = record.entry.version;
-    let nodes: Vec<NodeStatus> = view
-        .nodes
+    let counted: Vec<&NodeInfo> = view.nodes.iter().filter(|n| n.live || n.may_serve).collect();
+    let nodes: Vec<NodeStatus> = counted
         .iter()
-        .filter(|n| n.live)
         .map(|n| {
+            // Acknowledgements are kept only for the stream this node follows.
             let applied_ms = record.applied.iter().find(|a: &&Applied| a.node == n.node).map(|a| a.applied_ms);
             NodeStatus {
                 node: n.node.clone(),
-                applied: applied_ms.is_some() || n.applied_version >= version,
+                applied: applied_ms.is_some() || n.applied(&view.stream, version),
                 applied_ms,
                 lag_ms: applied_ms.map(|t| t.saturating_sub(record.entry.accepted_ms)),
             }
         })
         .collect();
-    let down = view.nodes.iter().filter(|n| !n.live).map(|n| n.node.clone()).collect();
-    let converged = !nodes.is_empty() && nodes.iter().all(|n| n.applied);
-    Status { id: record.entry.id(), record, nodes, down, converged }
+    let down = view.nodes.iter().filter(|n| !(n.live || n.may_serve)).map(|n| n.node.clone()).collect();
+    let unconfirmed: Vec<String> = counted
+        .iter()
+        .zip(&nodes)
+        .filter(|(info, status)| info.may_serve && !status.applied)
+        .map(|(info, _)| info.node.clone())
+        .collect();
+    let converged = nodes.iter().any(|n| n.applied) && unconfirmed.is_empty();
+    Status { id: record.entry.id(), record, nodes, down, unconfirmed, converged }
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
