@@ -301,6 +301,7 @@ impl NatsBus {
         bus.persist().await;
         supervisor.spawn("log-consumer", Role::Critical, bus.clone().consume());
         supervisor.spawn("log-watcher", Role::Critical, bus.clone().watch_log(reconnected));
+        supervisor.spawn("trust-judge", Role::Critical, bus.clone().judge());
         supervisor.spawn("log-writer", Role::Auxiliary, bus.clone().write(rx));
         supervisor.spawn("applied-reports", Role::Auxiliary, bus.clone().report());
         supervisor.spawn("heartbeat", Role::Auxiliary, bus.clone().heartbeat());
@@ -533,21 +534,35 @@ impl NatsBus {
     async fn watch_log(self: Arc<Self>, reconnected: Arc<AtomicBool>) {
         let poll = (self.cfg.max_log_silence / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
         loop {
+            // Applied before asking, so a head below it means the stream
+            // went backwards, not that the consumer moved on meanwhile.
+            let applied_before = self.applied();
             match self.js.get_or_create_stream(self.stream_config.clone()).await {
-                Ok(stream) => self.reached(stream.cached_info(), reconnected.swap(false, Ordering::AcqRel)),
+                Ok(stream) => {
+                    self.reached(stream.cached_info(), applied_before, reconnected.swap(false, Ordering::AcqRel))
+                }
                 Err(e) => tracing::debug!(error = %e, "cannot reach the invalidation stream"),
             }
-            self.judge_trust();
             tokio::time::sleep(poll).await;
         }
     }
 
-    /// The log answered with `info`.
-    fn reached(&self, info: &stream::Info, reconnected: bool) {
+    /// Judges trust on its own clock: a poll that hangs on an unreachable
+    /// bus must not delay it.
+    async fn judge(self: Arc<Self>) {
+        let tick = (self.cfg.max_log_silence / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        loop {
+            self.judge_trust();
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// The log answered with `info`, asked when `applied_before` was applied.
+    fn reached(&self, info: &stream::Info, applied_before: u64, reconnected: bool) {
         let id = identity(info);
         let head = info.state.last_sequence;
         let mut f = self.lock_following();
-        if f.pos.stream != id || head < f.pos.applied {
+        if f.pos.stream != id || head < applied_before.min(f.pos.applied) {
             self.follow_new_stream(&mut f, id, head);
         }
         let offset = f.offset;
