@@ -207,7 +207,15 @@ impl NatsBus {
         let lock = data_dir::lock(&cfg.data_dir)?;
         let reconnected = Arc::new(AtomicBool::new(false));
         let flag = reconnected.clone();
-        let client = async_nats::ConnectOptions::new()
+        let mut options = async_nats::ConnectOptions::new();
+        // The client ignores credentials written in the URL: pass them on.
+        let first = cfg.url.split(',').next().unwrap_or_default().trim();
+        if let Ok(addr) = first.parse::<async_nats::ServerAddr>()
+            && let Some(user) = addr.username()
+        {
+            options = options.user_and_password(user.to_string(), addr.password().unwrap_or_default().to_string());
+        }
+        let client = options
             .name(format!("fresco {}", cfg.node_id))
             .request_timeout(Some(Duration::from_secs(2)))
             .retry_on_initial_connect()

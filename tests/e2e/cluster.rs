@@ -92,14 +92,15 @@ impl Link {
     }
 
     /// Drops every connection and refuses new ones.
-    fn cut(&mut self) {
+    async fn cut(&mut self) {
         if let Some(t) = self.task.take() {
             t.abort();
+            let _ = t.await;
         }
     }
 
     async fn restore(&mut self) {
-        self.cut();
+        self.cut().await;
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.listen)).await.unwrap();
         let upstream = self.upstream;
         self.task = Some(tokio::spawn(async move {
@@ -117,7 +118,9 @@ impl Link {
 
 impl Drop for Link {
     fn drop(&mut self) {
-        self.cut();
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -275,7 +278,7 @@ async fn a_node_past_the_retention_soft_purges_and_says_so() {
     eventually("b applies 1", async || applied(&b).await == 1.0).await;
     get(&b.url("/kept")).await;
     assert!(get(&b.url("/kept")).await.is_hit());
-    link.cut();
+    link.cut().await;
     for i in 0..5 {
         assert_eq!(post(&a, json!({"tags": [format!("gap-{i}")]})).await.status, 202);
     }
@@ -478,7 +481,7 @@ async fn a_partitioned_node_stops_serving_stored_objects_and_status_waits_for_it
     assert!(get(&c.url("/obj")).await.is_hit());
     assert_eq!(readyz(&c).await.0, 200, "{}", readyz(&c).await.1);
     eventually("both nodes heartbeat", async || nodes(&a).await["nodes"].as_array().unwrap().len() == 2).await;
-    link.cut();
+    link.cut().await;
     origin.route("/obj", Reply::ok("v2").header("cache-control", "max-age=600").header("surrogate-key", "obj"));
     let accepted = post(&a, json!({"tags": ["obj"]})).await;
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -540,4 +543,112 @@ async fn an_idempotency_key_makes_a_retry_yield_the_same_entry() {
         assert_eq!(bad.status, 400, "{}", bad.text());
         assert_eq!(body(&post(n, json!({"tags": ["x"], "mode": "soft"})).await)["version"], 3, "no key: a new entry");
     }
+}
+
+/// A `nats-server` with JetStream and two users, `admin` and `edge`, whose
+/// permissions the test changes while it runs (SIGHUP reloads the file).
+struct AuthNats {
+    port: u16,
+    conf: std::path::PathBuf,
+    store: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl AuthNats {
+    async fn start() -> AuthNats {
+        let dir = temp_dir("nats-auth");
+        let port = crate::harness::free_port();
+        let (conf, store) = (dir.join("nats.conf"), dir.join("store"));
+        let mut nats = AuthNats { port, conf, store, child: std::process::Command::new("true").spawn().unwrap() };
+        nats.write(false);
+        nats.child = std::process::Command::new("nats-server")
+            .args(["-c", nats.conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("nats-server is installed");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return nats;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nats-server did not start");
+    }
+
+    /// With `deny`, `edge` may no longer create or pull from consumers.
+    fn write(&self, deny: bool) {
+        let perms = if deny { r#", permissions: { publish: { deny: ["$JS.API.CONSUMER.>"] } }"# } else { "" };
+        std::fs::write(
+            &self.conf,
+            format!(
+                "host: 127.0.0.1\nport: {}\njetstream {{ store_dir: \"{}\" }}\nauthorization {{ users = [\n  {{ user: \"admin\", password: \"adminpass\" }}\n  {{ user: \"edge\", password: \"edgepass\"{perms} }}\n] }}\n",
+                self.port,
+                self.store.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    async fn reload(&self, deny: bool) {
+        self.write(deny);
+        let pid = self.child.id().to_string();
+        assert!(tokio::process::Command::new("kill").args(["-HUP", &pid]).status().await.unwrap().success());
+    }
+
+    fn url(&self, user: &str, port: u16) -> String {
+        format!("nats://{user}:{user}pass@127.0.0.1:{port}")
+    }
+}
+
+impl Drop for AuthNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Item 12: a node whose log consumer stops applying while the log stays
+/// reachable — here its NATS user loses the right to consume (a real
+/// permission change the server reloads; a brief link drop makes the node
+/// start a new consumer, which is refused) — serves no stored object as a
+/// hit and reports not ready, naming the consumer; once allowed again it
+/// catches up and serves from its store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_consumer_stops_serves_no_stored_hits_and_is_not_ready() {
+    let nats = AuthNats::start().await;
+    let origin = Origin::start().await;
+    origin.route("/s", Reply::ok("v1").header("cache-control", "max-age=600").header("cache-tag", "s"));
+    let cfg = config();
+    let a = node(&origin, &nats.url("admin", nats.port), "a", &temp_dir("a"), &cfg);
+    let mut link = Link::start(nats.port).await;
+    let c = node(&origin, &nats.url("edge", link.listen), "c", &temp_dir("c"), &cfg);
+    assert_eq!(post(&a, json!({"tags": ["warm-up"]})).await.status, 202);
+    eventually("c applies", async || applied(&c).await == 1.0).await;
+    get(&c.url("/s")).await;
+    assert!(get(&c.url("/s")).await.is_hit());
+    nats.reload(true).await;
+    link.cut().await;
+    link.restore().await;
+    origin.route("/s", Reply::ok("v2").header("cache-control", "max-age=600").header("cache-tag", "s"));
+    assert_eq!(post(&a, json!({"tags": ["s"]})).await.status, 202);
+    eventually("c reports its consumer", async || {
+        let (code, body) = readyz(&c).await;
+        code == 503 && body["failed"].as_array().unwrap().contains(&json!("consumer"))
+    })
+    .await;
+    let (_, ready) = readyz(&c).await;
+    assert!(!ready["failed"].as_array().unwrap().contains(&json!("log_reachable")), "the log is reachable: {ready}");
+    assert_eq!(applied(&c).await, 1.0, "the purge is not applied on c");
+    for _ in 0..2 {
+        let r = get(&c.url("/s")).await;
+        assert!(!r.is_hit() && r.text() == "v2", "no stored object answers: {}", r.cache_status());
+    }
+    nats.reload(false).await;
+    link.cut().await;
+    link.restore().await;
+    eventually("c is ready again", async || readyz(&c).await.0 == 200).await;
+    assert_eq!(applied(&c).await, 2.0);
+    get(&c.url("/s")).await;
+    assert!(get(&c.url("/s")).await.is_hit());
 }
