@@ -32,9 +32,9 @@ use crate::access::Denied;
 use crate::invalidation::audit::{Applied, AuditRecord};
 use crate::invalidation::cluster::{Check, ClusterView, NodeInfo};
 use crate::invalidation::service::{self, IdempotencyKey, MAX_BODY, Refused, Service};
-use crate::supervisor::Health;
 use crate::invalidation::{LogError, Mode};
 use crate::proxy::Proxy;
+use crate::supervisor::Health;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -67,7 +67,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     checks.push(Check {
         name: "tasks",
         ok: dead.is_empty(),
-        detail: if dead.is_empty() { "all background tasks run".into() } else { format!("stopped: {}", dead.join(", ")) },
+        detail: if dead.is_empty() {
+            "all background tasks run".into()
+        } else {
+            format!("stopped: {}", dead.join(", "))
+        },
     });
     let ready = checks.iter().all(|c| c.ok);
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();

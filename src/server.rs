@@ -21,11 +21,11 @@ use crate::invalidation::cluster::Membership;
 use crate::invalidation::nats::{Alone, BusConfig, NatsBus, NodeCounters};
 use crate::invalidation::service::{KeyedLog, Service};
 use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
-use crate::supervisor::{Role, Supervisor};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Client, Proxy, ProxySettings};
 use crate::store::MemoryStore;
+use crate::supervisor::{Role, Supervisor};
 use crate::{metrics, tls};
 
 /// How long a node joining a cluster waits to apply the log before serving.

@@ -630,7 +630,13 @@ impl NatsBus {
         let distrust = silent || stalled;
         if distrust != c.distrusted {
             if distrust {
-                tracing::warn!(silent, stalled, applied, head = c.head, "the log is out of reach or not applied for longer than max_log_silence: stored objects are treated as misses");
+                tracing::warn!(
+                    silent,
+                    stalled,
+                    applied,
+                    head = c.head,
+                    "the log is out of reach or not applied for longer than max_log_silence: stored objects are treated as misses"
+                );
             } else {
                 tracing::info!("the log is reachable and applied again: trusting stored objects once caught up");
                 self.invalidations.catch_up_to(offset + c.head);

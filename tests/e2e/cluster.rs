@@ -59,7 +59,9 @@ fn body(got: &crate::harness::Got) -> Value {
 
 async fn status(fresco: &Fresco, version: u64) -> Value {
     let auth = format!("Bearer {TOKEN}");
-    body(&send("GET", &fresco.admin_url(&format!("/api/v1/invalidations/{version}")), &[("authorization", &auth)]).await)
+    body(
+        &send("GET", &fresco.admin_url(&format!("/api/v1/invalidations/{version}")), &[("authorization", &auth)]).await,
+    )
 }
 
 /// The log's head as a node sees it.
@@ -257,7 +259,11 @@ async fn without_the_bus_purges_are_refused_and_hits_still_served() {
     eventually("both nodes resume and converge", async || applied(&a).await >= 1.0 && applied(&b).await >= 1.0).await;
     assert!(!get(&a.url("/c")).await.is_hit());
     for n in [&a, &b] {
-        assert_eq!(metric(n, "fresco_invalidation_retention_gaps_total").await, 0.0, "the restarted server kept the stream");
+        assert_eq!(
+            metric(n, "fresco_invalidation_retention_gaps_total").await,
+            0.0,
+            "the restarted server kept the stream"
+        );
     }
 }
 
@@ -392,7 +398,8 @@ async fn a_recreated_stream_is_followed_and_its_purges_take_effect_everywhere() 
     let origin = Origin::start().await;
     let route = |i: usize, body: &str| {
         let tag = format!("o{i}");
-        origin.route(&format!("/o{i}"), Reply::ok(body).header("cache-control", "max-age=600").header("cache-tag", &tag));
+        origin
+            .route(&format!("/o{i}"), Reply::ok(body).header("cache-control", "max-age=600").header("cache-tag", &tag));
     };
     for i in 0..20 {
         route(i, "old");
