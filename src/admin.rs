@@ -301,3 +301,65 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         tracing::error!(error = %e, "admin listener failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invalidation::{Entry, NewInvalidation, Selector};
+
+    fn record(version: u64, acked_by: &[&str]) -> AuditRecord {
+        let invalidation = NewInvalidation {
+            selectors: vec![Selector::Tag("t".into())],
+            mode: Mode::Hard,
+            reason: String::new(),
+            issuer: "t".into(),
+            break_glass: false,
+        };
+        AuditRecord {
+            entry: Entry { version, invalidation, accepted_ms: 0 },
+            applied: acked_by.iter().map(|n| Applied { node: n.to_string(), applied_ms: 1 }).collect(),
+        }
+    }
+
+    fn node(name: &str, stream: &str, from: u64, to: u64, live: bool, may_serve: bool) -> NodeInfo {
+        NodeInfo {
+            node: name.into(),
+            stream: stream.into(),
+            applied_version: to,
+            applied_from: from,
+            heartbeat_age_ms: 0,
+            live,
+            may_serve,
+            hits: 0,
+            requests: 0,
+        }
+    }
+
+    fn view(nodes: Vec<NodeInfo>) -> ClusterView {
+        ClusterView { stream: "s2".into(), head: Some(10), nodes }
+    }
+
+    #[test]
+    fn a_node_that_skipped_a_version_or_follows_another_stream_has_not_applied_it() {
+        let v = view(vec![
+            node("a", "s2", 1, 10, true, true),
+            node("gap", "s2", 6, 10, true, true),
+            node("old-stream", "s1", 1, 40, true, true),
+        ]);
+        let s = status_of(&v, record(3, &["a"]));
+        let applied: Vec<bool> = s.nodes.iter().map(|n| n.applied).collect();
+        assert_eq!(applied, vec![true, false, false]);
+        assert_eq!(s.unconfirmed, vec!["gap".to_string(), "old-stream".to_string()]);
+        assert!(!s.converged);
+    }
+
+    #[test]
+    fn a_silent_node_blocks_convergence_until_it_can_no_longer_be_serving() {
+        let maybe = view(vec![node("a", "s2", 1, 10, true, true), node("cut", "s2", 1, 2, false, true)]);
+        let s = status_of(&maybe, record(3, &["a"]));
+        assert_eq!((s.converged, s.unconfirmed.clone(), s.down.clone()), (false, vec!["cut".to_string()], vec![]));
+        let gone = view(vec![node("a", "s2", 1, 10, true, true), node("cut", "s2", 1, 2, false, false)]);
+        let s = status_of(&gone, record(3, &["a"]));
+        assert_eq!((s.converged, s.down.clone()), (true, vec!["cut".to_string()]));
+    }
+}

@@ -122,6 +122,9 @@ pub enum Refused {
 pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 /// Longest `Idempotency-Key` accepted.
 pub const MAX_KEY_LEN: usize = 128;
+/// Most keys remembered; the oldest are forgotten first (their retries are
+/// still deduplicated by the cluster's stream).
+const MAX_KEYS: usize = 100_000;
 
 /// What makes a retried request the same request: the client's
 /// `Idempotency-Key`, or a key generated for one request so that the log's
@@ -180,7 +183,7 @@ pub struct Recent {
 impl Recent {
     fn expire(&mut self, now: Instant) {
         while let Some((at, _)) = self.order.front() {
-            if now.duration_since(*at) < IDEMPOTENCY_WINDOW {
+            if now.duration_since(*at) < IDEMPOTENCY_WINDOW && self.order.len() <= MAX_KEYS {
                 break;
             }
             if let Some((_, key)) = self.order.pop_front() {
