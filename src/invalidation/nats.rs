@@ -158,8 +158,11 @@ struct Contact {
     head: u64,
     /// The applied version last seen to move, and when.
     progress: (u64, Instant),
-    /// Whether the store is distrusted for silence or a stalled consumer.
-    distrusted: bool,
+    /// The last judgement: out of reach too long, no progress too long.
+    /// Readiness reports these, so a 503 always means stored objects are
+    /// already misses.
+    silent: bool,
+    stalled: bool,
 }
 
 type Pending = (NewInvalidation, IdempotencyKey, oneshot::Sender<Result<Entry, LogError>>);
@@ -300,7 +303,7 @@ impl NatsBus {
             counters,
             health: supervisor.health.clone(),
             following: Mutex::new(Following { pos, offset: 0, generation: 0 }),
-            contact: Mutex::new(Contact { last: now, head, progress: (0, now), distrusted: false }),
+            contact: Mutex::new(Contact { last: now, head, progress: (0, now), silent: false, stalled: false }),
             restart: Notify::new(),
             last_applied_ms: AtomicU64::new(0),
             cfg,
@@ -627,23 +630,23 @@ impl NatsBus {
         }
         let silent = now.duration_since(c.last) > bound;
         let stalled = now.duration_since(c.progress.1) > bound;
-        let distrust = silent || stalled;
-        if distrust != c.distrusted {
-            if distrust {
-                tracing::warn!(
-                    silent,
-                    stalled,
-                    applied,
-                    head = c.head,
-                    "the log is out of reach or not applied for longer than max_log_silence: stored objects are treated as misses"
-                );
-            } else {
-                tracing::info!("the log is reachable and applied again: trusting stored objects once caught up");
-                self.invalidations.catch_up_to(offset + c.head);
-            }
-            c.distrusted = distrust;
+        let (distrust, was) = (silent || stalled, c.silent || c.stalled);
+        if distrust && !was {
+            tracing::warn!(
+                silent,
+                stalled,
+                applied,
+                head = c.head,
+                "the log is out of reach or not applied for longer than max_log_silence: stored objects are treated as misses"
+            );
+        } else if was && !distrust {
+            tracing::info!("the log is reachable and applied again: trusting stored objects once caught up");
+            self.invalidations.catch_up_to(offset + c.head);
         }
+        // Gate first, then report: readiness never says 503 before stored
+        // objects are misses.
         self.invalidations.distrust(distrust || self.health.critical_dead());
+        (c.silent, c.stalled) = (silent, stalled);
     }
 
     /// Every REPORT_EVERY, publishes the range applied since the last
@@ -808,22 +811,28 @@ impl Membership for NatsBus {
         let bound = self.cfg.max_log_silence;
         let applied = self.applied();
         let c = self.lock_contact();
-        let silent = c.last.elapsed();
-        let stalled = c.progress.1.elapsed();
         let consumer_dead = self.health.dead().contains(&"log-consumer");
         vec![
             Check {
                 name: "log_reachable",
-                ok: silent <= bound,
-                detail: format!("last reached the log {} ms ago (bound {} ms)", silent.as_millis(), bound.as_millis()),
+                ok: !c.silent,
+                detail: format!(
+                    "last reached the log {} ms ago (bound {} ms)",
+                    c.last.elapsed().as_millis(),
+                    bound.as_millis()
+                ),
             },
             Check {
                 name: "consumer",
-                ok: !consumer_dead && stalled <= bound,
+                ok: !consumer_dead && !c.stalled,
                 detail: if consumer_dead {
                     "the log consumer stopped".to_string()
                 } else {
-                    format!("applied {applied} of head {}; last progress {} ms ago", c.head, stalled.as_millis())
+                    format!(
+                        "applied {applied} of head {}; last progress {} ms ago",
+                        c.head,
+                        c.progress.1.elapsed().as_millis()
+                    )
                 },
             },
             Check {
