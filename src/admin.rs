@@ -114,6 +114,11 @@ fn denial(d: Denied) -> Response {
     }
 }
 
+/// The request's `Idempotency-Key`, if it carries a valid one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, String> {
+    headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())).transpose()
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
@@ -127,10 +132,9 @@ async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes
         Ok(x) => x,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let key = match headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())) {
-        None => None,
-        Some(Ok(key)) => Some(key),
-        Some(Err(msg)) => return error(StatusCode::BAD_REQUEST, msg),
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
     let mode = req.mode.unwrap_or(Mode::Hard);
     match state.service.submit_keyed(bearer(&headers), selectors, mode, req.reason, req.break_glass, key).await {
@@ -163,8 +167,13 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
         Err((true, msg)) => return error(StatusCode::NOT_IMPLEMENTED, msg),
         Err((false, msg)) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let entry = match state.service.submit(bearer(&headers), selectors, mode, "invalidation event".into(), false).await
-    {
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let submitted =
+        state.service.submit_keyed(bearer(&headers), selectors, mode, "invalidation event".into(), false, key).await;
+    let entry = match submitted {
         Ok(e) => e,
         Err(r) => return refusal(r),
     };

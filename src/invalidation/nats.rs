@@ -64,8 +64,10 @@ const PERSIST_EVERY: Duration = Duration::from_millis(100);
 /// same message id, so that a retry never makes a second entry.
 const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(5);
 /// Beyond a node's own `max_log_silence`: how long after its last heartbeat
-/// it may still be serving from its store (its watcher's poll, delivery).
-const SERVE_SLACK: Duration = Duration::from_secs(1);
+/// it may still be serving from its store: its last contact with the log
+/// may follow its last heartbeat by a heartbeat interval, plus its judge's
+/// tick and delivery delays on a loaded machine.
+const SERVE_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
