@@ -187,6 +187,9 @@ pub struct NatsBus {
     restart: Notify,
     /// When the newest applied entry was applied (ms since the epoch).
     last_applied_ms: AtomicU64,
+    /// One write of the position at a time: a write abandoned at shutdown
+    /// may still be running when the final one starts.
+    persisting: Arc<Mutex<()>>,
     _lock: DirLock,
 }
 
@@ -308,6 +311,7 @@ impl NatsBus {
             contact: Mutex::new(Contact { last: now, head, progress: (0, now), silent: false, stalled: false }),
             restart: Notify::new(),
             last_applied_ms: AtomicU64::new(0),
+            persisting: Arc::default(),
             cfg,
             _lock: lock,
         });
@@ -360,7 +364,12 @@ impl NatsBus {
         let pos = self.lock_following().pos.clone();
         let text = serde_json::to_vec(&pos).unwrap_or_default();
         let dir = self.cfg.data_dir.clone();
-        let written = tokio::task::spawn_blocking(move || data_dir::write_atomically(&dir, POSITION_FILE, &text)).await;
+        let one_at_a_time = self.persisting.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _only = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+            data_dir::write_atomically(&dir, POSITION_FILE, &text)
+        })
+        .await;
         match written {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the applied position"),
