@@ -748,3 +748,25 @@ async fn a_node_stops_on_sigterm_with_its_position_persisted() {
     let names: Vec<&str> = ready["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, vec!["caught_up", "tasks"]);
 }
+
+/// An entry this node cannot read (another version's format) is applied as
+/// a hard purge of everything rather than skipped: skipping could lose a
+/// purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_entry_purges_everything_instead_of_being_skipped() {
+    let nats = Nats::start().await;
+    let origin = Origin::start().await;
+    origin.route("/u", Reply::ok("u").header("cache-control", "max-age=600"));
+    let cfg = config();
+    let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
+    get(&a.url("/u")).await;
+    assert!(get(&a.url("/u")).await.is_hit());
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let ack = js.publish("fresco.invalidations", r#"{"selectors":[{"regex":".*"}],"v":2}"#.into()).await.unwrap();
+    assert_eq!(ack.await.unwrap().sequence, 1);
+    eventually("a applies it", async || applied(&a).await == 1.0).await;
+    assert_eq!(metric(&a, "fresco_invalidation_unreadable_total").await, 1.0);
+    let r = get(&a.url("/u")).await;
+    assert!(!r.is_hit() && r.cache_status().contains("detail=invalidated"), "{}", r.cache_status());
+}
