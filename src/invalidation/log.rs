@@ -31,9 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::audit::Audit;
-use super::data_dir::{self, DataDirLock};
 use super::log_file;
 use super::selectors::{Invalidations, Mode, Selector};
+use crate::data_dir::{self, DataDirLock};
 
 /// An invalidation as requested, before it has a version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -457,9 +457,20 @@ mod tests {
 
     type Opened = (Arc<EmbeddedLog>, Arc<Invalidations>, Arc<Audit>);
 
+    /// Opens `d` as a restarted node would. A log dropped just before
+    /// releases the directory lock when its writer task ends, which a busy
+    /// runtime may not have run yet: wait for that, boundedly.
     fn open(d: &Path) -> Result<Opened, String> {
-        let (inv, audit) = (Arc::new(Invalidations::default()), Arc::new(Audit::default()));
-        Ok((EmbeddedLog::open(d, "n1", inv.clone(), audit.clone())?, inv, audit))
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (inv, audit) = (Arc::new(Invalidations::default()), Arc::new(Audit::default()));
+            match EmbeddedLog::open(d, "n1", inv.clone(), audit.clone()) {
+                Err(e) if e.contains("in use by another") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                opened => return Ok((opened?, inv, audit)),
+            }
+        }
     }
 
     /// Every entry the audit holds after opening `d`: (version, tag).
@@ -562,7 +573,8 @@ mod tests {
         let path = d.join(log_file::LOG);
         OpenOptions::new().append(true).open(&path).unwrap().write_all(b"{\"type\":").unwrap();
         let len = std::fs::metadata(&path).unwrap().len();
-        let err = open(&d).err().expect("a second node is refused");
+        let (inv, audit) = (Arc::new(Invalidations::default()), Arc::new(Audit::default()));
+        let err = EmbeddedLog::open(&d, "n1", inv, audit).err().expect("a second node is refused");
         assert!(err.contains("in use by another fresco process"), "{err}");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
     }

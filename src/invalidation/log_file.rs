@@ -16,9 +16,9 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::data_dir;
 use super::log::Entry;
 use super::selectors::{Mode, Selector};
+use crate::data_dir;
 
 pub(super) const LOG: &str = "invalidations.log";
 pub(super) const SNAPSHOT: &str = "invalidations.snapshot";

@@ -11,7 +11,6 @@
 
 pub mod audit;
 pub mod cluster;
-pub mod data_dir;
 pub mod log;
 mod log_file;
 pub mod nats;

@@ -1,7 +1,7 @@
 //! The in-memory selector records and the per-object validity check.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::store::CachedObject;
@@ -83,6 +83,9 @@ pub struct Invalidations {
     /// After a reconnect: the log head this node must reach before it may
     /// trust its stored objects again.
     catch_up: AtomicU64,
+    /// Set while this node cannot vouch that it has every invalidation (cut
+    /// off from the log past its bound, or its consumer not running).
+    distrusted: AtomicBool,
     /// Number of records, so the common case (nothing invalidated) costs
     /// one atomic load per lookup.
     records: AtomicUsize,
@@ -172,9 +175,15 @@ impl Invalidations {
         self.catch_up.fetch_max(head, Ordering::AcqRel);
     }
 
-    /// True while invalidations this node knows it missed are not applied.
+    /// Distrust stored objects (true) until told otherwise (false).
+    pub fn distrust(&self, distrusted: bool) {
+        self.distrusted.store(distrusted, Ordering::Release);
+    }
+
+    /// True while invalidations this node knows it missed are not applied,
+    /// or while it cannot know whether it missed any.
     pub fn catching_up(&self) -> bool {
-        self.catch_up.load(Ordering::Acquire) > self.applied()
+        self.distrusted.load(Ordering::Acquire) || self.catch_up.load(Ordering::Acquire) > self.applied()
     }
 
     /// The highest log version applied.
