@@ -383,8 +383,89 @@ pub fn path_prefixes(url: &str) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A few URLs, prefixes and tags that overlap, so random selectors
+    /// often match random objects.
+    pub(crate) const URLS: [&str; 5] = ["http://h/a", "http://h/a/b", "http://h/ab", "http://h/c?x=1", "http://g/a"];
+    const PREFIXES: [&str; 4] = ["http://h", "http://h/a", "http://h/a/", "http://g"];
+    pub(crate) const TAGS: [&str; 3] = ["t1", "t2", "t3"];
+
+    pub(crate) fn selector() -> impl Strategy<Value = Selector> {
+        prop_oneof![
+            4 => prop::sample::select(&URLS[..]).prop_map(|u| Selector::Url(u.into())),
+            2 => prop::sample::select(&PREFIXES[..]).prop_map(|p| Selector::Prefix(p.into())),
+            4 => prop::sample::select(&TAGS[..]).prop_map(|t| Selector::Tag(t.into())),
+            1 => Just(Selector::All),
+        ]
+    }
+
+    /// One log entry's selectors and mode.
+    pub(crate) fn invalidation() -> impl Strategy<Value = (Vec<Selector>, Mode)> {
+        (prop::collection::vec(selector(), 1..3), prop_oneof![Just(Mode::Hard), Just(Mode::Soft)])
+    }
+
+    /// An object's URL and tags.
+    pub(crate) fn object_shape() -> impl Strategy<Value = (&'static str, Vec<&'static str>)> {
+        (prop::sample::select(&URLS[..]), prop::sample::subsequence(&TAGS[..], 0..=2))
+    }
+
+    /// The model: what the design says an object's verdict is, from the
+    /// list of log invalidations (version = index + 1) alone.
+    fn model_verdict(log: &[(Vec<Selector>, Mode)], url: &str, tags: &[&str], stamp: u64) -> Validity {
+        let matches = |s: &Selector| match s {
+            Selector::Url(u) => u == url,
+            Selector::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                let path = url.split(['?', '#']).next().unwrap_or(url);
+                path == p || url.strip_prefix(p).is_some_and(|rest| rest.starts_with(['/', '?', '#']))
+            }
+            Selector::Tag(t) => tags.contains(&t.as_str()),
+            Selector::All => true,
+        };
+        let mut worst = Validity::Valid;
+        for (i, (selectors, mode)) in log.iter().enumerate() {
+            if i as u64 + 1 > stamp && selectors.iter().any(matches) {
+                worst = worst.max(if *mode == Mode::Hard { Validity::Hard } else { Validity::Soft });
+            }
+        }
+        worst
+    }
+
+    proptest! {
+        /// Design §3: applying invalidations in any order, any number of
+        /// times, gives the same verdict for the same stamp, and that
+        /// verdict is the model's.
+        #[test]
+        fn any_order_of_application_gives_the_same_verdicts(
+            (log, first, second) in prop::collection::vec(invalidation(), 0..10).prop_flat_map(|log| {
+                let order: Vec<usize> = (0..log.len()).collect();
+                let replays = prop::collection::vec(0..log.len().max(1), 0..4);
+                (Just(log), Just(order.clone()).prop_shuffle(), (Just(order).prop_shuffle(), replays))
+            }),
+            objects in prop::collection::vec(object_shape(), 1..6),
+        ) {
+            let (a, b) = (Invalidations::default(), Invalidations::default());
+            for i in &first {
+                a.apply(&log[*i].0, log[*i].1, *i as u64 + 1);
+            }
+            let (order, replays) = second;
+            for i in order.iter().chain(replays.iter().filter(|i| **i < log.len())) {
+                b.apply(&log[*i].0, log[*i].1, *i as u64 + 1);
+            }
+            prop_assert_eq!(a.applied(), b.applied());
+            for (url, tags) in &objects {
+                for log_stamp in 0..=log.len() as u64 {
+                    let o = object(url, tags, Stamp { log: log_stamp, local: 0 });
+                    let want = model_verdict(&log, url, tags, log_stamp);
+                    prop_assert_eq!(a.check(&o), want, "{} {:?} at {}", url, tags, log_stamp);
+                    prop_assert_eq!(b.check(&o), want, "{} {:?} at {}", url, tags, log_stamp);
+                }
+            }
+        }
+    }
 
     fn object(url: &str, tags: &[&str], stamp: Stamp) -> CachedObject {
         CachedObject::for_test(url, tags, stamp)

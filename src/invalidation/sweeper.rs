@@ -223,4 +223,90 @@ mod tests {
         assert_eq!(sweeper.pass(&store, &inv), None);
         assert_eq!(walks(), 3);
     }
+
+    mod properties {
+        use super::*;
+        use crate::invalidation::selectors::tests::{URLS, invalidation, object_shape};
+        use proptest::prelude::*;
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            /// The next log entry (versions in order of application).
+            Apply(Vec<Selector>, Mode),
+            /// A successful unsafe request for one URL (§4.4).
+            Local(&'static str),
+            /// A fetch starts; it stores its object at a later `Finish`.
+            Start(&'static str, Vec<&'static str>),
+            /// The oldest unfinished fetch stores its object and ends.
+            Finish,
+            Sweep,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => invalidation().prop_map(|(s, m)| Op::Apply(s, m)),
+                1 => prop::sample::select(&URLS[..]).prop_map(Op::Local),
+                3 => object_shape().prop_map(|(u, t)| Op::Start(u, t)),
+                3 => Just(Op::Finish),
+                2 => Just(Op::Sweep),
+            ]
+        }
+
+        proptest! {
+            /// Sweeping (freeing, re-stamping) and compaction never change
+            /// any object's verdict: every stored object is judged as it
+            /// would be by a node that never sweeps, and only objects that
+            /// node finds hard-invalidated are freed.
+            #[test]
+            fn sweeps_and_compaction_never_change_a_verdict(ops in prop::collection::vec(op(), 1..60)) {
+                let swept = Invalidations::default();
+                let reference = Invalidations::default();
+                let store = MemoryStore::new(64 << 20, 1 << 20);
+                let mut sweeper = Sweeper::default();
+                let mut fetches = std::collections::VecDeque::new();
+                // (store key, the same object as the reference judges it)
+                let mut stored: Vec<(String, CachedObject)> = Vec::new();
+                let mut version = 0;
+                for op in ops {
+                    match op {
+                        Op::Apply(selectors, mode) => {
+                            version += 1;
+                            swept.apply(&selectors, mode, version);
+                            reference.apply(&selectors, mode, version);
+                        }
+                        Op::Local(url) => {
+                            swept.invalidate_local(url);
+                            reference.invalidate_local(url);
+                        }
+                        Op::Start(url, tags) => fetches.push_back((swept.begin_fetch(), url, tags)),
+                        Op::Finish => {
+                            if let Some((guard, url, tags)) = fetches.pop_front() {
+                                let key = format!("k{}", stored.len());
+                                let object = CachedObject::for_test(url, &tags, guard.stamp);
+                                let put = store.put(Arc::from(key.as_str()), Variants::default().with(Arc::new(object), 4));
+                                prop_assert_eq!(put, Put::Stored);
+                                stored.push((key, CachedObject::for_test(url, &tags, guard.stamp)));
+                                drop(guard);
+                            }
+                        }
+                        Op::Sweep => {
+                            sweeper.pass(&store, &swept);
+                        }
+                    }
+                    for (key, model) in &stored {
+                        let want = reference.check(model);
+                        match store.get(key) {
+                            Some(v) => prop_assert_eq!(swept.check(&v.objects[0]), want, "{}", key),
+                            None => prop_assert_eq!(want, Validity::Hard, "{} was freed", key),
+                        }
+                    }
+                }
+                // With every fetch ended, one more pass leaves no record
+                // that a stored object is not newer than.
+                drop(fetches);
+                sweeper.pass(&store, &swept);
+                prop_assert_eq!(swept.records(), 0);
+            }
+        }
+    }
 }
