@@ -8,3 +8,4 @@ mod http_caching;
 mod invalidation;
 mod proxying;
 mod stampede;
+mod store;
