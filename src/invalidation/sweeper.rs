@@ -40,15 +40,17 @@ impl Sweeper {
         if invalidations.records() == 0 || self.last == Some((generation, oldest)) {
             return None;
         }
-        self.last = Some((generation, oldest));
-        Some(walk(store, invalidations, current, oldest))
+        let (swept, complete) = walk(store, invalidations, current, oldest);
+        // After an incomplete walk the next pass walks again.
+        self.last = complete.then_some((generation, oldest));
+        Some(swept)
     }
 }
 
 /// One walk. `current` is a stamp read before it, so every record up to it
 /// is in place when an object is checked; `oldest` is the oldest stamp an
-/// object not yet stored can carry.
-fn walk(store: &dyn Store, invalidations: &Invalidations, current: Stamp, oldest: Stamp) -> Swept {
+/// object not yet stored can carry. Also says whether every key was swept.
+fn walk(store: &dyn Store, invalidations: &Invalidations, current: Stamp, oldest: Stamp) -> (Swept, bool) {
     let mut floor = oldest;
     let mut freed = 0;
     let unswept = store.sweep(&mut |_, variants| {
@@ -70,7 +72,7 @@ fn walk(store: &dyn Store, invalidations: &Invalidations, current: Stamp, oldest
     // A key the store could not sweep may still hold hard-invalidated
     // objects, whose records must stay: compact next time.
     let dropped = if unswept == 0 { invalidations.compact(floor) } else { 0 };
-    Swept { objects_freed: freed, records_dropped: dropped }
+    (Swept { objects_freed: freed, records_dropped: dropped }, unswept == 0)
 }
 
 /// Sweeps every `interval` until `shutdown` turns true.
