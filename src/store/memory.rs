@@ -25,7 +25,7 @@ const HOT_ALLOCATION: f64 = 0.97;
 /// Room an object needs beside its body within one entry: key, header
 /// fields, tags and bookkeeping. An object whose body is at most
 /// `max_object_size` and whose head is within this is always admitted.
-pub const HEAD_ALLOWANCE: u64 = 64 * 1024;
+const HEAD_ALLOWANCE: u64 = 64 * 1024;
 
 #[derive(Clone)]
 struct ByBytes;
@@ -118,7 +118,8 @@ impl MemoryStore {
     }
 
     /// Number of shards the budget is split into.
-    pub fn shards(&self) -> usize {
+    #[cfg(test)]
+    fn shards(&self) -> usize {
         self.cache.num_shards()
     }
 

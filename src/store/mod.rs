@@ -15,7 +15,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::policy::response::ResponsePolicy;
 use crate::policy::vary::VaryKey;
 
-pub use memory::{HEAD_ALLOWANCE, MemoryStore};
+pub use memory::MemoryStore;
 
 /// One stored response.
 #[derive(Debug, Clone)]
@@ -239,5 +239,36 @@ impl CachedObject {
             verified: Default::default(),
             stale: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_headers_keep_order_and_duplicates_and_own_their_bytes() {
+        // As hyper hands them over: values sliced out of one large read buffer.
+        let read_buffer = Bytes::from(format!("{}etag: \"v1\"\r\nvary: a\r\nvary: b\r\n", "x".repeat(16 << 10)));
+        let slice = |s: &str| {
+            let at = read_buffer.windows(s.len()).position(|w| w == s.as_bytes()).unwrap();
+            HeaderValue::from_maybe_shared(read_buffer.slice(at..at + s.len())).unwrap()
+        };
+        let mut map = HeaderMap::new();
+        map.append("etag", slice("\"v1\""));
+        map.append("vary", slice("a"));
+        map.append("vary", slice("b"));
+        map.append("x-empty", HeaderValue::from_static(""));
+        let stored = StoredHeaders::from_map(&map);
+        drop(map);
+        let round: Vec<(String, String)> =
+            stored.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+        let want = [("etag", "\"v1\""), ("vary", "a"), ("vary", "b"), ("x-empty", "")];
+        assert_eq!(round, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        let buffer = read_buffer.as_ptr_range();
+        for (_, v) in stored.iter() {
+            assert!(!buffer.contains(&v.as_bytes().as_ptr()), "a stored value must not pin the read buffer");
+        }
+        assert_eq!(stored.to_map().get_all("vary").iter().count(), 2);
     }
 }
