@@ -54,13 +54,21 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         headers: cfg.key_headers.clone(),
         cookies: cfg.key_cookies.clone(),
     };
-    settings.max_object_size = cfg.max_object_size as usize;
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
-    let store = Arc::new(MemoryStore::new(cfg.memory));
+    let store = Arc::new(MemoryStore::new(cfg.memory, cfg.max_object_size));
+    if store.max_object_size() < cfg.max_object_size {
+        tracing::warn!(
+            max_object_size = cfg.max_object_size,
+            memory = cfg.memory,
+            clamped_to = store.max_object_size(),
+            "max_object_size is larger than the memory budget can hold in one entry; larger responses stream through uncached"
+        );
+    }
+    settings.max_object_size = store.max_object_size() as usize;
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());

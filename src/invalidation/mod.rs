@@ -20,4 +20,4 @@ pub mod sweeper;
 
 pub use audit::Audit;
 pub use log::{EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
-pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity};
+pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity, Verified};

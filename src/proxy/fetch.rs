@@ -25,7 +25,7 @@ use crate::policy::cache_status::{CacheStatus, Fwd};
 use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse};
 use crate::policy::response::{self, NotStorable, ResponsePolicy};
 use crate::policy::{age, conditional, headers, tags, vary};
-use crate::store::{CachedObject, StoredHeaders};
+use crate::store::{CachedObject, Put, StoredHeaders};
 
 /// What the producer of a fill needs to know about the request that
 /// started it.
@@ -496,6 +496,7 @@ impl Proxy {
                 url: Arc::from(target.key.url.as_str()),
                 tags: tags::tags(&kept).into_iter().map(Arc::from).collect(),
                 stamp,
+                verified: Default::default(),
                 stale: class.map(|c| c.stale).unwrap_or_default(),
             })
         });
@@ -547,7 +548,9 @@ impl Proxy {
             .unwrap_or_default();
         // Most keys are the URL itself: share its allocation.
         let key = if *object.url == *key { object.url.clone() } else { Arc::from(key) };
-        self.store.put(key, current.with(object, self.settings.max_variants));
+        if let Put::Refused(why) = self.store.put(key, current.with(object, self.settings.max_variants)) {
+            tracing::debug!(?why, "the store refused an object");
+        }
     }
 }
 

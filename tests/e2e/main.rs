@@ -10,4 +10,5 @@ mod log_durability;
 mod poisoning;
 mod proxying;
 mod stampede;
+mod store;
 mod trust;
