@@ -175,8 +175,20 @@ impl Proxy {
         };
         let (resp_parts, resp_body) = resp.into_parts();
         self.invalidate_after_unsafe(&parts.method, resp_parts.status, target, client, &resp_parts.headers);
-        self.cache_group_invalidation(&parts.method, resp_parts.status, target, &resp_parts.headers).await;
         status.fwd_status = Some(resp_parts.status.as_u16());
+        if let Err(e) =
+            self.cache_group_invalidation(&parts.method, resp_parts.status, target, &resp_parts.headers).await
+        {
+            // The origin asked for an invalidation that could not be logged:
+            // relaying its success would acknowledge an invalidation that
+            // is lost. Say so, so the client retries.
+            status.detail = Some("invalidation-not-logged".into());
+            let msg = format!(
+                "the origin answered {}, but its Cache-Group-Invalidation was not logged: {e}\n",
+                resp_parts.status
+            );
+            return self.error(StatusCode::SERVICE_UNAVAILABLE, status, &msg);
+        }
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
         let body = with_deadline(resp_body, deadline);
         self.relay(resp_parts.status, resp_parts.headers, body, status)
@@ -245,13 +257,13 @@ impl Proxy {
         status: StatusCode,
         target: &Target,
         response: &HeaderMap,
-    ) {
+    ) -> Result<(), LogError> {
         if method.is_safe() || !(status.is_success() || status.is_redirection()) {
-            return;
+            return Ok(());
         }
         let groups = tags::cache_groups(response, "cache-group-invalidation");
         if groups.is_empty() {
-            return;
+            return Ok(());
         }
         let inv = NewInvalidation {
             selectors: groups.into_iter().filter(|g| g.len() <= tags::MAX_TAG_LEN).map(Selector::Tag).collect(),
@@ -260,9 +272,9 @@ impl Proxy {
             issuer: "origin".into(),
             break_glass: false,
         };
-        if let Err(e) = self.service.append(inv).await {
+        self.service.append(inv).await.map(drop).inspect_err(|e| {
             tracing::error!(url = %target.key.url, error = %e, "Cache-Group-Invalidation not applied");
-        }
+        })
     }
 
     /// The conventional PURGE method for one URL (all its variants): only

@@ -191,3 +191,17 @@ async fn rfc9211_a_soft_purged_object_served_to_max_stale_says_it_is_stale() {
     let cs = stale.cache_status();
     assert!(cs.contains("detail=invalidated") && !cs.contains("ttl=600"), "{cs}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9875_a_cache_group_invalidation_that_cannot_be_logged_is_not_acknowledged() {
+    let origin = Origin::start().await;
+    origin.route("/save", Reply::ok("saved").header("cache-group-invalidation", "\"product-7\""));
+    let mut nats = crate::harness::Nats::start().await;
+    let dir = crate::harness::temp_dir("cgi-unlogged");
+    let fresco = Fresco::start_in(&dir, &origin.url(), &["--bus", &nats.url(), "--node-id", "edge"]);
+    assert_eq!(send("POST", &fresco.url("/save"), &[]).await.status, 200, "logged: the origin's answer");
+    nats.stop();
+    let lost = send("POST", &fresco.url("/save"), &[]).await;
+    assert_eq!(lost.status, 503, "{}", lost.text());
+    assert!(lost.cache_status().contains("detail=invalidation-not-logged"), "{}", lost.cache_status());
+}
