@@ -2,15 +2,10 @@
 //! the invalidation state and the proxy together, and shuts down gracefully
 //! on SIGINT / SIGTERM.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -23,15 +18,12 @@ use crate::invalidation::service::Service;
 use crate::invalidation::{Audit, EmbeddedLog, InvalidationLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Client, Proxy, ProxySettings};
+use crate::proxy::{Proxy, ProxySettings};
 use crate::store::MemoryStore;
-use crate::{metrics, tls};
+use crate::{connections, metrics, tls};
 
 /// How long a node joining a cluster waits to apply the log before serving.
 const CATCH_UP: Duration = Duration::from_secs(10);
-
-/// How long in-flight requests get to finish after a shutdown signal.
-const DRAIN: Duration = Duration::from_secs(10);
 
 /// Builds the proxy a configuration describes, with its invalidation log
 /// opened and replayed (embedded) or joined and caught up with (bus).
@@ -51,7 +43,7 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
     let store = Arc::new(MemoryStore::new(cfg.memory));
-    let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
+    let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), &cfg.upstream);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
     let counters = Arc::new(NodeCounters::default());
@@ -119,7 +111,7 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
 
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
 /// the bound addresses once both listeners accept connections.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), String> {
     // First, so that what start-up records (replay, catch-up) is counted.
     let metrics_handle = metrics::install();
     let proxy = build_proxy(&cfg).await?;
@@ -139,62 +131,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(cfg.max_header_size.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(cfg.max_header_size as u32);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    loop {
-        tokio::select! {
-            accepted = data.accept() => {
-                let (stream, addr) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let client = Client { addr, scheme };
-                let proxy = proxy.clone();
-                let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
-                });
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
-                            Err(e) => {
-                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        },
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%addr, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(data);
-    tracing::info!("draining connections");
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {DRAIN:?}; closing");
-    }
+    connections::serve(data, proxy, tls, cfg.limits.clone(), shutdown).await;
     let _ = admin_task.await;
     Ok(())
 }
