@@ -7,4 +7,5 @@ mod cluster;
 mod http_caching;
 mod invalidation;
 mod proxying;
+mod security;
 mod stampede;

@@ -1,0 +1,277 @@
+//! Facing the internet: hostile clients on raw sockets (silent, trickling,
+//! flooding), an origin that closes keep-alive connections (real nginx) or
+//! hangs, and the admin API's guard rails. Every loop is bounded in count
+//! and time; assertions are about answers, never about timings.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::harness::{Fresco, Origin, Reply, free_port, get, send_body, temp_dir};
+
+/// A real nginx on loopback, stopped when dropped.
+struct Nginx {
+    port: u16,
+    child: Child,
+}
+
+impl Nginx {
+    /// nginx answering every path with `200 ok` and `Cache-Control:
+    /// no-store` (so every request through Fresco reaches it), closing idle
+    /// keep-alive connections after `keepalive`.
+    async fn start(keepalive: &str) -> Nginx {
+        let dir = temp_dir("nginx");
+        let port = free_port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
+             keepalive_timeout {keepalive};\n keepalive_requests 100000;\n\
+             server {{\n  listen 127.0.0.1:{port};\n  location / {{ add_header Cache-Control no-store; return 200 \"ok\\n\"; }}\n }}\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (scripts/test.sh installs it)");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return Nginx { port, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("nginx did not start on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// RFC 9112 §9.3.1 (retrying requests): nginx closes an idle keep-alive
+/// connection after 1 s; requests spaced right around that reuse a pooled
+/// connection nginx is closing at that moment. None may fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_connections_nginx_is_closing_never_get_502() {
+    let nginx = Nginx::start("1s").await;
+    // A pool timeout far above nginx's keep-alive, so only the retry protects.
+    let fresco = Fresco::start(&nginx.url(), &["--upstream-idle-timeout", "60s"]);
+    let mut clients = Vec::new();
+    for c in 0..8u64 {
+        let url = fresco.url("/spaced");
+        clients.push(tokio::spawn(async move {
+            let mut failures = Vec::new();
+            for i in 0..16u64 {
+                let got = get(&url).await;
+                if got.status != 200 {
+                    failures.push(format!("request {i}: {} {}", got.status, got.cache_status()));
+                }
+                // 990 ms to 1010 ms: the window where nginx's timer fires.
+                tokio::time::sleep(Duration::from_millis(990 + (i * 7 + c * 3) % 21)).await;
+            }
+            failures
+        }));
+    }
+    let mut failures = Vec::new();
+    for c in clients {
+        failures.extend(c.await.unwrap());
+    }
+    assert!(failures.is_empty(), "requests failed on closed upstream connections: {failures:?}");
+}
+
+/// Issue 9 item 8: distinct misses to a hanging origin open at most
+/// `upstream_max_connections` connections; a bounded number wait; the
+/// rest get 503 at once, saying why in Cache-Status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_to_a_hanging_origin_are_capped_and_the_overflow_gets_503() {
+    let origin = Origin::start().await;
+    for i in 0..20 {
+        origin.route(&format!("/hang/{i}"), Reply::ok("late").delay(Duration::from_secs(30)));
+    }
+    origin.route("/fast", Reply::ok("fast").header("cache-control", "no-store"));
+    let fresco = Fresco::start(
+        &origin.url(),
+        &["--upstream-max-connections", "4", "--upstream-queue", "4", "--first-byte-timeout", "4s"],
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..20 {
+        let (url, tx) = (fresco.url(&format!("/hang/{i}")), tx.clone());
+        tokio::spawn(async move {
+            let got = get(&url).await;
+            let _ = tx.send((got.status, got.cache_status()));
+        });
+    }
+    drop(tx);
+    let mut statuses = Vec::new();
+    // The overflow is refused at once, while the first four still hang.
+    while statuses.len() < 12 {
+        statuses.push(rx.recv().await.expect("every request is answered"));
+    }
+    let requested = || (0..20).map(|i| origin.hits(&format!("/hang/{i}"))).sum::<usize>();
+    assert_eq!(requested(), 4, "the origin sees only the capped number of requests: {statuses:?}");
+    assert!(statuses.iter().all(|(s, cs)| *s == 503 && cs.contains("upstream-queue-full")), "{statuses:?}");
+    while let Some(answer) = rx.recv().await {
+        statuses.push(answer);
+    }
+    // The queued ones waited at most the first-byte timeout in all.
+    let late = &statuses[12..];
+    assert!(
+        late.iter().all(|(s, cs)| (*s == 504 && cs.contains("upstream-timeout"))
+            || (*s == 503 && cs.contains("upstream-queue-timeout"))),
+        "{late:?}"
+    );
+    // The slots come back: the origin is reachable again.
+    assert_eq!(get(&fresco.url("/fast")).await.status, 200);
+}
+
+/// Reads until EOF or an error; true if the peer closed within `bound`.
+async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+/// Issue 9 item 6: connections that never send a byte are closed after
+/// the header timeout, and past the connection cap the silent ones make
+/// room for clients that do send requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_past_the_cap_do_not_lock_out_clients() {
+    let origin = Origin::start().await;
+    origin.route("/probe", Reply::ok("alive").header("cache-control", "no-store"));
+    let fresco = Fresco::start(&origin.url(), &["--max-connections", "50", "--client-header-timeout", "3s"]);
+    let mut silent = Vec::new();
+    for _ in 0..150 {
+        if let Ok(s) = TcpStream::connect(fresco.data).await {
+            silent.push(s);
+        }
+    }
+    for i in 0..10 {
+        let got = get(&fresco.url("/probe")).await;
+        assert_eq!((got.status, got.text().as_str()), (200, "alive"), "probe {i} among silent connections");
+    }
+    // The last silent one (never evicted: newer than the probes' room) is
+    // closed by the header deadline, not left open.
+    let mut last = silent.pop().unwrap();
+    assert!(closed_within(&mut last, Duration::from_secs(20)).await, "a silent connection stays open");
+}
+
+/// Slowloris: a client trickling header lines is closed at the header
+/// deadline however steadily it trickles; other clients keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickled_request_head_is_cut_off_and_others_are_served() {
+    let origin = Origin::start().await;
+    origin.route("/probe", Reply::ok("alive").header("cache-control", "no-store"));
+    let fresco = Fresco::start(&origin.url(), &["--client-header-timeout", "2s"]);
+    let mut slow = TcpStream::connect(fresco.data).await.unwrap();
+    slow.write_all(b"GET /probe HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let mut cut_off = false;
+    // 60 lines at 250 ms would take 15 s; the deadline is 2 s after the first byte.
+    for i in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        if slow.write_all(format!("X-Trickle-{i}: a\r\n").as_bytes()).await.is_err() {
+            cut_off = true;
+            break;
+        }
+        if i % 4 == 0 {
+            let got = get(&fresco.url("/probe")).await;
+            assert_eq!(got.status, 200, "probe while a client trickles");
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(0) | Err(_)) = tokio::time::timeout(Duration::from_millis(1), slow.read(&mut buf)).await {
+            cut_off = true;
+            break;
+        }
+    }
+    assert!(cut_off, "the trickling client was never cut off");
+}
+
+/// Sends raw bytes and returns the status code of the answer (0 if the
+/// connection closed without one).
+async fn raw_status(fresco: &Fresco, request: &[u8]) -> u16 {
+    let mut s = TcpStream::connect(fresco.data).await.unwrap();
+    let _ = s.write_all(request).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Header floods: more header fields than `max_headers`, or a head larger
+/// than `max_header_size`, get 431 (RFC 6585 §5); the node keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_floods_get_431_and_the_node_keeps_serving() {
+    let origin = Origin::start().await;
+    origin.route("/probe", Reply::ok("alive").header("cache-control", "no-store"));
+    let fresco = Fresco::start(&origin.url(), &["--max-headers", "50", "--max-header-size", "16KiB"]);
+    let many: String = (0..60).map(|i| format!("X-Flood-{i}: v\r\n")).collect();
+    let huge = format!("X-Huge: {}\r\n", "a".repeat(32 * 1024));
+    for (what, extra) in [("60 fields", many), ("a 32 KiB field", huge)] {
+        let req = format!("GET /probe HTTP/1.1\r\nHost: x\r\n{extra}\r\n");
+        assert_eq!(raw_status(&fresco, req.as_bytes()).await, 431, "{what}");
+        assert_eq!(get(&fresco.url("/probe")).await.status, 200, "served after {what}");
+    }
+    let fine: String = (0..40).map(|i| format!("X-Fine-{i}: v\r\n")).collect();
+    let req = format!("GET /probe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{fine}\r\n");
+    assert_eq!(raw_status(&fresco, req.as_bytes()).await, 200, "40 fields are within the limit");
+}
+
+/// RFC 9110 §15.5.15 / §15.5.14: a target over `max_url_length` gets 414,
+/// a declared body over `max_request_body` gets 413; neither reaches the
+/// origin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_targets_get_414_and_large_bodies_get_413() {
+    let origin = Origin::start().await;
+    origin.route("/upload", Reply::ok("stored").header("cache-control", "no-store"));
+    let fresco = Fresco::start(&origin.url(), &["--max-url-length", "1KiB", "--max-request-body", "4KiB"]);
+    let long = format!("/upload?q={}", "a".repeat(2000));
+    let got = get(&fresco.url(&long)).await;
+    assert_eq!(got.status, 414);
+    assert!(got.cache_status().contains("uri-too-long"), "{}", got.cache_status());
+    let got = send_body("POST", &fresco.url("/upload"), &[], Bytes::from(vec![b'x'; 8192])).await;
+    assert_eq!(got.status, 413);
+    assert!(got.text().contains("4096"), "names the limit: {}", got.text());
+    assert_eq!(origin.hits("/upload"), 0, "refused requests never reach the origin");
+    let got = send_body("POST", &fresco.url("/upload"), &[], Bytes::from(vec![b'x'; 1024])).await;
+    assert_eq!((got.status, got.text().as_str()), (200, "stored"), "a body within the limit is forwarded");
+}
+
+/// An idle keep-alive connection is closed after `client_idle_timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let origin = Origin::start().await;
+    origin.route("/probe", Reply::ok("alive").header("cache-control", "no-store"));
+    let fresco = Fresco::start(&origin.url(), &["--client-idle-timeout", "2s", "--client-header-timeout", "30s"]);
+    let mut s = TcpStream::connect(fresco.data).await.unwrap();
+    s.write_all(b"GET /probe HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "answered first");
+    assert!(closed_within(&mut s, Duration::from_secs(20)).await, "the idle connection stays open");
+}
