@@ -132,7 +132,10 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
         Err((true, msg)) => return error(StatusCode::NOT_IMPLEMENTED, msg),
         Err((false, msg)) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let entry = match state.service.submit(bearer(&headers), selectors, mode, "invalidation event".into(), false).await
+    let entry = match state
+        .service
+        .submit(bearer(&headers), selectors, mode, "invalidation event".into(), event.break_glass)
+        .await
     {
         Ok(e) => e,
         Err(r) => return refusal(r),

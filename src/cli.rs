@@ -43,6 +43,13 @@ pub enum Command {
     Purge(crate::purge::PurgeArgs),
     /// Show the cluster: each node's applied version, lag, heartbeat, hit ratio.
     Status(crate::purge::StatusArgs),
+    /// Generate an API token: prints a random secret for the client and the
+    /// `[[token]]` table (with only its SHA-256) for the node's config.
+    Token {
+        /// The token's name in the printed table (and in the audit log).
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -83,6 +90,16 @@ pub async fn run(cli: Cli) -> Result<(), String> {
         }
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
+        Command::Token { name } => {
+            let secret = crate::access::random_secret()?;
+            let hash = crate::access::hex(&crate::access::digest(&secret));
+            println!("secret: {secret}");
+            println!("# give the secret to the client (Authorization: Bearer SECRET); the node keeps only its hash:");
+            println!(
+                "[[token]]\nname = {name:?}\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]   # or \"tag:PREFIX\", \"host:NAME\""
+            );
+            Ok(())
+        }
         Command::Origin { listen } => {
             let listener =
                 tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -157,8 +157,10 @@ pub struct RawToken {
     pub name: String,
     /// The secret itself, or
     pub secret: Option<String>,
-    /// the name of an environment variable holding it.
+    /// the name of an environment variable holding it, or
     pub secret_env: Option<String>,
+    /// its SHA-256 in hex (`fresco token` prints one), so the file holds no secret.
+    pub secret_sha256: Option<String>,
     pub scopes: Vec<String>,
     /// Invalidations per second [default: 50]
     pub rate: Option<f64>,
@@ -522,15 +524,32 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
     if t.name.is_empty() {
         return Err(ConfigError("a [[token]] has an empty `name`".into()));
     }
-    let secret = match (&t.secret, &t.secret_env) {
-        (Some(s), None) => s.clone(),
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| ConfigError(format!("{}: environment variable {var} is not set", key("secret_env"))))?,
-        _ => return Err(ConfigError(format!("{}: give exactly one of `secret` and `secret_env`", key("secret")))),
+    let plain = |secret: String, from: &str| -> Result<[u8; 32], ConfigError> {
+        match crate::access::weak_secret(&secret) {
+            Some(why) => Err(ConfigError(format!("{}: the secret {why}; generate one with `fresco token`", key(from)))),
+            None => Ok(crate::access::digest(&secret)),
+        }
     };
-    if secret.len() < 16 {
-        return Err(ConfigError(format!("{}: secrets must be at least 16 characters", key("secret"))));
-    }
+    let digest = match (&t.secret, &t.secret_env, &t.secret_sha256) {
+        (Some(s), None, None) => plain(s.clone(), "secret")?,
+        (None, Some(var), None) => plain(
+            std::env::var(var)
+                .map_err(|_| ConfigError(format!("{}: environment variable {var} is not set", key("secret_env"))))?,
+            "secret_env",
+        )?,
+        (None, None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+            ConfigError(format!(
+                "{}: expected 64 hexadecimal digits (`fresco token` prints them)",
+                key("secret_sha256")
+            ))
+        })?,
+        _ => {
+            return Err(ConfigError(format!(
+                "{}: give exactly one of `secret`, `secret_env` and `secret_sha256`",
+                key("secret")
+            )));
+        }
+    };
     let scopes = t
         .scopes
         .iter()
@@ -544,7 +563,20 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
     if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {
         return Err(ConfigError(format!("{}: rate must be > 0 and burst >= 1", key("rate"))));
     }
-    Ok(Token { name: t.name, secret, scopes, rate, burst })
+    Ok(Token { name: t.name, digest, scopes, rate, burst })
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Parses `512MiB`, `64KiB`, `1GB`, `100kb`, `1048576`.
@@ -646,6 +678,23 @@ mod tests {
         let bad = "origin = \"http://o:1\"\n[[class]]\nname = \"x\"\nstale_if_error = \"forever\"\n";
         let err = Config::from_raw(toml::from_str(bad).unwrap()).unwrap_err();
         assert!(err.0.contains("class.stale_if_error") && err.0.contains("forever"), "{err}");
+    }
+
+    #[test]
+    fn token_secrets_must_be_hard_to_guess_or_given_as_a_hash() {
+        let cfg = |table: &str| {
+            Config::from_raw(toml::from_str(&format!("origin = \"http://o:1\"\n[[token]]\n{table}")).unwrap())
+        };
+        let err = cfg("name = \"t\"\nsecret = \"aaaaaaaaaaaaaaaa\"\nscopes = [\"all\"]").unwrap_err();
+        assert!(err.0.contains("token.secret") && err.0.contains("fresco token"), "{err}");
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let c = cfg(&format!("name = \"t\"\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]")).unwrap();
+        assert_eq!(c.tokens[0].digest, crate::access::digest("abc"));
+        let err = cfg("name = \"t\"\nsecret_sha256 = \"abc\"\nscopes = [\"all\"]").unwrap_err();
+        assert!(err.0.contains("64 hexadecimal"), "{err}");
+        let err =
+            cfg(&format!("name = \"t\"\nsecret = \"x\"\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]")).unwrap_err();
+        assert!(err.0.contains("exactly one"), "{err}");
     }
 
     #[test]

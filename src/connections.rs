@@ -90,6 +90,8 @@ struct Conn {
     /// Chosen for eviction.
     closing: AtomicBool,
     close: Notify,
+    /// The last request finished: the watchdog's deadline moves.
+    went_idle: Notify,
 }
 
 /// The open connections, for the cap.
@@ -114,6 +116,7 @@ impl Registry {
             served: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             close: Notify::new(),
+            went_idle: Notify::new(),
         });
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
@@ -173,6 +176,7 @@ impl Drop for InProgress {
             self.conn.first_read.store(NONE, Ordering::Release);
             self.conn.idle_since.store(self.registry.now(), Ordering::Release);
             self.conn.served.store(true, Ordering::Release);
+            self.conn.went_idle.notify_one();
         }
     }
 }
@@ -257,29 +261,42 @@ async fn watchdog(registry: &Registry, conn: &Conn, limits: &ClientLimits) -> Cl
     let idle = limits.idle_timeout.as_millis() as u64;
     loop {
         let now = registry.now();
-        let (deadline, reason) = if conn.active.load(Ordering::Acquire) > 0 {
-            // Look again later; nothing to enforce while a request runs.
-            (now + header.min(idle), None)
-        } else {
+        // Nothing to enforce while a request runs: wait for it to end.
+        let deadline = (conn.active.load(Ordering::Acquire) == 0).then(|| {
             let first_read = conn.first_read.load(Ordering::Acquire);
             let idle_since = conn.idle_since.load(Ordering::Acquire);
             if first_read != NONE {
-                (first_read.saturating_add(header), Some(Closed::HeaderTimeout))
+                (first_read.saturating_add(header), Closed::HeaderTimeout)
             } else if conn.served.load(Ordering::Acquire) {
-                (idle_since.saturating_add(idle), Some(Closed::Idle))
+                (idle_since.saturating_add(idle), Closed::Idle)
             } else {
-                (idle_since.saturating_add(header), Some(Closed::HeaderTimeout))
+                (idle_since.saturating_add(header), Closed::HeaderTimeout)
             }
-        };
-        if let Some(reason) = reason
-            && now >= deadline
+        });
+        if let Some((at, reason)) = deadline
+            && now >= at
         {
             return reason;
         }
-        let wake = registry.epoch + Duration::from_millis(deadline.max(now + 1));
+        let expiry = async {
+            match deadline {
+                Some((at, _)) => {
+                    let wake = registry.epoch + Duration::from_millis(at);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
-            _ = conn.close.notified() => return Closed::Evicted,
+            _ = expiry => {}
+            _ = conn.went_idle.notified() => {}
+            _ = conn.close.notified() => {
+                // Chosen while idle, but a request may have begun since.
+                if conn.active.load(Ordering::Acquire) == 0 {
+                    return Closed::Evicted;
+                }
+                conn.closing.store(false, Ordering::Release);
+            }
         }
     }
 }
@@ -442,7 +459,9 @@ pub(crate) async fn serve(
             let serve = async {
                 match tls {
                     None => watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned()).await,
-                    Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io)).await {
+                    Some(acceptor) => match tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(io))
+                        .await
+                    {
                         Ok(Ok(s)) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "TLS handshake failed");

@@ -9,12 +9,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access::{Access, Scope, Token};
+use crate::access::{Access, Scope, Token, digest, random_secret, weak_secret};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::invalidation::cluster::Membership;
 use crate::invalidation::nats::{Alone, BusConfig, NatsBus, NodeCounters};
-use crate::invalidation::service::Service;
+use crate::invalidation::service::{Served, Service};
 use crate::invalidation::{Audit, EmbeddedLog, InvalidationLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
@@ -76,6 +76,11 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
         access: Access::new(tokens, cfg.purge_allow.clone()),
         node: cfg.node_id.clone(),
         keys: settings.keys.clone(),
+        served: Served {
+            scheme: if cfg.tls.is_some() { "https" } else { "http" },
+            hosts: cfg.hosts.clone(),
+            origin: cfg.origin.authority().map_or_else(String::new, |a| a.as_str().to_ascii_lowercase()),
+        },
         membership,
     });
     Ok(Arc::new(Proxy::new(settings, store, invalidations, upstream, service, counters)))
@@ -87,13 +92,9 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
 fn local_admin_token(dir: &Path) -> Result<Token, String> {
     let path = dir.join("admin-token");
     let secret = match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => s.trim().to_string(),
+        Ok(s) if weak_secret(s.trim()).is_none() => s.trim().to_string(),
         _ => {
-            let mut bytes = [0u8; 24];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| format!("cannot read random bytes for the admin token: {e}"))?;
-            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let secret = random_secret()?;
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
@@ -106,7 +107,15 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
         }
     };
     tracing::info!(path = %path.display(), "no [[token]] configured: the local admin token (scope all) is in this file");
-    Ok(Token { name: "local-admin".into(), secret, scopes: vec![Scope::All], rate: 1000.0, burst: 10_000.0 })
+    // The same limits as a configured token's defaults: a leaked local
+    // token cannot flood the log either.
+    Ok(Token {
+        name: "local-admin".into(),
+        digest: digest(&secret),
+        scopes: vec![Scope::All],
+        rate: 50.0,
+        burst: 200.0,
+    })
 }
 
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with

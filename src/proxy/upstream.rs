@@ -108,7 +108,11 @@ impl Drop for Queued<'_> {
 
 impl Slots {
     fn new(settings: &UpstreamSettings) -> Slots {
-        Slots { free: Arc::new(Semaphore::new(settings.max_connections)), waiting: AtomicUsize::new(0), queue: settings.queue }
+        Slots {
+            free: Arc::new(Semaphore::new(settings.max_connections)),
+            waiting: AtomicUsize::new(0),
+            queue: settings.queue,
+        }
     }
 
     async fn acquire(&self, deadline: tokio::time::Instant) -> Result<OwnedSemaphorePermit, UpstreamError> {
@@ -267,7 +271,11 @@ impl Upstream {
 
     /// One exchange with one upstream: a connection slot, then the request.
     /// The slot wait and the response head share the first-byte timeout.
-    async fn send_once(&self, req: Request<UpstreamBody>, slots: &Slots) -> Result<Response<ResponseBody>, UpstreamError> {
+    async fn send_once(
+        &self,
+        req: Request<UpstreamBody>,
+        slots: &Slots,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.first_byte_timeout;
         let slot = slots.acquire(deadline).await?;
         let replay = replayable(&req);
@@ -296,7 +304,8 @@ impl Upstream {
 /// A copy of `req` to send again, when it is idempotent (RFC 9110 §9.2.2)
 /// and carries no content that would have been consumed.
 fn replayable(req: &Request<UpstreamBody>) -> Option<Request<UpstreamBody>> {
-    let idempotent = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
+    let idempotent =
+        matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE);
     if !idempotent || !req.body().is_end_stream() {
         return None;
     }
@@ -324,7 +333,9 @@ fn closed_under_request(e: &hyper_util::client::legacy::Error) -> bool {
         if let Some(io) = s.downcast_ref::<std::io::Error>()
             && matches!(
                 io.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionAborted
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::ConnectionAborted
             )
         {
             return true;

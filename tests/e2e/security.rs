@@ -7,10 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Fresco, Origin, Reply, free_port, get, send_body, temp_dir};
+use crate::harness::{Fresco, Got, Origin, Reply, free_port, get, send, send_body, temp_dir};
 
 /// A real nginx on loopback, stopped when dropped.
 struct Nginx {
@@ -274,4 +275,193 @@ async fn idle_keep_alive_connections_are_closed() {
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await.unwrap().unwrap();
     assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"), "answered first");
     assert!(closed_within(&mut s, Duration::from_secs(20)).await, "the idle connection stays open");
+}
+
+/// A TLS client that starts a handshake and stalls is closed at the
+/// handshake deadline; TLS clients that complete theirs are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_tls_handshake_is_closed() {
+    let origin = Origin::start().await;
+    origin.route("/tls", Reply::ok("secure").header("cache-control", "no-store"));
+    let dir = temp_dir("tls");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let status = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl is installed");
+    assert!(status.success());
+    let fresco = Fresco::start(
+        &origin.url(),
+        &["--tls-cert", cert, "--tls-key", key, "--tls-handshake-timeout", "2s", "--client-header-timeout", "30s"],
+    );
+    let mut stalled = TcpStream::connect(fresco.data).await.unwrap();
+    // The first bytes of a TLS record header (handshake, TLS 1.0 record version), then nothing.
+    stalled.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+    let port = fresco.data.port();
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let url = format!("https://localhost:{port}/tls");
+    let out = tokio::process::Command::new("curl")
+        .args(["-s", "--max-time", "20", "--cacert", cert, "--resolve", &resolve, &url])
+        .output()
+        .await
+        .expect("curl is installed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "secure", "a complete handshake is served");
+    assert!(closed_within(&mut stalled, Duration::from_secs(20)).await, "the stalled handshake stays open");
+}
+
+/// Posts an invalidation with the node's local token (or `token`).
+async fn invalidate(fresco: &Fresco, token: Option<&str>, path: &str, body: serde_json::Value) -> Got {
+    let auth = format!("Bearer {}", token.map_or_else(|| fresco.token(), str::to_string));
+    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
+    send_body("POST", &fresco.admin_url(path), &headers, Bytes::from(body.to_string())).await
+}
+
+/// Issue 9 item 9: a prefix that selects a whole host, or an `origin`
+/// event, needs break-glass like purging everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purging_a_whole_host_needs_break_glass() {
+    let origin = Origin::start().await;
+    origin.route("/page", Reply::ok("page").header("cache-control", "max-age=600"));
+    let fresco = Fresco::start(&origin.url(), &[]);
+    let host = format!("http://{}", fresco.data);
+    assert!(!get(&fresco.url("/page")).await.is_hit());
+    for (path, body) in [
+        ("/api/v1/invalidations", json!({"prefixes": [format!("{host}/")]})),
+        ("/api/v1/invalidations", json!({"prefixes": [host.clone()]})),
+        ("/api/v1/invalidation-events", json!({"type": "origin", "selectors": [host.clone()], "purge": true})),
+        ("/api/v1/invalidation-events", json!({"type": "uri-prefix", "selectors": [format!("{host}/")]})),
+    ] {
+        let got = invalidate(&fresco, None, path, body.clone()).await;
+        assert_eq!(got.status, 403, "{body}: {}", got.text());
+        assert!(got.text().contains("break_glass"), "{}", got.text());
+    }
+    assert!(get(&fresco.url("/page")).await.is_hit(), "nothing was purged");
+    let got = invalidate(
+        &fresco,
+        None,
+        "/api/v1/invalidation-events",
+        json!({"type": "origin", "selectors": [host.clone()], "purge": true, "break_glass": true}),
+    )
+    .await;
+    assert!(got.status == 200 || got.status == 202, "{}", got.text());
+    assert!(!get(&fresco.url("/page")).await.is_hit(), "the confirmed origin event purged the host");
+}
+
+/// RFC 9110 §11.1: the auth scheme is case-insensitive; the generated
+/// local token is rate limited like any other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_is_case_insensitive_and_the_local_token_is_rate_limited() {
+    let origin = Origin::start().await;
+    let fresco = Fresco::start(&origin.url(), &[]);
+    let url = fresco.admin_url("/api/v1/invalidations");
+    let body = || Bytes::from(json!({"tags": ["t"]}).to_string());
+    for scheme in ["bearer", "BEARER", "Bearer"] {
+        let auth = format!("{scheme} {}", fresco.token());
+        let got = send_body("POST", &url, &[("authorization", &auth)], body()).await;
+        assert_eq!(got.status, 202, "{scheme}: {}", got.text());
+    }
+    let auth = format!("Bearer {}", fresco.token());
+    let mut limited = None;
+    for _ in 0..2000 {
+        let got = send_body("POST", &url, &[("authorization", &auth)], body()).await;
+        if got.status == 429 {
+            limited = Some(got);
+            break;
+        }
+        assert_eq!(got.status, 202, "{}", got.text());
+    }
+    let limited = limited.expect("the local token hit its rate limit within 2000 requests");
+    assert!(limited.header("retry-after").is_some());
+}
+
+/// Token secrets: a guessable one stops the node with a message naming
+/// the token; one given only as its SHA-256 (as `fresco token` prints it)
+/// authenticates the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_secrets_are_refused_and_hashed_secrets_work() {
+    let origin = Origin::start().await;
+    let dir = temp_dir("tokens");
+    let weak = dir.join("weak.toml");
+    std::fs::write(&weak, "[[token]]\nname = \"cms\"\nsecret = \"aaaaaaaaaaaaaaaa\"\nscopes = [\"all\"]\n").unwrap();
+    let origin_url = origin.url();
+    let args = ["serve", "--origin", &origin_url, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let data_dir = dir.join("data");
+    let mut weak_args = args.to_vec();
+    weak_args.extend(["--data-dir", data_dir.to_str().unwrap(), "--config", weak.to_str().unwrap()]);
+    let err = Fresco::spawn(&weak_args).err().expect("a node with a guessable token secret does not start");
+    assert!(err.contains("token `cms`") && err.contains("fresco token"), "{err}");
+
+    let out =
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco")).args(["token", "--name", "cms"]).output().await;
+    let out = String::from_utf8(out.unwrap().stdout).unwrap();
+    let secret = out.lines().find_map(|l| l.strip_prefix("secret: ")).expect("a secret line").to_string();
+    let table: String =
+        out.lines().filter(|l| !l.starts_with("secret: ") && !l.starts_with('#')).collect::<Vec<_>>().join("\n");
+    assert!(!table.contains(&secret), "the config table holds only the hash");
+    let hashed = dir.join("hashed.toml");
+    std::fs::write(&hashed, format!("{table}\n")).unwrap();
+    let fresco = Fresco::start(&origin.url(), &["--config", hashed.to_str().unwrap()]);
+    let got = invalidate(&fresco, Some(&secret), "/api/v1/invalidations", json!({"tags": ["x"]})).await;
+    assert_eq!(got.status, 202, "{}", got.text());
+    let got =
+        invalidate(&fresco, Some("not-the-secret-at-all-9876"), "/api/v1/invalidations", json!({"tags": ["x"]})).await;
+    assert_eq!(got.status, 401);
+}
+
+/// Tags and reasons that would display as something else (bidirectional
+/// overrides, zero-width characters) are refused, naming the code point.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deceptive_tags_and_reasons_are_refused() {
+    let origin = Origin::start().await;
+    let fresco = Fresco::start(&origin.url(), &[]);
+    for (body, code) in [
+        (json!({"tags": ["product-\u{202E}24"]}), "U+202E"),
+        (json!({"tags": ["product\u{200B}-42"]}), "U+200B"),
+        (json!({"tags": ["ok"], "reason": "price \u{2067}change"}), "U+2067"),
+    ] {
+        let got = invalidate(&fresco, None, "/api/v1/invalidations", body.clone()).await;
+        assert_eq!(got.status, 400, "{body}");
+        assert!(got.text().contains(code), "{}", got.text());
+    }
+    let event = json!({"type": "group", "selectors": [format!("http://{}", fresco.data)], "groups": ["g\u{FEFF}"]});
+    let got = invalidate(&fresco, None, "/api/v1/invalidation-events", event).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+}
+
+/// Issue 8 item 14: URL selectors that cannot match any key on this node
+/// (another scheme than its listener's, a host it does not serve, the
+/// origin's own address) are refused with the form keys take.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_purges_that_can_match_nothing_are_refused() {
+    let origin = Origin::start().await;
+    origin.route("/a", Reply::ok("a").header("cache-control", "max-age=600"));
+    let open = Fresco::start(&origin.url(), &[]);
+    let origin_url = json!({"urls": [format!("{}/a", origin.url())]});
+    let got = invalidate(&open, None, "/api/v1/invalidations", origin_url).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("origin"), "{}", got.text());
+    let tls_url = json!({"urls": [format!("https://{}/a", open.data)]});
+    let got = invalidate(&open, None, "/api/v1/invalidations", tls_url).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("http://HOST/PATH"), "{}", got.text());
+
+    let listed = Fresco::start(&origin.url(), &["--host", "shop.test", "--host", "www.shop.test"]);
+    let got = send("GET", &listed.url("/a"), &[("host", "shop.test")]).await;
+    assert_eq!(got.status, 200);
+    assert!(send("GET", &listed.url("/a"), &[("host", "shop.test")]).await.is_hit());
+    let other = json!({"prefixes": ["http://elsewhere.test/a"]});
+    let got = invalidate(&listed, None, "/api/v1/invalidations", other).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("shop.test, www.shop.test"), "{}", got.text());
+    let event = json!({"type": "uri", "selectors": ["https://shop.test/a"]});
+    let got = invalidate(&listed, None, "/api/v1/invalidation-events", event).await;
+    assert_eq!(got.status, 400, "{}", got.text());
+    assert!(got.text().contains("http://shop.test/PATH"), "{}", got.text());
+    let got = invalidate(&listed, None, "/api/v1/invalidations", json!({"urls": ["http://SHOP.test:80/a"]})).await;
+    assert_eq!(got.status, 202, "{}", got.text());
+    assert!(!send("GET", &listed.url("/a"), &[("host", "shop.test")]).await.is_hit(), "the accepted purge matched");
 }
