@@ -36,7 +36,7 @@ impl Nginx {
              server {{\n  listen 127.0.0.1:{port};\n  location / {{ add_header Cache-Control no-store; return 200 \"ok\\n\"; }}\n }}\n}}\n"
         );
         std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
+        let mut child = Command::new("nginx")
             .args(["-c", &format!("{d}/nginx.conf"), "-p", &d.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -48,6 +48,8 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nginx did not start on port {port}");
     }
 
