@@ -375,3 +375,31 @@ fn with_base(base: &Uri, path_and_query: &str) -> Uri {
     parts.path_and_query = path_and_query.parse().ok();
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Nodes of different builds, versions and machines must rank parents
+    /// alike: the ranks are pinned, so a change of hash fails here first.
+    #[test]
+    fn rendezvous_ranks_are_portable() {
+        let ranks: Vec<u64> = ["http://shield-a:8081/", "http://shield-b:8081/"]
+            .iter()
+            .map(|p| rendezvous_rank(p, "http://shop.test/x"))
+            .collect();
+        assert_eq!(ranks, vec![18285116254135100540, 1835013484206726928]);
+    }
+
+    #[test]
+    fn rendezvous_spreads_keys_over_parents() {
+        let parents = ["http://shield-a:8081/", "http://shield-b:8081/", "http://shield-c:8081/"];
+        let mut counts = [0usize; 3];
+        for i in 0..3000 {
+            let key = format!("http://shop.test/item/{i}");
+            let best = (0..3).max_by_key(|&p| rendezvous_rank(parents[p], &key)).unwrap();
+            counts[best] += 1;
+        }
+        assert!(counts.iter().all(|&c| (800..1200).contains(&c)), "{counts:?}");
+    }
+}
