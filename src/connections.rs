@@ -9,8 +9,9 @@
 //! - Between requests a connection is closed after `client_idle_timeout`.
 //! - At most `max_connections` are open: past it the longest-idle one is
 //!   closed to make room, or the new one if none is idle. Running out of file
-//!   descriptors does the same, and accept errors back off and are logged at
-//!   most once a second.
+//!   descriptors does the same (and the cap is lowered at start to leave
+//!   descriptors for upstream connections), and accept errors back off and
+//!   are logged at most once a second.
 //! - Request targets longer than `max_url_length` get 414 and bodies declared
 //!   larger than `max_request_body` get 413, before the proxy sees them;
 //!   heads over `max_header_size` or with more than `max_headers` fields get
@@ -347,9 +348,14 @@ struct AcceptErrors {
 
 impl AcceptErrors {
     async fn on_error(&mut self, e: &std::io::Error, registry: &Registry) {
-        // Out of descriptors: free one held by an idle client.
-        if matches!(e.raw_os_error(), Some(code) if code == 23 || code == 24) {
-            registry.evict_oldest_idle();
+        // Out of descriptors (ENFILE, EMFILE): free some held by idle
+        // clients, enough for the next client and its upstream request.
+        if matches!(e.raw_os_error(), Some(23 | 24)) {
+            for _ in 0..8 {
+                if !registry.evict_oldest_idle() {
+                    break;
+                }
+            }
         }
         let now = Instant::now();
         if self.last_log.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) {
@@ -365,24 +371,28 @@ impl AcceptErrors {
     }
 }
 
-/// The fd limit must leave room for `max_connections` plus upstream
-/// connections, the log and the admin listener; warn if it does not.
-fn check_fd_limit(limits: &ClientLimits) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/limits") else { return };
-    let soft = text
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(soft) = soft
-        && soft < limits.max_connections + 1024
-    {
+/// The open-file limit, from /proc (Linux), if known.
+fn fd_limit() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/self/limits").ok()?;
+    text.lines().find(|l| l.starts_with("Max open files"))?.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// `max_connections`, lowered if the open-file limit would run out first:
+/// a quarter of the descriptors (at least 16, at most 2048) stays free for
+/// upstream connections, the log and the admin listener, so the cap, not
+/// the kernel, decides which client connection goes.
+fn connection_cap(max_connections: usize, fd_limit: Option<usize>) -> usize {
+    let Some(fds) = fd_limit else { return max_connections };
+    let usable = fds.saturating_sub((fds / 4).clamp(16, 2048)).max(1);
+    if usable < max_connections {
         tracing::warn!(
-            fd_limit = soft,
-            max_connections = limits.max_connections,
-            "the open-file limit is close to `max_connections`; raise it (ulimit -n) or lower `max_connections`"
+            fd_limit = fds,
+            max_connections,
+            using = usable,
+            "the open-file limit is too low for `max_connections`; raise it (ulimit -n) or lower `max_connections`"
         );
     }
+    max_connections.min(usable)
 }
 
 /// Serves the data listener until `shutdown` turns true, then drains.
@@ -393,7 +403,7 @@ pub(crate) async fn serve(
     limits: ClientLimits,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    check_fd_limit(&limits);
+    let max_connections = connection_cap(limits.max_connections, fd_limit());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -426,7 +436,7 @@ pub(crate) async fn serve(
             _ = shutdown.changed() => break,
         };
         errors.backoff = Duration::from_millis(5);
-        if registry.open.load(Ordering::Acquire) >= limits.max_connections && !registry.evict_oldest_idle() {
+        if registry.open.load(Ordering::Acquire) >= max_connections && !registry.evict_oldest_idle() {
             // Every connection is busy: refuse this one at once.
             closed("over-capacity");
             drop(stream);
@@ -491,5 +501,18 @@ pub(crate) async fn serve(
     tracing::info!("draining connections");
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN:?}; closing");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_connection_cap_leaves_descriptors_for_upstream() {
+        assert_eq!(connection_cap(10_000, Some(20_000)), 10_000);
+        assert_eq!(connection_cap(10_000, Some(1024)), 768);
+        assert_eq!(connection_cap(10_000, Some(64)), 48);
+        assert_eq!(connection_cap(500, None), 500);
     }
 }

@@ -490,3 +490,65 @@ fn fuzz_regression_inputs_replay_cleanly() {
     }
     assert!(replayed >= fuzz_targets::TARGETS.len(), "every target has inputs to replay");
 }
+
+/// `fresco serve` started by a shell that first lowers the open-file limit.
+struct FdLimited {
+    data: std::net::SocketAddr,
+    child: Child,
+}
+
+impl FdLimited {
+    fn start(nofile: u32, origin: &str) -> FdLimited {
+        use std::io::BufRead;
+        let dir = temp_dir("fd-limited");
+        let script = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+        let mut child = Command::new("sh")
+            .args(["-c", &script, env!("CARGO_BIN_EXE_fresco"), "serve", "--origin", origin])
+            .args(["--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--data-dir", dir.to_str().unwrap()])
+            .args(["--client-header-timeout", "60s"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("sh");
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref().take(50) {
+            let line = line.unwrap_or_default();
+            if let Some(addr) = line.split_whitespace().find_map(|w| w.strip_prefix("data=")) {
+                let data = addr.parse().unwrap();
+                std::thread::spawn(move || lines.for_each(drop));
+                return FdLimited { data, child };
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("fresco under ulimit -n {nofile} did not start");
+    }
+}
+
+impl Drop for FdLimited {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Issue 9 item 6 as reported: with the open-file limit reached by silent
+/// connections, new clients must still be served (the cap stays below the
+/// limit, and running out closes idle connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_connections_cannot_exhaust_file_descriptors() {
+    let origin = Origin::start().await;
+    origin.route("/probe", Reply::ok("alive").header("cache-control", "no-store"));
+    let fresco = FdLimited::start(128, &origin.url());
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        if let Ok(Ok(s)) = tokio::time::timeout(Duration::from_secs(2), TcpStream::connect(fresco.data)).await {
+            silent.push(s);
+        }
+    }
+    let url = format!("http://{}/probe", fresco.data);
+    for i in 0..10 {
+        let got = get(&url).await;
+        assert_eq!((got.status, got.text().as_str()), (200, "alive"), "probe {i} with 300 silent connections");
+    }
+}
