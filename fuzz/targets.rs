@@ -12,8 +12,11 @@ use fresco::key::KeyPolicy;
 use fresco::policy::{age, cache_control, conditional, range, tags, vary};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+/// A target: any bytes in, a panic if something that must hold does not.
+pub type Target = fn(&[u8]);
+
 /// Every target by name, as the regression directories are named.
-pub const TARGETS: [(&str, fn(&[u8])); 9] = [
+pub const TARGETS: [(&str, Target); 9] = [
     ("cache_control", cache_control),
     ("targeted_fields", targeted_fields),
     ("vary", vary_fields),
