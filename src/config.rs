@@ -681,6 +681,25 @@ mod tests {
     }
 
     #[test]
+    fn limits_have_defaults_and_bad_ones_are_named() {
+        let c = Config::from_raw(raw("http://o:1")).unwrap();
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!((c.limits.max_connections, c.limits.max_headers, c.limits.max_url_length), (10_000, 100, 8192));
+        assert_eq!(
+            (c.upstream.idle_timeout, c.upstream.max_connections, c.upstream.queue),
+            (Duration::from_secs(4), 256, 1024)
+        );
+        let err = Config::from_raw(RawConfig { max_connections: Some(0), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`max_connections`"), "{err}");
+        let err = Config::from_raw(RawConfig { max_url_length: Some("1MiB".into()), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`max_url_length`"), "{err}");
+        let err = Config::from_raw(RawConfig { hosts: Some(vec!["a@b".into()]), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`hosts`") && err.0.contains("a@b"), "{err}");
+        let c = Config::from_raw(RawConfig { hosts: Some(vec!["Shop.Example".into()]), ..raw("http://o:1") }).unwrap();
+        assert_eq!(c.hosts, vec!["shop.example".to_string()]);
+    }
+
+    #[test]
     fn token_secrets_must_be_hard_to_guess_or_given_as_a_hash() {
         let cfg = |table: &str| {
             Config::from_raw(toml::from_str(&format!("origin = \"http://o:1\"\n[[token]]\n{table}")).unwrap())
