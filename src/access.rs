@@ -80,7 +80,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Why a secret is too easy to guess, if it is: shorter than 16
 /// characters, under about 64 bits by its own character frequencies, or
-/// mostly repeated or consecutive characters (`aaaa...`, `abcd...`, `1234...`).
+/// more than two thirds repeated or consecutive characters (`aaaa...`,
+/// `abcd...`, `1234...`).
 pub fn weak_secret(secret: &str) -> Option<String> {
     let chars: Vec<char> = secret.chars().collect();
     let n = chars.len();
@@ -104,7 +105,7 @@ pub fn weak_secret(secret: &str) -> Option<String> {
     }
     let patterned =
         chars.windows(2).filter(|w| (i64::from(u32::from(w[1])) - i64::from(u32::from(w[0]))).abs() <= 1).count();
-    if patterned * 2 > n - 1 {
+    if patterned * 3 > (n - 1) * 2 {
         return Some("is mostly repeated or consecutive characters".into());
     }
     None
@@ -325,7 +326,12 @@ mod tests {
         {
             assert!(weak_secret(weak).is_some(), "{weak} passed");
         }
-        for strong in ["9f8e2c41b07d5a36e1c9d402fb7a8e53", "cms-secret-0123456789", "Zq3-vT9_pL2xW8mK4nR7"] {
+        for strong in [
+            "9f8e2c41b07d5a36e1c9d402fb7a8e53",
+            "cms-secret-0123456789",
+            "Zq3-vT9_pL2xW8mK4nR7",
+            "cli-token-0123456789abcdef",
+        ] {
             assert_eq!(weak_secret(strong), None, "{strong}");
         }
     }
