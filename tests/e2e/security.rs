@@ -178,6 +178,18 @@ async fn silent_connections_past_the_cap_do_not_lock_out_clients() {
     assert!(closed_within(&mut last, Duration::from_secs(20)).await, "a silent connection stays open");
 }
 
+/// The header deadline holds for HTTP/2 too: a client that sends the
+/// connection preface and then no request is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_without_a_request_is_closed() {
+    let origin = Origin::start().await;
+    let fresco = Fresco::start(&origin.url(), &["--client-header-timeout", "2s"]);
+    let mut s = TcpStream::connect(fresco.data).await.unwrap();
+    // The preface and an empty SETTINGS frame (RFC 9113 §3.4), then silence.
+    s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.unwrap();
+    assert!(closed_within(&mut s, Duration::from_secs(20)).await, "an idle HTTP/2 connection stays open");
+}
+
 /// Slowloris: a client trickling header lines is closed at the header
 /// deadline however steadily it trickles; other clients keep being served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
