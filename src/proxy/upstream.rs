@@ -89,11 +89,20 @@ pub struct UpstreamSettings {
 const PARENT_DOWN_FOR: Duration = Duration::from_secs(5);
 
 /// The connections one upstream may use at once, and the bounded queue of
-/// requests waiting for one.
+/// requests waiting for one. Requests with a body may hold at most half of
+/// them: a client that uploads slowly keeps its connection busy for as
+/// long as it likes, and must not be able to starve the misses.
 struct Slots {
     free: Arc<Semaphore>,
+    with_body: Arc<Semaphore>,
     waiting: AtomicUsize,
     queue: usize,
+}
+
+/// What a request holds while it uses an upstream connection.
+struct Slot {
+    _connection: OwnedSemaphorePermit,
+    _body_share: Option<OwnedSemaphorePermit>,
 }
 
 /// Counts a request as queued until dropped (also when its wait is
@@ -110,13 +119,27 @@ impl Slots {
     fn new(settings: &UpstreamSettings) -> Slots {
         Slots {
             free: Arc::new(Semaphore::new(settings.max_connections)),
+            with_body: Arc::new(Semaphore::new(settings.max_connections.div_ceil(2))),
             waiting: AtomicUsize::new(0),
             queue: settings.queue,
         }
     }
 
-    async fn acquire(&self, deadline: tokio::time::Instant) -> Result<OwnedSemaphorePermit, UpstreamError> {
-        if let Ok(permit) = self.free.clone().try_acquire_owned() {
+    async fn acquire(&self, deadline: tokio::time::Instant, has_body: bool) -> Result<Slot, UpstreamError> {
+        let body_share = match has_body {
+            true => Some(self.wait_for(&self.with_body, deadline).await?),
+            false => None,
+        };
+        let connection = self.wait_for(&self.free, deadline).await?;
+        Ok(Slot { _connection: connection, _body_share: body_share })
+    }
+
+    async fn wait_for(
+        &self,
+        semaphore: &Arc<Semaphore>,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, UpstreamError> {
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(permit);
         }
         if self.waiting.fetch_add(1, Ordering::AcqRel) >= self.queue {
@@ -124,7 +147,7 @@ impl Slots {
             return Err(UpstreamError::QueueFull);
         }
         let _queued = Queued(&self.waiting);
-        match tokio::time::timeout_at(deadline, self.free.clone().acquire_owned()).await {
+        match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(permit),
             // The semaphore is never closed.
             Ok(Err(_)) => Err(UpstreamError::QueueFull),
@@ -143,7 +166,7 @@ struct Parent {
 /// the body ends (or is dropped), because the connection is busy until then.
 pub struct ResponseBody {
     inner: Incoming,
-    slot: Option<OwnedSemaphorePermit>,
+    slot: Option<Slot>,
 }
 
 impl Body for ResponseBody {
@@ -277,7 +300,7 @@ impl Upstream {
         slots: &Slots,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let deadline = tokio::time::Instant::now() + self.first_byte_timeout;
-        let slot = slots.acquire(deadline).await?;
+        let slot = slots.acquire(deadline, !req.body().is_end_stream()).await?;
         let replay = replayable(&req);
         let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => return Err(UpstreamError::Timeout),

@@ -141,6 +141,39 @@ async fn misses_to_a_hanging_origin_are_capped_and_the_overflow_gets_503() {
     assert_eq!(get(&fresco.url("/fast")).await.status, 200);
 }
 
+/// Slow uploads hold their upstream connection as long as the client
+/// trickles; they may take at most half of the upstream's connections, so
+/// misses are still fetched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_cannot_take_every_upstream_connection() {
+    let origin = Origin::start().await;
+    origin.route("/upload", Reply::ok("stored").header("cache-control", "no-store"));
+    origin.route("/page", Reply::ok("page").header("cache-control", "max-age=60"));
+    let fresco = Fresco::start(
+        &origin.url(),
+        &["--upstream-max-connections", "4", "--upstream-queue", "0", "--client-header-timeout", "30s"],
+    );
+    let mut uploads = Vec::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(fresco.data).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nfirst bytes").await.unwrap();
+        uploads.push(s);
+    }
+    // Two uploads hold half the connections; the other two were refused.
+    let mut refused = 0;
+    for s in &mut uploads[2..] {
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+            refused += usize::from(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 503"));
+        }
+    }
+    assert!(refused >= 1, "uploads past half of the upstream connections are refused");
+    for i in 0..3 {
+        let got = get(&fresco.url(&format!("/page?{i}"))).await;
+        assert_eq!((got.status, got.text().as_str()), (200, "page"), "miss {i} while uploads trickle");
+    }
+}
+
 /// Reads until EOF or an error; true if the peer closed within `bound`.
 async fn closed_within(stream: &mut TcpStream, bound: Duration) -> bool {
     let mut buf = [0u8; 4096];
