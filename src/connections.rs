@@ -12,8 +12,9 @@
 //!   descriptors does the same (and the cap is lowered at start to leave
 //!   descriptors for upstream connections), and accept errors back off and
 //!   are logged at most once a second.
-//! - Request targets longer than `max_url_length` get 414 and bodies declared
-//!   larger than `max_request_body` get 413, before the proxy sees them;
+//! - Request targets longer than `max_url_length` get 414, bodies declared
+//!   larger than `max_request_body` 413, and with `hosts` set other hosts
+//!   421, before the proxy sees them;
 //!   heads over `max_header_size` or with more than `max_headers` fields get
 //!   431 from hyper.
 
@@ -319,8 +320,11 @@ fn refuse(node: &str, code: StatusCode, detail: &'static str, message: &str) -> 
 }
 
 /// 414 / 413 for a request over the URL or body limits (RFC 9110 §15.5.15,
-/// §15.5.14); None when it may go on.
-fn over_limits(req: &Request<Incoming>, limits: &ClientLimits, node: &str) -> Option<Response<UpstreamBody>> {
+/// §15.5.14), 421 for a host this node does not serve (§15.5.20: with
+/// `hosts` set, every key's host is one of them, so URL invalidations can
+/// reach every object); None when it may go on.
+fn refusal(req: &Request<Incoming>, limits: &ClientLimits, proxy: &Proxy) -> Option<Response<UpstreamBody>> {
+    let node = proxy.settings.node_name.as_str();
     let target_len = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if target_len > limits.max_url_length {
         let msg = format!("request target is {target_len} bytes; at most {} are accepted", limits.max_url_length);
@@ -335,6 +339,21 @@ fn over_limits(req: &Request<Incoming>, limits: &ClientLimits, node: &str) -> Op
     if declared > limits.max_request_body {
         let msg = format!("request body is {declared} bytes; at most {} are accepted", limits.max_request_body);
         return Some(refuse(node, StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", &msg));
+    }
+    let served = &proxy.service.served;
+    if !served.hosts.is_empty() {
+        // The target's authority wins over Host (RFC 9112 §3.2.2).
+        let host = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()));
+        if let Some(host) = host
+            && !served.serves_host(host)
+        {
+            let msg = format!("this node serves {}", served.hosts.join(", "));
+            return Some(refuse(node, StatusCode::MISDIRECTED_REQUEST, "unknown-host", &msg));
+        }
     }
     None
 }
@@ -451,7 +470,7 @@ pub(crate) async fn serve(
             move |req: Request<Incoming>| {
                 let request = InProgress::begin(&registry, &conn);
                 let proxy = proxy.clone();
-                let refusal = over_limits(&req, &limits, &proxy.settings.node_name);
+                let refusal = refusal(&req, &limits, &proxy);
                 async move {
                     let resp = match refusal {
                         Some(resp) => resp,

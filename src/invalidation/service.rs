@@ -214,6 +214,14 @@ pub struct Served {
 }
 
 impl Served {
+    /// Is `host` (a `Host` value or an authority) one of `hosts`? Case and
+    /// the scheme's default port do not matter. True when `hosts` is empty.
+    pub fn serves_host(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let bare = strip_default_port(&host, self.scheme);
+        self.hosts.is_empty() || self.hosts.iter().any(|h| strip_default_port(h, self.scheme) == bare)
+    }
+
     /// Why `url` (a normalised URL or prefix selector) can match nothing here.
     pub fn refuse(&self, url: &str) -> Option<String> {
         let (scheme, _) = url.split_once("://")?;
@@ -232,7 +240,7 @@ impl Served {
         }
         let bare = strip_default_port(host, scheme);
         if !self.hosts.is_empty() {
-            if !self.hosts.iter().any(|h| strip_default_port(h, scheme) == bare) {
+            if !self.serves_host(bare) {
                 return Some(format!(
                     "{url} can match nothing: this node serves {} (`hosts`), keyed as {}://{example}/PATH",
                     self.hosts.join(", "),
@@ -411,6 +419,8 @@ mod tests {
             Served { scheme: "https", hosts: vec!["shop.test".into(), "www.shop.test".into()], origin: "o:1".into() };
         assert_eq!(listed.refuse("https://www.shop.test/a"), None);
         assert_eq!(listed.refuse("https://shop.test"), None);
+        assert!(listed.serves_host("Shop.Test:443") && listed.serves_host("www.shop.test"));
+        assert!(!listed.serves_host("shop.test:8443") && !listed.serves_host("evil.test"));
         let why = listed.refuse("https://other.test/a").unwrap();
         assert!(why.contains("shop.test, www.shop.test") && why.contains("https://shop.test/PATH"), "{why}");
     }

@@ -500,6 +500,11 @@ async fn url_purges_that_can_match_nothing_are_refused() {
     let got = send("GET", &listed.url("/a"), &[("host", "shop.test")]).await;
     assert_eq!(got.status, 200);
     assert!(send("GET", &listed.url("/a"), &[("host", "shop.test")]).await.is_hit());
+    // RFC 9110 §15.5.20: other hosts are refused, so every key names a listed host.
+    let elsewhere = send("GET", &listed.url("/a"), &[("host", "elsewhere.test")]).await;
+    assert_eq!(elsewhere.status, 421, "{}", elsewhere.text());
+    assert!(elsewhere.text().contains("shop.test, www.shop.test"), "{}", elsewhere.text());
+    assert_eq!(origin.hits("/a"), 1, "a misdirected request never reaches the origin");
     let other = json!({"prefixes": ["http://elsewhere.test/a"]});
     let got = invalidate(&listed, None, "/api/v1/invalidations", other).await;
     assert_eq!(got.status, 400, "{}", got.text());
