@@ -123,6 +123,7 @@ impl Registry {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.conns.lock().unwrap_or_else(|e| e.into_inner()).insert(id, conn.clone());
         self.open.fetch_add(1, Ordering::AcqRel);
+        ::metrics::gauge!("fresco_client_connections").increment(1.0);
         Registered { registry: self.clone(), id, conn }
     }
 
@@ -155,6 +156,7 @@ impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.conns.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.id);
         self.registry.open.fetch_sub(1, Ordering::AcqRel);
+        ::metrics::gauge!("fresco_client_connections").decrement(1.0);
     }
 }
 

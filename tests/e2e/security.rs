@@ -11,7 +11,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Fresco, Got, Origin, Reply, free_port, get, send, send_body, temp_dir};
+use crate::harness::{Fresco, Got, Origin, Reply, free_port, get, metric, send, send_body, temp_dir};
 
 /// A real nginx on loopback, stopped when dropped.
 struct Nginx {
@@ -205,6 +205,10 @@ async fn silent_connections_past_the_cap_do_not_lock_out_clients() {
         let got = get(&fresco.url("/probe")).await;
         assert_eq!((got.status, got.text().as_str()), (200, "alive"), "probe {i} among silent connections");
     }
+    let open = metric(&fresco, "fresco_client_connections").await;
+    assert!(open <= 51.0, "{open} connections open with a cap of 50");
+    let evicted = metric(&fresco, "fresco_client_connections_closed_total{reason=\"evicted\"}").await;
+    assert!(evicted >= 100.0, "silent connections past the cap were closed: {evicted}");
     // The last silent one (never evicted: newer than the probes' room) is
     // closed by the header deadline, not left open.
     let mut last = silent.pop().unwrap();
