@@ -61,6 +61,8 @@ enum Closed {
     /// Closed to make room for a new connection.
     Evicted,
     TlsHandshake,
+    /// Refused at accept: at the cap with no idle connection to close.
+    OverCapacity,
 }
 
 impl Closed {
@@ -70,12 +72,13 @@ impl Closed {
             Closed::Idle => "idle",
             Closed::Evicted => "evicted",
             Closed::TlsHandshake => "tls-handshake",
+            Closed::OverCapacity => "over-capacity",
         }
     }
 }
 
-fn closed(reason: &'static str) {
-    ::metrics::counter!("fresco_client_connections_closed_total", "reason" => reason).increment(1);
+fn closed(reason: Closed) {
+    ::metrics::counter!("fresco_client_connections_closed_total", "reason" => reason.as_str()).increment(1);
 }
 
 /// What the watchdog and the connection cap know about one connection.
@@ -459,7 +462,7 @@ pub(crate) async fn serve(
         errors.backoff = Duration::from_millis(5);
         if registry.open.load(Ordering::Acquire) >= max_connections && !registry.evict_oldest_idle() {
             // Every connection is busy: refuse this one at once.
-            closed("over-capacity");
+            closed(Closed::OverCapacity);
             drop(stream);
             continue;
         }
@@ -499,7 +502,7 @@ pub(crate) async fn serve(
                             Ok(())
                         }
                         Err(_) => {
-                            closed(Closed::TlsHandshake.as_str());
+                            closed(Closed::TlsHandshake);
                             Ok(())
                         }
                     },
@@ -513,7 +516,7 @@ pub(crate) async fn serve(
                 }
                 why = watchdog(&registry, &conn, &limits) => {
                     tracing::debug!(%addr, reason = why.as_str(), "closing client connection");
-                    closed(why.as_str());
+                    closed(why);
                 }
             }
         });
