@@ -358,7 +358,7 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
 }
 
 /// A pass-through body that fails once the total timeout passes.
-fn with_deadline(body: Incoming, deadline: tokio::time::Instant) -> UpstreamBody {
+fn with_deadline(body: super::upstream::ResponseBody, deadline: tokio::time::Instant) -> UpstreamBody {
     let stream = futures_util::stream::unfold(Some(body), move |state| async move {
         let mut body = state?;
         match tokio::time::timeout_at(deadline, body.frame()).await {

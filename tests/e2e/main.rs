@@ -9,6 +9,7 @@ mod invalidation;
 mod log_durability;
 mod poisoning;
 mod proxying;
+mod security;
 mod stampede;
 mod store;
 mod trust;
