@@ -476,10 +476,16 @@ pub(crate) async fn serve(
                 let request = InProgress::begin(&registry, &conn);
                 let proxy = proxy.clone();
                 let refusal = refusal(&req, &limits, &proxy);
+                let max = usize::try_from(limits.max_request_body).unwrap_or(usize::MAX);
                 async move {
                     let resp = match refusal {
                         Some(resp) => resp,
-                        None => proxy.handle(req, client).await,
+                        // Bodies without a declared length are bounded as
+                        // they arrive (a declared one was checked above).
+                        None => {
+                            let req = req.map(|b| http_body_util::BodyExt::boxed(http_body_util::Limited::new(b, max)));
+                            proxy.handle(req, client).await
+                        }
                     };
                     Ok::<_, Infallible>(resp.map(|inner| Tracked { inner, _request: request }))
                 }
