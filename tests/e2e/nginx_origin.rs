@@ -225,6 +225,7 @@ async fn rfc9113_8_1_get_with_a_body_never_desynchronises_nginx_over_http2() {
             (200, format!("uri={path} host={}\n", fresco.data)),
             "try {i}: the next client got another request's response"
         );
+        victim(&fresco, "/echo/shared", i).await;
     }
     nginx.assert_reused_and_clean();
 }
