@@ -13,8 +13,11 @@ use std::time::{Duration, SystemTime};
 use fresco::policy::{age, cache_control, conditional, headers, range, request, response, tags, vary};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 
+/// A target's body: raw bytes in, a panic when something is wrong.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz_targets/` file and corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("cache_control", cache_control),
     ("targeted_fields", targeted_fields),
     ("vary", vary),
