@@ -47,7 +47,7 @@ async fn a_purge_during_a_fetch_is_not_undone_by_the_fetch() {
         Reply::ok("before")
             .header("cache-control", "max-age=600")
             .header("surrogate-key", "p1")
-            .delay(Duration::from_millis(800)),
+            .delay(Duration::from_secs(2)),
     );
     let fresco = Fresco::start(&origin.url(), &[]);
     let url = site(&fresco, "/race");
@@ -55,8 +55,9 @@ async fn a_purge_during_a_fetch_is_not_undone_by_the_fetch() {
         let u = url.clone();
         async move { get(&u).await }
     });
-    // The origin holds its answer for 800 ms once it has the request: purge
-    // in that window, while the fetch is in flight.
+    // The origin holds its answer for 2 s once it has the request: purge in
+    // that window, while the fetch is in flight (checked below, so a slow
+    // purge fails the test instead of testing nothing).
     eventually("the fetch reaches the origin", Duration::from_secs(10), async || origin.hits("/race") == 1).await;
     purge(&fresco, json!({"tags": ["p1"], "reason": "price change"})).await;
     assert!(!inflight.is_finished(), "the purge was acknowledged while the fetch was in flight");
