@@ -121,9 +121,14 @@ impl KeyPolicy {
         let mut url = normalise_origin(scheme, authority);
         url.push_str(&normalise_path(path));
         if let Some(query) = query {
-            let mut params: Vec<&str> = query
+            // Each parameter is normalised before it is compared or sorted,
+            // so that escaping a name (`utm%5Fsource`) neither dodges
+            // `ignore_query_params` nor changes the order: the key of a
+            // key is the key.
+            let mut params: Vec<String> = query
                 .split('&')
                 .filter(|p| !p.is_empty())
+                .map(normalise_percent)
                 .filter(|p| {
                     let name = p.split('=').next().unwrap_or_default();
                     !self.ignore_query_params.iter().any(|i| i == name)
@@ -134,7 +139,7 @@ impl KeyPolicy {
             }
             if !params.is_empty() || self.ignore_query_params.is_empty() {
                 url.push('?');
-                url.push_str(&normalise_percent(&params.join("&")));
+                url.push_str(&params.join("&"));
             }
         }
         let mut key = url.clone();
@@ -202,15 +207,22 @@ pub fn normalise_path(path: &str) -> String {
 }
 
 /// Uppercases percent-encoding hex digits and decodes unreserved characters
-/// (RFC 3986 §6.2.2.1–6.2.2.2).
+/// (RFC 3986 §6.2.2.1–6.2.2.2). A `%` that starts no escape (RFC 3986
+/// §2.1) is itself encoded as `%25`, so that it can never join the
+/// characters after it into an escape on a later normalisation.
 pub fn normalise_percent(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out: Vec<u8> = Vec::with_capacity(bytes.len());
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let (h, l) = (bytes[i + 1], bytes[i + 2]);
-            if let (Some(h), Some(l)) = ((h as char).to_digit(16), (l as char).to_digit(16)) {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match (hex(bytes.get(i + 1)), hex(bytes.get(i + 2))) {
+            (Some(h), Some(l)) => {
                 let v = (h * 16 + l) as u8;
                 if v.is_ascii_alphanumeric() || b"-._~".contains(&v) {
                     out.push(v);
@@ -220,11 +232,12 @@ pub fn normalise_percent(s: &str) -> String {
                     out.push(bytes[i + 2].to_ascii_uppercase());
                 }
                 i += 3;
-                continue;
+            }
+            _ => {
+                out.extend_from_slice(b"%25");
+                i += 1;
             }
         }
-        out.push(bytes[i]);
-        i += 1;
     }
     String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
@@ -323,9 +336,11 @@ mod tests {
     }
 
     #[test]
-    fn truncated_percent_escape_is_kept_verbatim() {
-        assert_eq!(normalise_percent("/a%2"), "/a%2");
-        assert_eq!(normalise_percent("/a%"), "/a%");
-        assert_eq!(normalise_percent("/a%zz"), "/a%zz");
+    fn rfc3986_2_1_a_percent_that_starts_no_escape_is_encoded() {
+        assert_eq!(normalise_percent("/a%2"), "/a%252");
+        assert_eq!(normalise_percent("/a%"), "/a%25");
+        assert_eq!(normalise_percent("/a%zz"), "/a%25zz");
+        assert_eq!(normalise_percent("/%4%41"), "/%254A");
+        assert_eq!(normalise_percent(&normalise_percent("/%4%41")), "/%254A", "idempotent");
     }
 }

@@ -19,8 +19,26 @@ pub fn install() -> PrometheusHandle {
     let handle = recorder.handle();
     // A second install (tests in one process) keeps the first recorder.
     let _ = metrics::set_global_recorder(recorder);
+    // Counters without labels are exported from the start, at 0, so that a
+    // dashboard or alert can tell "none yet" from "not reported".
+    for name in UNLABELLED_COUNTERS {
+        metrics::counter!(name).increment(0);
+    }
     handle
 }
+
+const UNLABELLED_COUNTERS: [&str; 10] = [
+    "fresco_accept_errors_total",
+    "fresco_background_revalidations_total",
+    "fresco_invalidation_retention_gaps_total",
+    "fresco_invalidation_unreadable_total",
+    "fresco_invalidations_accepted_total",
+    "fresco_invalidations_applied_total",
+    "fresco_sweeper_objects_freed_total",
+    "fresco_sweeper_records_dropped_total",
+    "fresco_sweeper_walks_total",
+    "fresco_unsafe_method_invalidations_total",
+];
 
 /// A response's class for the request metrics, left by the proxy in the
 /// response's extensions ([`crate::policy::cache_status::CacheStatus::class`]).

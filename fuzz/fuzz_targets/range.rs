@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fresco_fuzz::byte_range(data));
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fresco_fuzz::range(data));

@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| fresco_fuzz::vary_fields(data));
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| fresco_fuzz::vary(data));

@@ -426,10 +426,83 @@ pub async fn get(url: &str) -> Got {
     send("GET", url, &[]).await
 }
 
-/// The value of a Prometheus sample line (name with labels) or 0.
+/// The value of a Prometheus sample, named exactly as exported (name and
+/// labels, e.g. `fresco_requests_total{cache="hit"}`). Panics naming the
+/// sample when the node does not export it, so that a misspelt name or a
+/// metric that disappeared fails the test instead of reading as 0.
 pub async fn metric(fresco: &Fresco, sample: &str) -> f64 {
     let text = get(&fresco.admin_url("/metrics")).await.text();
-    text.lines().find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.trim().parse::<f64>().ok())).unwrap_or(0.0)
+    sample_value(&text, sample).unwrap_or_else(|| {
+        let family = sample.split('{').next().unwrap_or(sample);
+        let related: Vec<&str> = text.lines().filter(|l| l.starts_with(family)).collect();
+        panic!("metric sample `{sample}` is not exported; samples of `{family}`: {related:?}")
+    })
+}
+
+/// The sum of every sample of a labelled counter family (`name{...}`), for
+/// "how many in all, whatever the label". A family nobody incremented yet is
+/// not exported at all (the exporter shows a labelled counter once it
+/// exists), so here absence really means 0, unlike in [`metric`].
+pub async fn metric_sum(fresco: &Fresco, family: &str) -> f64 {
+    let text = get(&fresco.admin_url("/metrics")).await.text();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter(|(name, _)| name.strip_prefix(family).is_some_and(|rest| rest.is_empty() || rest.starts_with('{')))
+        .map(|(name, v)| v.trim().parse::<f64>().unwrap_or_else(|_| panic!("{name}: bad value {v:?}")))
+        .sum()
+}
+
+/// The value on the line whose sample name (with labels) is exactly `sample`.
+fn sample_value(text: &str, sample: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name.trim() == sample).then(|| value.trim().parse::<f64>().ok()).flatten()
+    })
+}
+
+/// Polls `check` every 50 ms until it holds; panics naming `what` if it does
+/// not within `limit`. For conditions that arrive asynchronously (a fetch
+/// reaching the origin, a background task finishing): waiting for the
+/// condition itself keeps a loaded machine from turning into a flaky test.
+pub async fn eventually<F: AsyncFn() -> bool>(what: &str, limit: Duration, check: F) {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the node itself holds the object at `path` as stale (RFC 9111
+/// §4.2), for tests whose subject is expiry. It asks with `Cache-Control:
+/// only-if-cached` (§5.2.1.7), which never contacts the origin and never
+/// triggers a revalidation: a fresh object answers 200, a stale one 504 with
+/// `fwd=stale`. The bound is the object's own remaining lifetime (the `ttl`
+/// of its Cache-Status when it was stored) plus slack for a loaded machine.
+pub async fn wait_until_stale(fresco: &Fresco, path: &str, stored: &Got) {
+    let ttl: u64 = stored
+        .cache_status()
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("ttl="))
+        .and_then(|t| t.parse::<i64>().ok())
+        .unwrap_or_else(|| panic!("{path}: no ttl in the storing response: {}", stored.cache_status()))
+        .max(0) as u64;
+    let url = fresco.url(path);
+    eventually(&format!("{path} goes stale (ttl={ttl})"), Duration::from_secs(ttl + 10), async || {
+        let probe = send("GET", &url, &[("cache-control", "only-if-cached")]).await;
+        match probe.status {
+            200 => false,
+            504 if probe.cache_status().contains("fwd=stale") => true,
+            other => panic!(
+                "{path}: the stored object vanished while waiting for it to expire: {other} {}",
+                probe.cache_status()
+            ),
+        }
+    })
+    .await;
 }
 
 /// A free loopback port (bound, then released).

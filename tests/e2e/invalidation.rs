@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Got, Origin, Reply, get, metric, send, send_body, temp_dir};
+use crate::harness::{Fresco, Got, Origin, Reply, eventually, get, metric, send, send_body, temp_dir};
 
 async fn api(fresco: &Fresco, token: Option<&str>, body: Value) -> Got {
     let auth = token.map(|t| format!("Bearer {t}"));
@@ -47,7 +47,7 @@ async fn a_purge_during_a_fetch_is_not_undone_by_the_fetch() {
         Reply::ok("before")
             .header("cache-control", "max-age=600")
             .header("surrogate-key", "p1")
-            .delay(Duration::from_millis(800)),
+            .delay(Duration::from_secs(2)),
     );
     let fresco = Fresco::start(&origin.url(), &[]);
     let url = site(&fresco, "/race");
@@ -55,8 +55,12 @@ async fn a_purge_during_a_fetch_is_not_undone_by_the_fetch() {
         let u = url.clone();
         async move { get(&u).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The origin holds its answer for 2 s once it has the request: purge in
+    // that window, while the fetch is in flight (checked below, so a slow
+    // purge fails the test instead of testing nothing).
+    eventually("the fetch reaches the origin", Duration::from_secs(10), async || origin.hits("/race") == 1).await;
     purge(&fresco, json!({"tags": ["p1"], "reason": "price change"})).await;
+    assert!(!inflight.is_finished(), "the purge was acknowledged while the fetch was in flight");
     assert_eq!(inflight.await.unwrap().text(), "before");
     origin.route("/race", Reply::ok("after").header("cache-control", "max-age=600").header("surrogate-key", "p1"));
     let next = get(&url).await;
@@ -282,15 +286,10 @@ async fn the_sweeper_frees_purged_objects() {
     get(&fresco.url("/keep")).await;
     assert_eq!(metric(&fresco, "fresco_store_objects").await, 2.0);
     purge(&fresco, json!({"tags": ["gone"]})).await;
-    let mut objects = 2.0;
-    for _ in 0..50 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        objects = metric(&fresco, "fresco_store_objects").await;
-        if objects == 1.0 {
-            break;
-        }
-    }
-    assert_eq!(objects, 1.0, "the purged object's memory was reclaimed");
+    eventually("the sweeper frees the purged object", Duration::from_secs(10), async || {
+        metric(&fresco, "fresco_store_objects").await == 1.0
+    })
+    .await;
     assert!(get(&fresco.url("/keep")).await.is_hit());
 }
 

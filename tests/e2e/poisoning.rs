@@ -274,7 +274,7 @@ async fn client_framing_errors_are_client_errors_and_unsafe_methods_are_not_forw
     }
     assert_eq!(origin.hits("/up"), 0);
     assert_eq!(get(&fresco.url("/up")).await.text(), "ok", "the next client is served");
-    let origin_errors = crate::harness::metric(&fresco, "fresco_origin_errors_total").await;
+    let origin_errors = crate::harness::metric_sum(&fresco, "fresco_origin_errors_total").await;
     assert_eq!(origin_errors, 0.0);
 }
 

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Fresco, Origin, Reply, get, metric, send};
+use crate::harness::{Fresco, Origin, Reply, eventually, get, metric, send};
 
 #[tokio::test]
 async fn rfc9110_7_6_1_hop_by_hop_removed_and_forwarding_headers_added() {
@@ -211,7 +211,9 @@ async fn sigterm_drains_requests_in_flight_then_exits() {
     let fresco = Fresco::start(&origin.url(), &[]);
     let url = fresco.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM once the request is in flight: the origin has it and holds the
+    // answer for 800 ms.
+    eventually("the request reaches the origin", Duration::from_secs(10), async || origin.hits("/slow") == 1).await;
     let status = fresco.terminate().await;
     assert!(status.success(), "clean exit: {status}");
     let r = in_flight.await.unwrap();

@@ -522,29 +522,6 @@ async fn url_purges_that_can_match_nothing_are_refused() {
     assert!(!send("GET", &listed.url("/a"), &[("host", "shop.test")]).await.is_hit(), "the accepted purge matched");
 }
 
-#[path = "../../fuzz/targets.rs"]
-mod fuzz_targets;
-
-/// Every input kept in fuzz/regressions/TARGET/ (seeds, and crashes
-/// `scripts/fuzz.sh` found) runs through its target on every CI run.
-#[test]
-fn fuzz_regression_inputs_replay_cleanly() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/regressions");
-    let mut replayed = 0;
-    for (name, target) in fuzz_targets::TARGETS {
-        let dir = root.join(name);
-        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
-        for entry in entries {
-            let path = entry.unwrap().path();
-            let data = std::fs::read(&path).unwrap();
-            let outcome = std::panic::catch_unwind(|| target(&data));
-            assert!(outcome.is_ok(), "fuzz target {name} fails on {}", path.display());
-            replayed += 1;
-        }
-    }
-    assert!(replayed >= fuzz_targets::TARGETS.len(), "every target has inputs to replay");
-}
-
 /// `fresco serve` started by a shell that first lowers the open-file limit.
 struct FdLimited {
     data: std::net::SocketAddr,
