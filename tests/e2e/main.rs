@@ -6,5 +6,6 @@ mod harness;
 mod cluster;
 mod http_caching;
 mod invalidation;
+mod model;
 mod proxying;
 mod stampede;

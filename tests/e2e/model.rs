@@ -1,0 +1,852 @@
+//! The randomized model test (issue 8): seeded random histories of client
+//! requests, origin changes, invalidations and restarts, run against real
+//! `fresco` processes in front of a real origin on loopback (and, for the
+//! cluster, on a real NATS JetStream), with every response checked against
+//! the oracle's invariants.
+//!
+//! proptest-state-machine generates the histories and shrinks a failing one
+//! to the shortest it can find. Process start-up dominates, so the nodes
+//! live for the whole test and each case gets a fresh key space (its own
+//! path prefix, tags and groups); restarts are operations.
+//!
+//! `FRESCO_MODEL_CASES` (cases per test), `FRESCO_MODEL_SEED` (replay a
+//! run), `FRESCO_MODEL_STEPS` (longest history) and
+//! `FRESCO_MODEL_SHRINK_SECS` (time spent shrinking a failure) tune it;
+//! `scripts/soak.sh` runs many more cases.
+
+mod oracle;
+mod origin;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request};
+use http_body_util::{BodyExt, Full};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
+use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
+use serde_json::{Value, json};
+
+use crate::harness::{Fresco, Got, Nats, client, temp_dir};
+use oracle::{Asked, Invalidation, Oracle, Selects, Violation};
+use origin::{Cc, Cookie, ModelOrigin, Shape};
+
+/// The host every request names; keys and URL selectors use it, so that
+/// every node of a cluster keys a path alike.
+const HOST: &str = "model.test";
+const TOKEN: &str = "model-token-0123456789abcdef";
+const PATHS: usize = 3;
+const CLIENTS: usize = 3;
+const GROUPS: usize = 2;
+/// During a burst the origin answers that slowly, and the burst's
+/// requests start this far apart.
+const BURST_ORIGIN_DELAY: Duration = Duration::from_millis(300);
+const BURST_STAGGER: Duration = Duration::from_millis(30);
+/// Bound on waiting for an acknowledged invalidation to reach every node.
+const APPLY_BOUND: Duration = Duration::from_secs(15);
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+// ---------------------------------------------------------------------------
+// Operations and the reference state machine that generates them.
+
+/// What a GET asks of the cache.
+#[derive(Debug, Clone, Copy)]
+enum ReqCc {
+    Plain,
+    MaxStale,
+    NoCache,
+}
+
+#[derive(Debug, Clone)]
+struct Get {
+    node: usize,
+    client: usize,
+    path: usize,
+    auth: bool,
+    cookie: bool,
+    /// Send the ETag this client last received for the path.
+    conditional: bool,
+    /// `bytes=start-(start+len-1)`
+    range: Option<(u8, u8)>,
+    cc: ReqCc,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Path(usize),
+    Prefix(usize),
+    Tag(usize),
+    Group(usize),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Via {
+    Api,
+    /// The `PURGE` method (URL targets; others go through the API).
+    PurgeMethod,
+    /// The standard event API.
+    Events,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Get(Get),
+    Head {
+        node: usize,
+        client: usize,
+        path: usize,
+        auth: bool,
+    },
+    /// Concurrent GETs of one path by several clients (coalescing).
+    Burst {
+        node: usize,
+        path: usize,
+        who: Vec<(usize, bool)>,
+    },
+    /// The origin answers the path differently from now on.
+    Shape {
+        path: usize,
+        shape: Shape,
+    },
+    /// The origin's content for the path changes.
+    Bump {
+        path: usize,
+    },
+    Purge {
+        node: usize,
+        target: Target,
+        soft: bool,
+        via: Via,
+    },
+    /// A POST (RFC 9111 §4.4), with the origin answering
+    /// `Cache-Group-Invalidation` for a group when set.
+    Post {
+        node: usize,
+        client: usize,
+        path: usize,
+        group: Option<usize>,
+    },
+    Restart {
+        node: usize,
+        kill: bool,
+    },
+    BusDown,
+    BusUp,
+}
+
+#[derive(Debug, Clone)]
+struct RefState {
+    bus_up: bool,
+}
+
+/// The reference machine for `N` nodes (a bus when `N > 1`).
+struct Model<const N: usize>;
+
+fn shape() -> impl Strategy<Value = Shape> {
+    let cookie = prop_oneof![6 => Just(Cookie::Never), 1 => Just(Cookie::On200), 1 => Just(Cookie::On304), 1 => Just(Cookie::Always)];
+    (
+        proptest::sample::select(Cc::ALL.to_vec()),
+        proptest::bool::weighted(0.8),
+        proptest::bool::weighted(0.5),
+        cookie,
+        proptest::bool::weighted(0.2),
+    )
+        .prop_map(|(cc, etag, last_modified, cookie, stale_if_error)| Shape {
+            cc,
+            etag,
+            last_modified,
+            cookie,
+            stale_if_error,
+        })
+}
+
+impl<const N: usize> ReferenceStateMachine for Model<N> {
+    type State = RefState;
+    type Transition = Op;
+
+    fn init_state() -> BoxedStrategy<RefState> {
+        Just(RefState { bus_up: true }).boxed()
+    }
+
+    fn transitions(state: &RefState) -> BoxedStrategy<Op> {
+        let node = 0..N;
+        let get = (
+            node.clone(),
+            0..CLIENTS,
+            0..PATHS,
+            proptest::bool::weighted(0.2),
+            proptest::bool::weighted(0.2),
+            proptest::bool::weighted(0.3),
+            proptest::option::weighted(0.15, (0u8..80, 1u8..40)),
+            prop_oneof![6 => Just(ReqCc::Plain), 1 => Just(ReqCc::MaxStale), 1 => Just(ReqCc::NoCache)],
+        )
+            .prop_map(|(node, client, path, auth, cookie, conditional, range, cc)| {
+                Op::Get(Get { node, client, path, auth, cookie, conditional, range, cc })
+            });
+        let head = (node.clone(), 0..CLIENTS, 0..PATHS, proptest::bool::weighted(0.2))
+            .prop_map(|(node, client, path, auth)| Op::Head { node, client, path, auth });
+        let burst = (
+            node.clone(),
+            0..PATHS,
+            proptest::collection::vec((0..CLIENTS, proptest::bool::weighted(0.25)), 2..5),
+        )
+            .prop_map(|(node, path, who)| Op::Burst { node, path, who });
+        let target = prop_oneof![
+            (0..PATHS).prop_map(Target::Path),
+            (0..PATHS.div_ceil(2)).prop_map(Target::Prefix),
+            (0..PATHS).prop_map(Target::Tag),
+            (0..GROUPS).prop_map(Target::Group),
+        ];
+        let via = prop_oneof![3 => Just(Via::Api), 1 => Just(Via::PurgeMethod), 1 => Just(Via::Events)];
+        let purge = (node.clone(), target, any::<bool>(), via)
+            .prop_map(|(node, target, soft, via)| Op::Purge { node, target, soft, via });
+        let post = (node.clone(), 0..CLIENTS, 0..PATHS, proptest::option::weighted(0.6, 0..GROUPS))
+            .prop_map(|(node, client, path, group)| Op::Post { node, client, path, group });
+        let restart = (node, any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
+        let common = prop_oneof![
+            10 => get,
+            3 => head,
+            2 => burst,
+            4 => (0..PATHS, shape()).prop_map(|(path, shape)| Op::Shape { path, shape }),
+            2 => (0..PATHS).prop_map(|path| Op::Bump { path }),
+            4 => purge,
+            1 => post,
+            1 => restart,
+        ];
+        match (N > 1, state.bus_up) {
+            (false, _) => common.boxed(),
+            (true, true) => prop_oneof![30 => common, 1 => Just(Op::BusDown)].boxed(),
+            (true, false) => prop_oneof![10 => common, 1 => Just(Op::BusUp)].boxed(),
+        }
+    }
+
+    fn apply(mut state: RefState, op: &Op) -> RefState {
+        match op {
+            Op::BusDown => state.bus_up = false,
+            Op::BusUp => state.bus_up = true,
+            _ => {}
+        }
+        state
+    }
+
+    fn preconditions(state: &RefState, op: &Op) -> bool {
+        match op {
+            Op::BusDown => N > 1 && state.bus_up,
+            Op::BusUp => N > 1 && !state.bus_up,
+            _ => true,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The real system: an origin, N fresco nodes, NATS for a cluster.
+
+struct Node {
+    id: String,
+    dir: PathBuf,
+    fresco: Option<Fresco>,
+}
+
+struct Env {
+    origin: ModelOrigin,
+    nodes: Vec<Node>,
+    nats: Option<Nats>,
+    config: PathBuf,
+}
+
+impl Env {
+    fn start_node(&mut self, i: usize) {
+        let cfg = self.config.to_str().unwrap().to_string();
+        let mut args: Vec<String> = ["--config", &cfg, "--sweep-interval", "1s", "--node-name", "fresco"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        if let Some(nats) = &self.nats {
+            args.extend(["--bus".into(), nats.url(), "--node-id".into(), self.nodes[i].id.clone()]);
+            args.extend(["--down-after".into(), "2s".into()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = &mut self.nodes[i];
+        node.fresco = Some(Fresco::start_in(&node.dir, &self.origin.url(), &args));
+    }
+
+    fn fresco(&self, i: usize) -> &Fresco {
+        self.nodes[i].fresco.as_ref().expect("node running")
+    }
+}
+
+thread_local! {
+    static ENV: RefCell<Option<(Arc<tokio::runtime::Runtime>, Rc<RefCell<Env>>)>> = const { RefCell::new(None) };
+}
+
+/// Numbers the cases of the whole test binary, for their key spaces.
+static RUN: AtomicU64 = AtomicU64::new(0);
+
+/// One case: its key space, what the oracle knows, what clients remember.
+struct Case {
+    rt: Arc<tokio::runtime::Runtime>,
+    env: Rc<RefCell<Env>>,
+    run: u64,
+    oracle: Oracle,
+    /// The ETag each (client, path) last received.
+    etags: HashMap<(usize, usize), String>,
+    next_rid: u64,
+    /// Acknowledged invalidations with a known version: (version, reason).
+    acked: Vec<(u64, Option<String>)>,
+    steps: usize,
+}
+
+impl Case {
+    fn path(&self, i: usize) -> String {
+        format!("/m{}/d{}/p{i}", self.run, i / 2)
+    }
+
+    fn tag(&self, i: usize) -> String {
+        format!("t-m{}-p{i}", self.run)
+    }
+
+    fn group(&self, g: usize) -> String {
+        format!("g-m{}-{g}", self.run)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{HOST}{path}")
+    }
+
+    fn rid(&mut self) -> String {
+        self.next_rid += 1;
+        format!("r{}-{}", self.run, self.next_rid)
+    }
+
+    fn fail(&self, op: &Op, v: Violation, context: &str) -> ! {
+        panic!(
+            "invariant violated: {}\n  {}\n  at step {} ({op:?}) of case m{}\n  {context}",
+            v.invariant, v.detail, self.steps, self.run
+        );
+    }
+}
+
+/// Sends one request; `Err` says why there was no response.
+async fn request(method: &str, url: &str, headers: &[(String, String)], body: Bytes) -> Result<Got, String> {
+    let mut req = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let exchange = async {
+        let resp = client().request(req.body(Full::new(body)).unwrap()).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok(Got { status, headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| format!("{method} {url}: no response within 30 s"))?
+}
+
+fn describe(got: &Got) -> String {
+    let mut out = format!("response {}:", got.status);
+    for (k, v) in &got.headers {
+        out.push_str(&format!(" {k}: {};", v.to_str().unwrap_or("?")));
+    }
+    out.push_str(&format!(" body {:?}", got.text()));
+    out
+}
+
+async fn applied_version(fresco: &Fresco) -> Option<u64> {
+    let got = request("GET", &fresco.admin_url("/metrics"), &[], Bytes::new()).await.ok()?;
+    got.text().lines().find_map(|l| {
+        l.strip_prefix("fresco_invalidation_applied_version ").and_then(|v| v.trim().parse::<f64>().ok())
+    }).map(|v| v as u64)
+}
+
+impl Case {
+    fn asked(&mut self, node: usize, client: usize, path: usize, method: Method, auth: bool) -> Asked {
+        Asked {
+            node,
+            client: format!("c{client}"),
+            rid: self.rid(),
+            method,
+            path: self.path(path),
+            auth,
+            max_stale: false,
+        }
+    }
+
+    fn headers(asked: &Asked) -> Vec<(String, String)> {
+        let mut h = vec![
+            ("host".to_string(), HOST.to_string()),
+            ("x-client".into(), asked.client.clone()),
+            ("x-request-id".into(), asked.rid.clone()),
+        ];
+        if asked.auth {
+            h.push(("authorization".into(), format!("Bearer user-{}", asked.client)));
+        }
+        h
+    }
+
+    /// Sends a data request and checks the response.
+    async fn exchange(&self, op: &Op, asked: &Asked, headers: &[(String, String)]) -> Got {
+        let env = self.env.borrow();
+        let url = env.fresco(asked.node).url(&asked.path);
+        let method = asked.method.as_str();
+        let got = match request(method, &url, headers, Bytes::new()).await {
+            Ok(g) => g,
+            Err(e) => self.fail(
+                op,
+                Violation { invariant: "every request to a live node gets a response", detail: e },
+                "",
+            ),
+        };
+        if let Err(v) = self.oracle.check(&env.origin, asked, &got) {
+            self.fail(op, v, &format!("request {method} {} {headers:?}\n  {}", asked.path, describe(&got)));
+        }
+        got
+    }
+
+    async fn get(&mut self, op: &Op, g: &Get) {
+        let mut asked = self.asked(g.node, g.client, g.path, Method::GET, g.auth);
+        let mut h = Self::headers(&asked);
+        if g.cookie {
+            h.push(("cookie".into(), format!("pref={}", asked.client)));
+        }
+        if g.conditional
+            && let Some(tag) = self.etags.get(&(g.client, g.path))
+        {
+            h.push(("if-none-match".into(), tag.clone()));
+        }
+        if let Some((start, len)) = g.range {
+            h.push(("range".into(), format!("bytes={start}-{}", u16::from(start) + u16::from(len) - 1)));
+        }
+        match g.cc {
+            ReqCc::Plain => {}
+            ReqCc::MaxStale => {
+                asked.max_stale = true;
+                h.push(("cache-control".into(), "max-stale".into()));
+            }
+            ReqCc::NoCache => h.push(("cache-control".into(), "no-cache".into())),
+        }
+        let got = self.exchange(op, &asked, &h).await;
+        if got.status == 200
+            && let Some(tag) = got.header("etag")
+        {
+            self.etags.insert((g.client, g.path), tag.to_string());
+        }
+    }
+
+    async fn head(&mut self, op: &Op, node: usize, client: usize, path: usize, auth: bool) {
+        let asked = self.asked(node, client, path, Method::HEAD, auth);
+        let h = Self::headers(&asked);
+        self.exchange(op, &asked, &h).await;
+    }
+
+    async fn burst(&mut self, op: &Op, node: usize, path: usize, who: &[(usize, bool)]) {
+        let asked: Vec<Asked> = who.iter().map(|(c, auth)| self.asked(node, *c, path, Method::GET, *auth)).collect();
+        // A slow origin and staggered starts make the requests overlap in
+        // the listed order, so a shrunk history replays the same overlap.
+        let p = self.path(path);
+        self.env.borrow().origin.set_delay(&p, BURST_ORIGIN_DELAY);
+        let this = &*self;
+        let all = asked.iter().enumerate().map(|(k, a)| async move {
+            tokio::time::sleep(BURST_STAGGER * k as u32).await;
+            let h = Self::headers(a);
+            this.exchange(op, a, &h).await
+        });
+        futures_util::future::join_all(all).await;
+        self.env.borrow().origin.set_delay(&p, Duration::ZERO);
+    }
+
+    /// Sends an invalidation; returns what it selects and, when
+    /// acknowledged, its version (if the answer says).
+    async fn purge(&mut self, op: &Op, node: usize, target: Target, soft: bool, via: Via) {
+        let epoch = self.env.borrow().origin.bump_epoch();
+        let reason = format!("model m{} step {}", self.run, self.steps);
+        let (selects, key, value) = match target {
+            Target::Path(i) => (Selects::Path(self.path(i)), "urls", self.url(&self.path(i))),
+            Target::Prefix(d) => {
+                let p = format!("/m{}/d{d}", self.run);
+                (Selects::Prefix(p.clone()), "prefixes", self.url(&p))
+            }
+            Target::Tag(i) => (Selects::Tag(self.tag(i)), "tags", self.tag(i)),
+            Target::Group(g) => (Selects::Tag(self.group(g)), "tags", self.group(g)),
+        };
+        let auth = ("authorization".to_string(), format!("Bearer {TOKEN}"));
+        let (got, reason) = {
+            let env = self.env.borrow();
+            let fresco = env.fresco(node);
+            let sent = match (via, &selects) {
+                (Via::PurgeMethod, Selects::Path(p)) => {
+                    let mut h = vec![("host".to_string(), HOST.to_string()), auth];
+                    if soft {
+                        h.push(("fresco-purge-mode".into(), "soft".into()));
+                    }
+                    (request("PURGE", &fresco.url(p), &h, Bytes::new()).await, None)
+                }
+                (Via::Events, _) => {
+                    let (kind, selectors, groups) = match &selects {
+                        Selects::Path(_) => ("uri", vec![value.clone()], vec![]),
+                        Selects::Prefix(_) => ("uri-prefix", vec![value.clone()], vec![]),
+                        Selects::Tag(t) => ("group", vec![self.url("/")], vec![t.clone()]),
+                    };
+                    let body = json!({"type": kind, "selectors": selectors, "groups": groups, "purge": !soft});
+                    let url = fresco.admin_url("/api/v1/invalidation-events");
+                    (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, None)
+                }
+                _ => {
+                    let mode = if soft { "soft" } else { "hard" };
+                    let body = json!({key: [value.clone()], "mode": mode, "reason": reason});
+                    let url = fresco.admin_url("/api/v1/invalidations");
+                    (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, Some(reason))
+                }
+            };
+            sent
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => self.fail(
+                op,
+                Violation { invariant: "every request to a live node gets a response", detail: e },
+                "",
+            ),
+        };
+        let bus_down = self.env.borrow().nats.is_some() && got.status == 503;
+        if bus_down {
+            // Refused, so not acknowledged: the model expects nothing of it.
+            return;
+        }
+        if !matches!(got.status, 200 | 202) {
+            self.fail(
+                op,
+                Violation {
+                    invariant: "a valid invalidation from an authorised client is accepted",
+                    detail: describe(&got),
+                },
+                "",
+            );
+        }
+        let version = serde_json::from_slice::<Value>(&got.body).ok().and_then(|v| v["version"].as_u64());
+        let Some(version) = version else {
+            self.fail(
+                op,
+                Violation { invariant: "an acknowledgement names the invalidation's version", detail: describe(&got) },
+                "",
+            );
+        };
+        let what = format!("{} {:?} via {via:?} (version {version})", if soft { "soft" } else { "hard" }, selects);
+        self.oracle.invalidations.push(Invalidation { what, epoch, hard: !soft, selects, node: None });
+        self.acked.push((version, reason));
+        self.wait_applied(op, version).await;
+    }
+
+    /// Every acknowledged invalidation is applied on every live node within
+    /// a bound.
+    async fn wait_applied(&self, op: &Op, version: u64) {
+        let deadline = Instant::now() + APPLY_BOUND;
+        let env = self.env.borrow();
+        for node in &env.nodes {
+            let fresco = node.fresco.as_ref().expect("node running");
+            loop {
+                let applied = applied_version(fresco).await;
+                if applied.is_some_and(|a| a >= version) {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    self.fail(
+                        op,
+                        Violation {
+                            invariant: "every acknowledged invalidation is applied on every live node",
+                            detail: format!("{} applied {applied:?}, not {version}, within {APPLY_BOUND:?}", node.id),
+                        },
+                        "",
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+
+    async fn post(&mut self, op: &Op, node: usize, client: usize, path: usize, group: Option<usize>) {
+        let asked = self.asked(node, client, path, Method::POST, false);
+        let mut h = Self::headers(&asked);
+        if let Some(g) = group {
+            h.push(("x-invalidate-group".into(), self.group(g)));
+        }
+        let got = {
+            let env = self.env.borrow();
+            request("POST", &env.fresco(node).url(&asked.path), &h, Bytes::from_static(b"form")).await
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => self.fail(
+                op,
+                Violation { invariant: "every request to a live node gets a response", detail: e },
+                "",
+            ),
+        };
+        if got.status != 200 {
+            // An error answer invalidates nothing (§4.4); a bus that is down
+            // refuses the origin's group invalidation.
+            return;
+        }
+        let epoch = self.env.borrow().origin.epoch();
+        self.oracle.invalidations.push(Invalidation {
+            what: format!("POST {} (RFC 9111 §4.4) on node {node}", asked.path),
+            epoch,
+            hard: true,
+            selects: Selects::Path(asked.path.clone()),
+            node: Some(node),
+        });
+        if let Some(g) = group {
+            self.oracle.invalidations.push(Invalidation {
+                what: format!("Cache-Group-Invalidation of {} on a POST to node {node}", self.group(g)),
+                epoch,
+                hard: true,
+                selects: Selects::Tag(self.group(g)),
+                node: None,
+            });
+            let accepted = applied_version(self.env.borrow().fresco(node)).await.unwrap_or(0);
+            self.wait_applied(op, accepted).await;
+        }
+    }
+
+    async fn restart(&mut self, op: &Op, node: usize, kill: bool) {
+        let old = self.env.borrow_mut().nodes[node].fresco.take().expect("node running");
+        if kill {
+            old.kill9();
+        } else {
+            let status = old.terminate().await;
+            if !status.success() {
+                self.fail(
+                    op,
+                    Violation { invariant: "SIGTERM stops a node cleanly", detail: format!("exit status {status}") },
+                    "",
+                );
+            }
+        }
+        self.env.borrow_mut().start_node(node);
+    }
+
+    async fn bus(&mut self, up: bool) {
+        let mut env = self.env.borrow_mut();
+        let nats = env.nats.as_mut().expect("a cluster has a bus");
+        if up {
+            nats.restart().await;
+        } else {
+            nats.stop();
+        }
+    }
+
+    fn apply(&mut self, op: &Op) {
+        self.steps += 1;
+        let rt = self.rt.clone();
+        rt.block_on(async {
+            match op {
+                Op::Get(g) => self.get(op, g).await,
+                Op::Head { node, client, path, auth } => self.head(op, *node, *client, *path, *auth).await,
+                Op::Burst { node, path, who } => self.burst(op, *node, *path, who).await,
+                Op::Shape { path, shape } => self.env.borrow().origin.set_shape(&self.path(*path), *shape),
+                Op::Bump { path } => self.env.borrow().origin.bump_version(&self.path(*path)),
+                Op::Purge { node, target, soft, via } => self.purge(op, *node, *target, *soft, *via).await,
+                Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
+                Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
+                Op::BusDown => self.bus(false).await,
+                Op::BusUp => self.bus(true).await,
+            }
+        });
+    }
+
+    /// The log holds each acknowledged invalidation exactly once, at the
+    /// version its acknowledgement named.
+    fn check_log(&self) {
+        if self.acked.is_empty() {
+            return;
+        }
+        let rt = self.rt.clone();
+        rt.block_on(async {
+            let env = self.env.borrow();
+            let auth = vec![("authorization".to_string(), format!("Bearer {TOKEN}"))];
+            let url = env.fresco(0).admin_url("/api/v1/invalidations?limit=1000");
+            let got = request("GET", &url, &auth, Bytes::new()).await.expect("invalidation list");
+            let list: Value = serde_json::from_slice(&got.body).expect("invalidation list is JSON");
+            let entries = list["invalidations"].as_array().cloned().unwrap_or_default();
+            for (version, reason) in &self.acked {
+                let at: Vec<&Value> = entries.iter().filter(|e| e["version"].as_u64() == Some(*version)).collect();
+                let named: Vec<u64> = match reason {
+                    Some(r) => entries.iter().filter(|e| e["reason"] == *r).filter_map(|e| e["version"].as_u64()).collect(),
+                    None => vec![*version],
+                };
+                let consistent = at.len() == 1
+                    && reason.as_ref().is_none_or(|r| at[0]["reason"] == *r)
+                    && named == vec![*version];
+                assert!(
+                    consistent,
+                    "invariant violated: an acknowledged invalidation is in the log once, at its version\n  \
+                     version {version} reason {reason:?}: entries at that version {at:?}; versions with that reason {named:?}\n  \
+                     case m{}",
+                    self.run
+                );
+            }
+        });
+    }
+}
+
+struct ModelTest<const N: usize>;
+
+impl<const N: usize> StateMachineTest for ModelTest<N> {
+    type SystemUnderTest = Case;
+    type Reference = Model<N>;
+
+    fn init_test(_: &RefState) -> Case {
+        let (rt, env) = ENV.with(|e| e.borrow().clone().expect("model environment"));
+        let run = RUN.fetch_add(1, Ordering::SeqCst);
+        let mut case = Case {
+            rt: rt.clone(),
+            env: env.clone(),
+            run,
+            oracle: Oracle::default(),
+            etags: HashMap::new(),
+            next_rid: 0,
+            acked: Vec::new(),
+            steps: 0,
+        };
+        rt.block_on(async {
+            let mut env = env.borrow_mut();
+            // A failed case may have left the bus or a node down.
+            if let Some(nats) = env.nats.as_mut()
+                && tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await.is_err()
+            {
+                nats.restart().await;
+            }
+            for i in 0..env.nodes.len() {
+                let alive = match &env.nodes[i].fresco {
+                    Some(f) => request("GET", &f.admin_url("/healthz"), &[], Bytes::new()).await.is_ok(),
+                    None => false,
+                };
+                if !alive {
+                    env.nodes[i].fresco = None;
+                    env.start_node(i);
+                }
+            }
+        });
+        for i in 0..PATHS {
+            let path = case.path(i);
+            let tags = vec![case.tag(i)];
+            let groups = vec![case.group(i % GROUPS)];
+            case.env.borrow().origin.add_path(&path, tags.clone(), groups.clone());
+            case.oracle.add_path(&path, [tags, groups].concat());
+        }
+        case
+    }
+
+    fn apply(mut case: Case, _: &RefState, op: Op) -> Case {
+        case.apply(&op);
+        case
+    }
+
+    fn teardown(case: Case, state: RefState) {
+        if !state.bus_up {
+            let rt = case.rt.clone();
+            rt.block_on(async {
+                if let Some(n) = case.env.borrow_mut().nats.as_mut() {
+                    n.restart().await;
+                }
+            });
+        }
+        case.check_log();
+    }
+}
+
+fn config_file() -> PathBuf {
+    let file = temp_dir("model-cfg").join("fresco.toml");
+    std::fs::write(
+        &file,
+        format!("[[token]]\nname = \"model\"\nsecret = \"{TOKEN}\"\nscopes = [\"all\"]\nrate = 100000\nburst = 100000\n"),
+    )
+    .unwrap();
+    file
+}
+
+/// Runs `cases` random histories against `N` nodes; on failure, panics
+/// with the seed, the broken invariant and the shortest history found.
+fn run_model<const N: usize>(default_cases: u32) {
+    let cases = env_u64("FRESCO_MODEL_CASES", u64::from(default_cases)) as u32;
+    let steps = env_u64("FRESCO_MODEL_STEPS", 30) as usize;
+    let seed = env_u64(
+        "FRESCO_MODEL_SEED",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
+    );
+    eprintln!("model test, {N} node(s): {cases} cases of up to {steps} steps, FRESCO_MODEL_SEED={seed}");
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"),
+    );
+    let env = rt.block_on(async {
+        let origin = ModelOrigin::start().await;
+        let nats = if N > 1 { Some(Nats::start().await) } else { None };
+        let nodes =
+            (0..N).map(|i| Node { id: format!("edge-{i}"), dir: temp_dir("model-node"), fresco: None }).collect();
+        Env { origin, nodes, nats, config: config_file() }
+    });
+    let env = Rc::new(RefCell::new(env));
+    for i in 0..N {
+        env.borrow_mut().start_node(i);
+    }
+    ENV.with(|e| *e.borrow_mut() = Some((rt.clone(), env.clone())));
+
+    let config = Config {
+        cases,
+        rng_seed: RngSeed::Fixed(seed),
+        failure_persistence: None,
+        max_shrink_iters: 400,
+        max_shrink_time: (env_u64("FRESCO_MODEL_SHRINK_SECS", 120) * 1000) as u32,
+        ..Config::default()
+    };
+    let mut runner = TestRunner::new(config.clone());
+    // Every failing attempt while shrinking panics; keep their reports out
+    // of the output and print the shortest one at the end.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let started = Instant::now();
+    let result = runner.run(&Model::<N>::sequential_strategy(1..steps), |(init, ops, seen)| {
+        ModelTest::<N>::test_sequential(config.clone(), init, ops, seen);
+        Ok(())
+    });
+    std::panic::set_hook(hook);
+    let produced = env.borrow().origin.produced();
+    ENV.with(|e| *e.borrow_mut() = None);
+    drop(env);
+    match result {
+        Ok(()) => eprintln!(
+            "model test, {N} node(s): {cases} cases passed in {:.1?} ({produced} origin responses)",
+            started.elapsed()
+        ),
+        Err(TestError::Fail(reason, (_, ops, _))) => {
+            let history: Vec<String> = ops.iter().enumerate().map(|(i, op)| format!("  {:>2}. {op:?}", i + 1)).collect();
+            panic!(
+                "model test, {N} node(s) failed; replay with FRESCO_MODEL_SEED={seed} FRESCO_MODEL_CASES={cases}\n\
+                 {reason}\nshortest failing history found ({} steps):\n{}",
+                ops.len(),
+                history.join("\n")
+            );
+        }
+        Err(TestError::Abort(reason)) => panic!("model test aborted (FRESCO_MODEL_SEED={seed}): {reason}"),
+    }
+}
+
+#[test]
+fn model_single_node() {
+    run_model::<1>(40);
+}
+
+#[test]
+fn model_three_nodes_on_jetstream() {
+    run_model::<3>(8);
+}
