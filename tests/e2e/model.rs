@@ -51,6 +51,14 @@ const BURST_STAGGER: Duration = Duration::from_millis(30);
 /// Bound on waiting for an acknowledged invalidation to reach every node.
 const APPLY_BOUND: Duration = Duration::from_secs(15);
 
+/// Invariants named (in part) in `FRESCO_MODEL_IGNORE`, `|`-separated, are
+/// not enforced: for exploring what else fails while a known bug is being
+/// fixed. CI leaves it unset.
+fn ignored(invariant: &str) -> bool {
+    std::env::var("FRESCO_MODEL_IGNORE")
+        .is_ok_and(|list| list.split('|').any(|part| !part.is_empty() && invariant.contains(part)))
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -407,8 +415,17 @@ impl Case {
                 "",
             ),
         };
-        if let Err(v) = self.oracle.check(&env.origin, asked, &got) {
+        if let Some(v) = self.oracle.check(&env.origin, asked, &got).into_iter().find(|v| !ignored(v.invariant)) {
             self.fail(op, v, &format!("request {method} {} {headers:?}\n  {}", asked.path, describe(&got)));
+        }
+        // A stale-while-revalidate answer leaves a revalidation running;
+        // let it land, so that what follows does not depend on timing.
+        if got.cache_status().contains("stale-while-revalidate") {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !env.origin.answered(&asked.rid) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         got
     }

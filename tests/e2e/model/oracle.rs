@@ -139,14 +139,19 @@ impl Oracle {
     }
 
     /// Checks one response against every invariant.
-    pub(crate) fn check(&self, origin: &ModelOrigin, asked: &Asked, got: &Got) -> Result<(), Violation> {
-        let sources = Self::sources(origin, asked, got)?;
-        if let Some(sources) = &sources {
-            self.check_invalidations(asked, got, sources)?;
-            check_private(asked, sources)?;
+    pub(crate) fn check(&self, origin: &ModelOrigin, asked: &Asked, got: &Got) -> Vec<Violation> {
+        let mut found = Vec::new();
+        match Self::sources(origin, asked, got) {
+            Ok(Some(sources)) => {
+                found.extend(self.check_invalidations(asked, got, &sources).err());
+                found.extend(check_private(asked, &sources).err());
+            }
+            Ok(None) => {}
+            Err(v) => found.push(v),
         }
-        self.check_cookies(origin, asked, got)?;
-        check_private_field(origin, asked, got)
+        found.extend(self.check_cookies(origin, asked, got).err());
+        found.extend(check_private_field(origin, asked, got).err());
+        found
     }
 
     /// After an acknowledged hard invalidation of X, nothing produced before

@@ -268,6 +268,11 @@ impl ModelOrigin {
             .collect()
     }
 
+    /// Whether the origin has answered a request with this `X-Request-Id`.
+    pub(crate) fn answered(&self, rid: &str) -> bool {
+        self.state.lock().unwrap().productions.iter().rev().any(|p| p.rid == rid)
+    }
+
     /// How many requests the origin answered.
     pub(crate) fn produced(&self) -> usize {
         self.state.lock().unwrap().productions.len()
