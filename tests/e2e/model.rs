@@ -33,7 +33,7 @@ use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Got, Nats, client, temp_dir};
+use crate::harness::{Fresco, Got, Nats, client};
 use oracle::{Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
 
@@ -154,6 +154,8 @@ enum Op {
 #[derive(Debug, Clone)]
 struct RefState {
     bus_up: bool,
+    /// What the origin sends for each path when the case starts.
+    shapes: Vec<Shape>,
 }
 
 /// The reference machine for `N` nodes (a bus when `N > 1`).
@@ -163,8 +165,8 @@ fn shape() -> impl Strategy<Value = Shape> {
     let cookie = prop_oneof![6 => Just(Cookie::Never), 1 => Just(Cookie::On200), 1 => Just(Cookie::On304), 1 => Just(Cookie::Always)];
     (
         proptest::sample::select(Cc::ALL.to_vec()),
-        proptest::bool::weighted(0.8),
         proptest::bool::weighted(0.5),
+        proptest::bool::weighted(0.3),
         cookie,
         proptest::bool::weighted(0.2),
     )
@@ -182,15 +184,17 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
     type Transition = Op;
 
     fn init_state() -> BoxedStrategy<RefState> {
-        Just(RefState { bus_up: true }).boxed()
+        proptest::collection::vec(shape(), PATHS).prop_map(|shapes| RefState { bus_up: true, shapes }).boxed()
     }
 
     fn transitions(state: &RefState) -> BoxedStrategy<Op> {
         let node = 0..N;
+        // Skewed, so that histories often come back to the same path.
+        let path = || prop_oneof![3 => Just(0), 2 => Just(1), 1 => Just(2)];
         let get = (
             node.clone(),
             0..CLIENTS,
-            0..PATHS,
+            path(),
             proptest::bool::weighted(0.2),
             proptest::bool::weighted(0.2),
             proptest::bool::weighted(0.3),
@@ -200,32 +204,32 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             .prop_map(|(node, client, path, auth, cookie, conditional, range, cc)| {
                 Op::Get(Get { node, client, path, auth, cookie, conditional, range, cc })
             });
-        let head = (node.clone(), 0..CLIENTS, 0..PATHS, proptest::bool::weighted(0.2))
+        let head = (node.clone(), 0..CLIENTS, path(), proptest::bool::weighted(0.2))
             .prop_map(|(node, client, path, auth)| Op::Head { node, client, path, auth });
         let burst = (
             node.clone(),
-            0..PATHS,
+            path(),
             proptest::collection::vec((0..CLIENTS, proptest::bool::weighted(0.25)), 2..5),
         )
             .prop_map(|(node, path, who)| Op::Burst { node, path, who });
         let target = prop_oneof![
-            (0..PATHS).prop_map(Target::Path),
+            path().prop_map(Target::Path),
             (0..PATHS.div_ceil(2)).prop_map(Target::Prefix),
-            (0..PATHS).prop_map(Target::Tag),
+            path().prop_map(Target::Tag),
             (0..GROUPS).prop_map(Target::Group),
         ];
         let via = prop_oneof![3 => Just(Via::Api), 1 => Just(Via::PurgeMethod), 1 => Just(Via::Events)];
         let purge = (node.clone(), target, any::<bool>(), via)
             .prop_map(|(node, target, soft, via)| Op::Purge { node, target, soft, via });
-        let post = (node.clone(), 0..CLIENTS, 0..PATHS, proptest::option::weighted(0.6, 0..GROUPS))
+        let post = (node.clone(), 0..CLIENTS, path(), proptest::option::weighted(0.6, 0..GROUPS))
             .prop_map(|(node, client, path, group)| Op::Post { node, client, path, group });
         let restart = (node, any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
         let common = prop_oneof![
             10 => get,
-            3 => head,
+            4 => head,
             2 => burst,
-            4 => (0..PATHS, shape()).prop_map(|(path, shape)| Op::Shape { path, shape }),
-            2 => (0..PATHS).prop_map(|path| Op::Bump { path }),
+            4 => (path(), shape()).prop_map(|(path, shape)| Op::Shape { path, shape }),
+            2 => path().prop_map(|path| Op::Bump { path }),
             4 => purge,
             1 => post,
             1 => restart,
@@ -332,7 +336,7 @@ impl Case {
 
     fn rid(&mut self) -> String {
         self.next_rid += 1;
-        format!("r{}-{}", self.run, self.next_rid)
+        format!("r{:05}-{:04}", self.run, self.next_rid)
     }
 
     fn fail(&self, op: &Op, v: Violation, context: &str) -> ! {
@@ -722,7 +726,7 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
     type SystemUnderTest = Case;
     type Reference = Model<N>;
 
-    fn init_test(_: &RefState) -> Case {
+    fn init_test(state: &RefState) -> Case {
         let (rt, env) = ENV.with(|e| e.borrow().clone().expect("model environment"));
         let run = RUN.fetch_add(1, Ordering::SeqCst);
         let mut case = Case {
@@ -749,6 +753,7 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
                     None => false,
                 };
                 if !alive {
+                    eprintln!("model: node {} was not answering at the start of case m{run}; restarting it", env.nodes[i].id);
                     env.nodes[i].fresco = None;
                     env.start_node(i);
                 }
@@ -759,6 +764,7 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
             let tags = vec![case.tag(i)];
             let groups = vec![case.group(i % GROUPS)];
             case.env.borrow().origin.add_path(&path, tags.clone(), groups.clone());
+            case.env.borrow().origin.set_shape(&path, state.shapes[i]);
             case.oracle.add_path(&path, [tags, groups].concat());
         }
         case
@@ -782,14 +788,65 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
     }
 }
 
+/// A fresh directory of this test's own (not under the harness's
+/// `fresco-e2e-*` names, which other suites' clean-ups may remove).
+fn model_dir(tag: &str) -> PathBuf {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let d = std::env::temp_dir()
+        .join("fresco-model")
+        .join(format!("{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
 fn config_file() -> PathBuf {
-    let file = temp_dir("model-cfg").join("fresco.toml");
+    let file = model_dir("cfg").join("fresco.toml");
     std::fs::write(
         &file,
         format!("[[token]]\nname = \"model\"\nsecret = \"{TOKEN}\"\nscopes = [\"all\"]\nrate = 100000\nburst = 100000\n"),
     )
     .unwrap();
     file
+}
+
+/// Starts the origin, `N` nodes and (for a cluster) NATS, and installs
+/// them for the cases run on this thread.
+fn start_env<const N: usize>() -> (Arc<tokio::runtime::Runtime>, Rc<RefCell<Env>>) {
+    let rt = Arc::new(
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"),
+    );
+    let env = rt.block_on(async {
+        let origin = ModelOrigin::start().await;
+        let nats = if N > 1 { Some(Nats::start().await) } else { None };
+        let nodes = (0..N).map(|i| Node { id: format!("edge-{i}"), dir: model_dir("node"), fresco: None }).collect();
+        Env { origin, nodes, nats, config: config_file() }
+    });
+    let env = Rc::new(RefCell::new(env));
+    for i in 0..N {
+        env.borrow_mut().start_node(i);
+    }
+    ENV.with(|e| *e.borrow_mut() = Some((rt.clone(), env.clone())));
+    (rt, env)
+}
+
+/// Stops everything `start_env` started; on success also removes the
+/// nodes' directories (a failure leaves them, logs included, to read).
+fn stop_env(env: Rc<RefCell<Env>>, passed: bool) {
+    ENV.with(|e| *e.borrow_mut() = None);
+    let Ok(env) = Rc::try_unwrap(env) else { return };
+    let env = env.into_inner();
+    let dirs: Vec<PathBuf> = env.nodes.iter().map(|n| n.dir.clone()).chain(env.config.parent().map(PathBuf::from)).collect();
+    drop(env);
+    if passed {
+        for d in dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn format_history(ops: &[Op]) -> String {
+    ops.iter().enumerate().map(|(i, op)| format!("  {:>2}. {op:?}", i + 1)).collect::<Vec<_>>().join("\n")
 }
 
 /// Runs `cases` random histories against `N` nodes; on failure, panics
@@ -802,22 +859,7 @@ fn run_model<const N: usize>(default_cases: u32) {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     );
     eprintln!("model test, {N} node(s): {cases} cases of up to {steps} steps, FRESCO_MODEL_SEED={seed}");
-    let rt = Arc::new(
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"),
-    );
-    let env = rt.block_on(async {
-        let origin = ModelOrigin::start().await;
-        let nats = if N > 1 { Some(Nats::start().await) } else { None };
-        let nodes =
-            (0..N).map(|i| Node { id: format!("edge-{i}"), dir: temp_dir("model-node"), fresco: None }).collect();
-        Env { origin, nodes, nats, config: config_file() }
-    });
-    let env = Rc::new(RefCell::new(env));
-    for i in 0..N {
-        env.borrow_mut().start_node(i);
-    }
-    ENV.with(|e| *e.borrow_mut() = Some((rt.clone(), env.clone())));
-
+    let (_rt, env) = start_env::<N>();
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
@@ -838,23 +880,34 @@ fn run_model<const N: usize>(default_cases: u32) {
     });
     std::panic::set_hook(hook);
     let produced = env.borrow().origin.produced();
-    ENV.with(|e| *e.borrow_mut() = None);
-    drop(env);
+    stop_env(env, result.is_ok());
     match result {
         Ok(()) => eprintln!(
             "model test, {N} node(s): {cases} cases passed in {:.1?} ({produced} origin responses)",
             started.elapsed()
         ),
-        Err(TestError::Fail(reason, (_, ops, _))) => {
-            let history: Vec<String> = ops.iter().enumerate().map(|(i, op)| format!("  {:>2}. {op:?}", i + 1)).collect();
-            panic!(
-                "model test, {N} node(s) failed; replay with FRESCO_MODEL_SEED={seed} FRESCO_MODEL_CASES={cases}\n\
-                 {reason}\nshortest failing history found ({} steps):\n{}",
-                ops.len(),
-                history.join("\n")
-            );
-        }
+        Err(TestError::Fail(reason, (init, ops, _))) => panic!(
+            "model test, {N} node(s) failed; replay with FRESCO_MODEL_SEED={seed} FRESCO_MODEL_CASES={cases}\n\
+             {reason}\nshortest failing history found ({} steps), paths starting as {:?}:\n{}",
+            ops.len(),
+            init.shapes,
+            format_history(&ops)
+        ),
         Err(TestError::Abort(reason)) => panic!("model test aborted (FRESCO_MODEL_SEED={seed}): {reason}"),
+    }
+}
+
+/// Runs one fixed history (a shrunk failure the random runs found) on a
+/// fresh node, checked by the same oracle.
+fn replay(ops: Vec<Op>) {
+    let (_rt, env) = start_env::<1>();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        ModelTest::<1>::test_sequential(Config::default(), RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] }, ops.clone(), None);
+    }));
+    stop_env(env, result.is_ok());
+    if let Err(e) = result {
+        let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
+        panic!("{msg}\nhistory:\n{}", format_history(&ops));
     }
 }
 
@@ -866,4 +919,29 @@ fn model_single_node() {
 #[test]
 fn model_three_nodes_on_jetstream() {
     run_model::<3>(8);
+}
+
+fn get(client: usize, path: usize) -> Op {
+    Op::Get(Get { node: 0, client, path, auth: false, cookie: false, conditional: false, range: None, cc: ReqCc::Plain })
+}
+
+fn head(client: usize, path: usize, auth: bool) -> Op {
+    Op::Head { node: 0, client, path, auth }
+}
+
+fn shape_of(cc: Cc, etag: bool, cookie: Cookie) -> Shape {
+    Shape { cc, etag, last_modified: false, cookie, stale_if_error: false }
+}
+
+/// Issue 8 item 2: GET stored → hard purge → HEAD (forwarded, freshens the
+/// purged object) → the next GET must not be the pre-purge content.
+#[test]
+fn model_history_head_after_hard_purge() {
+    replay(vec![
+        Op::Shape { path: 0, shape: shape_of(Cc::Fresh, false, Cookie::Never) },
+        get(0, 0),
+        Op::Purge { node: 0, target: Target::Path(0), soft: false, via: Via::Api },
+        head(0, 0, false),
+        get(0, 0),
+    ]);
 }

@@ -367,8 +367,10 @@ fn produce(
         _ => None,
     };
     let secret = (shape.cc == Cc::PrivateField).then(|| format!("{client}-{serial}"));
+    // Fixed-width numbers: every body of a path has the same length, so
+    // Content-Length alone never tells two productions apart (§4.3.5).
     let text = format!(
-        "path={path} v={} e={epoch} client={client} rid={rid} auth={} n={serial}\n",
+        "path={path} v={:04} e={epoch:06} client={client} rid={rid} auth={} n={serial:08}\n",
         ps.version,
         u8::from(auth)
     );
