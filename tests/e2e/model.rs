@@ -14,6 +14,7 @@
 //! `FRESCO_MODEL_SHRINK_SECS` (time spent shrinking a failure) tune it;
 //! `scripts/soak.sh` runs many more cases.
 
+mod bus;
 mod oracle;
 mod origin;
 
@@ -33,7 +34,8 @@ use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Got, Nats, client};
+use crate::harness::{Fresco, Got, client};
+use bus::Bus;
 use oracle::{Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
 
@@ -48,6 +50,8 @@ const GROUPS: usize = 2;
 /// requests start this far apart.
 const BURST_ORIGIN_DELAY: Duration = Duration::from_millis(300);
 const BURST_STAGGER: Duration = Duration::from_millis(30);
+/// Bound on a cluster with its bus up accepting an invalidation.
+const ACCEPT_BOUND: Duration = Duration::from_secs(10);
 /// Bound on waiting for an acknowledged invalidation to reach every node.
 const APPLY_BOUND: Duration = Duration::from_secs(15);
 
@@ -149,6 +153,9 @@ enum Op {
     },
     BusDown,
     BusUp,
+    /// The bus loses its storage: the stream is recreated and its
+    /// sequence numbers (the versions) start again at 1.
+    BusWiped,
 }
 
 #[derive(Debug, Clone)]
@@ -236,7 +243,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         ];
         match (N > 1, state.bus_up) {
             (false, _) => common.boxed(),
-            (true, true) => prop_oneof![30 => common, 1 => Just(Op::BusDown)].boxed(),
+            (true, true) => prop_oneof![30 => common, 1 => Just(Op::BusDown), 1 => Just(Op::BusWiped)].boxed(),
             (true, false) => prop_oneof![10 => common, 1 => Just(Op::BusUp)].boxed(),
         }
     }
@@ -254,6 +261,10 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         match op {
             Op::BusDown => N > 1 && state.bus_up,
             Op::BusUp => N > 1 && !state.bus_up,
+            Op::BusWiped => N > 1 && state.bus_up,
+            // A node does not start without its bus (it cannot read the
+            // log's head), so restarts happen while the bus is up.
+            Op::Restart { .. } => state.bus_up,
             _ => true,
         }
     }
@@ -271,8 +282,11 @@ struct Node {
 struct Env {
     origin: ModelOrigin,
     nodes: Vec<Node>,
-    nats: Option<Nats>,
+    nats: Option<Bus>,
     config: PathBuf,
+    /// The bus lost its storage during a case: the next case starts on a
+    /// fresh cluster, so that it does not inherit that damage.
+    damaged: bool,
 }
 
 impl Env {
@@ -289,6 +303,22 @@ impl Env {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = &mut self.nodes[i];
         node.fresco = Some(Fresco::start_in(&node.dir, &self.origin.url(), &args));
+    }
+
+    /// A fresh cluster: empty bus, nodes with new data directories.
+    async fn rebuild(&mut self) {
+        for node in &mut self.nodes {
+            node.fresco = None;
+            let _ = std::fs::remove_dir_all(&node.dir);
+            node.dir = model_dir("node");
+        }
+        if let Some(bus) = self.nats.as_mut() {
+            bus.wipe().await;
+        }
+        for i in 0..self.nodes.len() {
+            self.start_node(i);
+        }
+        self.damaged = false;
     }
 
     fn fresco(&self, i: usize) -> &Fresco {
@@ -486,8 +516,51 @@ impl Case {
         self.env.borrow().origin.set_delay(&p, Duration::ZERO);
     }
 
-    /// Sends an invalidation; returns what it selects and, when
-    /// acknowledged, its version (if the answer says).
+    /// Sends an invalidation through `via`; returns the answer and the
+    /// reason it was sent with, when the route takes one.
+    #[allow(clippy::too_many_arguments)]
+    async fn send_invalidation(
+        &self,
+        node: usize,
+        selects: &Selects,
+        key: &str,
+        value: &str,
+        soft: bool,
+        via: Via,
+        reason: &str,
+    ) -> (Result<Got, String>, Option<String>) {
+        let env = self.env.borrow();
+        let fresco = env.fresco(node);
+        let auth = ("authorization".to_string(), format!("Bearer {TOKEN}"));
+        match (via, selects) {
+            (Via::PurgeMethod, Selects::Path(p)) => {
+                let mut h = vec![("host".to_string(), HOST.to_string()), auth];
+                if soft {
+                    h.push(("fresco-purge-mode".into(), "soft".into()));
+                }
+                (request("PURGE", &fresco.url(p), &h, Bytes::new()).await, None)
+            }
+            (Via::Events, _) => {
+                let (kind, selectors, groups) = match selects {
+                    Selects::Path(_) => ("uri", vec![value.to_string()], vec![]),
+                    Selects::Prefix(_) => ("uri-prefix", vec![value.to_string()], vec![]),
+                    Selects::Tag(t) => ("group", vec![self.url("/")], vec![t.clone()]),
+                };
+                let body = json!({"type": kind, "selectors": selectors, "groups": groups, "purge": !soft});
+                let url = fresco.admin_url("/api/v1/invalidation-events");
+                (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, None)
+            }
+            _ => {
+                let mode = if soft { "soft" } else { "hard" };
+                let body = json!({key: [value], "mode": mode, "reason": reason});
+                let url = fresco.admin_url("/api/v1/invalidations");
+                (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, Some(reason.to_string()))
+            }
+        }
+    }
+
+    /// Sends an invalidation and, once acknowledged, waits for every node
+    /// to apply it; the oracle holds it from then on.
     async fn purge(&mut self, op: &Op, node: usize, target: Target, soft: bool, via: Via) {
         let epoch = self.env.borrow().origin.bump_epoch();
         let reason = format!("model m{} step {}", self.run, self.steps);
@@ -500,50 +573,39 @@ impl Case {
             Target::Tag(i) => (Selects::Tag(self.tag(i)), "tags", self.tag(i)),
             Target::Group(g) => (Selects::Tag(self.group(g)), "tags", self.group(g)),
         };
-        let auth = ("authorization".to_string(), format!("Bearer {TOKEN}"));
-        let (got, reason) = {
-            let env = self.env.borrow();
-            let fresco = env.fresco(node);
-            let sent = match (via, &selects) {
-                (Via::PurgeMethod, Selects::Path(p)) => {
-                    let mut h = vec![("host".to_string(), HOST.to_string()), auth];
-                    if soft {
-                        h.push(("fresco-purge-mode".into(), "soft".into()));
-                    }
-                    (request("PURGE", &fresco.url(p), &h, Bytes::new()).await, None)
-                }
-                (Via::Events, _) => {
-                    let (kind, selectors, groups) = match &selects {
-                        Selects::Path(_) => ("uri", vec![value.clone()], vec![]),
-                        Selects::Prefix(_) => ("uri-prefix", vec![value.clone()], vec![]),
-                        Selects::Tag(t) => ("group", vec![self.url("/")], vec![t.clone()]),
-                    };
-                    let body = json!({"type": kind, "selectors": selectors, "groups": groups, "purge": !soft});
-                    let url = fresco.admin_url("/api/v1/invalidation-events");
-                    (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, None)
-                }
-                _ => {
-                    let mode = if soft { "soft" } else { "hard" };
-                    let body = json!({key: [value.clone()], "mode": mode, "reason": reason});
-                    let url = fresco.admin_url("/api/v1/invalidations");
-                    (request("POST", &url, &[auth], Bytes::from(body.to_string())).await, Some(reason))
-                }
+        // With the bus up, a refusal (503) may only be passing: retry for a
+        // bounded time. With the bus down, a refusal is the right answer
+        // and the model expects nothing of the invalidation.
+        let deadline = Instant::now() + ACCEPT_BOUND;
+        let (got, reason) = loop {
+            let (got, reason) = self.send_invalidation(node, &selects, key, &value, soft, via, &reason).await;
+            let got = match got {
+                Ok(g) => g,
+                Err(e) => self.fail(
+                    op,
+                    Violation { invariant: "every request to a live node gets a response", detail: e },
+                    "",
+                ),
             };
-            sent
+            let bus_up = match &self.env.borrow().nats {
+                Some(bus) if got.status == 503 => bus.is_up(),
+                _ => break (got, reason),
+            };
+            if !bus_up {
+                return;
+            }
+            if Instant::now() > deadline {
+                self.fail(
+                    op,
+                    Violation {
+                        invariant: "with the bus up, an invalidation is accepted within a bound",
+                        detail: format!("still refused after {ACCEPT_BOUND:?}: {}", describe(&got)),
+                    },
+                    "",
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         };
-        let got = match got {
-            Ok(g) => g,
-            Err(e) => self.fail(
-                op,
-                Violation { invariant: "every request to a live node gets a response", detail: e },
-                "",
-            ),
-        };
-        let bus_down = self.env.borrow().nats.is_some() && got.status == 503;
-        if bus_down {
-            // Refused, so not acknowledged: the model expects nothing of it.
-            return;
-        }
         if !matches!(got.status, 200 | 202) {
             self.fail(
                 op,
@@ -656,13 +718,16 @@ impl Case {
         self.env.borrow_mut().start_node(node);
     }
 
-    async fn bus(&mut self, up: bool) {
+    async fn bus(&mut self, op: &Op) {
         let mut env = self.env.borrow_mut();
         let nats = env.nats.as_mut().expect("a cluster has a bus");
-        if up {
-            nats.restart().await;
-        } else {
-            nats.stop();
+        match op {
+            Op::BusUp => nats.restart().await,
+            Op::BusWiped => {
+                nats.wipe().await;
+                env.damaged = true;
+            }
+            _ => nats.stop(),
         }
     }
 
@@ -679,8 +744,7 @@ impl Case {
                 Op::Purge { node, target, soft, via } => self.purge(op, *node, *target, *soft, *via).await,
                 Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
                 Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
-                Op::BusDown => self.bus(false).await,
-                Op::BusUp => self.bus(true).await,
+                Op::BusDown | Op::BusUp | Op::BusWiped => self.bus(op).await,
             }
         });
     }
@@ -749,9 +813,12 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
         };
         rt.block_on(async {
             let mut env = env.borrow_mut();
+            if env.damaged {
+                env.rebuild().await;
+            }
             // A failed case may have left the bus or a node down.
             if let Some(nats) = env.nats.as_mut()
-                && tokio::net::TcpStream::connect(("127.0.0.1", nats.port)).await.is_err()
+                && !nats.is_up()
             {
                 nats.restart().await;
             }
@@ -826,9 +893,9 @@ fn start_env<const N: usize>() -> (Arc<tokio::runtime::Runtime>, Rc<RefCell<Env>
     );
     let env = rt.block_on(async {
         let origin = ModelOrigin::start().await;
-        let nats = if N > 1 { Some(Nats::start().await) } else { None };
+        let nats = if N > 1 { Some(Bus::start(model_dir("nats")).await) } else { None };
         let nodes = (0..N).map(|i| Node { id: format!("edge-{i}"), dir: model_dir("node"), fresco: None }).collect();
-        Env { origin, nodes, nats, config: config_file() }
+        Env { origin, nodes, nats, config: config_file(), damaged: false }
     });
     let env = Rc::new(RefCell::new(env));
     for i in 0..N {
@@ -907,10 +974,10 @@ fn run_model<const N: usize>(default_cases: u32) {
 
 /// Runs one fixed history (a shrunk failure the random runs found) on a
 /// fresh node, checked by the same oracle.
-fn replay(ops: Vec<Op>) {
-    let (_rt, env) = start_env::<1>();
+fn replay<const N: usize>(ops: Vec<Op>) {
+    let (_rt, env) = start_env::<N>();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ModelTest::<1>::test_sequential(Config::default(), RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] }, ops.clone(), None);
+        ModelTest::<N>::test_sequential(Config::default(), RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] }, ops.clone(), None);
     }));
     stop_env(env, result.is_ok());
     if let Err(e) = result {
@@ -930,7 +997,11 @@ fn model_three_nodes_on_jetstream() {
 }
 
 fn get(client: usize, path: usize) -> Op {
-    Op::Get(Get { node: 0, client, path, auth: false, cookie: false, conditional: false, range: None, cc: ReqCc::Plain })
+    get_on(0, client, path)
+}
+
+fn get_on(node: usize, client: usize, path: usize) -> Op {
+    Op::Get(Get { node, client, path, auth: false, cookie: false, conditional: false, range: None, cc: ReqCc::Plain })
 }
 
 fn head(client: usize, path: usize, auth: bool) -> Op {
@@ -945,11 +1016,26 @@ fn shape_of(cc: Cc, etag: bool, cookie: Cookie) -> Shape {
 /// purged object) → the next GET must not be the pre-purge content.
 #[test]
 fn model_history_head_after_hard_purge() {
-    replay(vec![
+    replay::<1>(vec![
         Op::Shape { path: 0, shape: shape_of(Cc::Fresh, false, Cookie::Never) },
         get(0, 0),
         Op::Purge { node: 0, target: Target::Path(0), soft: false, via: Via::Api },
         head(0, 0, false),
         get(0, 0),
+    ]);
+}
+
+/// Issue 8 item 9: the bus loses its storage (the stream is recreated and
+/// its versions start again at 1); invalidations must still be accepted
+/// and take effect on every node.
+#[test]
+fn model_history_bus_loses_its_storage() {
+    replay::<3>(vec![
+        get_on(0, 0, 0),
+        get_on(2, 0, 0),
+        Op::BusWiped,
+        Op::Purge { node: 1, target: Target::Path(0), soft: false, via: Via::Api },
+        get_on(0, 1, 0),
+        get_on(2, 1, 0),
     ]);
 }
