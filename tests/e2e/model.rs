@@ -1039,3 +1039,53 @@ fn model_history_bus_loses_its_storage() {
         get_on(2, 1, 0),
     ]);
 }
+
+fn get_with(client: usize, path: usize, auth: bool, cc: ReqCc) -> Op {
+    Op::Get(Get { node: 0, client, path, auth, cookie: false, conditional: false, range: None, cc })
+}
+
+/// Issue 8 item 4: an authenticated request that joins an anonymous fill
+/// gets only what §3.5 lets it have from a shared response.
+#[test]
+fn model_history_authorization_joins_an_anonymous_fill() {
+    replay::<1>(vec![Op::Burst { node: 0, path: 0, who: vec![(0, false), (0, true)] }]);
+}
+
+/// A soft-purged object served under `max-stale` says it is stale.
+#[test]
+fn model_history_soft_purge_then_max_stale() {
+    replay::<1>(vec![
+        get(0, 0),
+        Op::Purge { node: 0, target: Target::Tag(0), soft: true, via: Via::Api },
+        get_with(0, 0, false, ReqCc::MaxStale),
+    ]);
+}
+
+/// Issue 8 item 1: a 304 carrying Set-Cookie is not stored with the
+/// cookie; no later response replays it.
+#[test]
+fn model_history_set_cookie_on_a_304() {
+    replay::<1>(vec![
+        Op::Shape { path: 0, shape: shape_of(Cc::Swr, true, Cookie::On304) },
+        get(0, 0),
+        get(0, 0),
+        head(1, 0, false),
+    ]);
+}
+
+/// A coalesced waiter never receives the fetching client's
+/// `private="X-Secret"` field.
+#[test]
+fn model_history_private_field_and_a_coalesced_waiter() {
+    replay::<1>(vec![
+        Op::Shape { path: 0, shape: shape_of(Cc::PrivateField, false, Cookie::Never) },
+        Op::Burst { node: 0, path: 0, who: vec![(1, false), (0, false)] },
+    ]);
+}
+
+/// HEAD freshening passes the §3.5 admission: the header fields of a
+/// response to an authenticated request do not reach later requests.
+#[test]
+fn model_history_authenticated_head_freshens_a_shared_object() {
+    replay::<1>(vec![get(0, 0), head(0, 0, true), head(1, 0, false)]);
+}
