@@ -21,7 +21,6 @@ mod origin;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -213,12 +212,9 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             });
         let head = (node.clone(), 0..CLIENTS, path(), proptest::bool::weighted(0.2))
             .prop_map(|(node, client, path, auth)| Op::Head { node, client, path, auth });
-        let burst = (
-            node.clone(),
-            path(),
-            proptest::collection::vec((0..CLIENTS, proptest::bool::weighted(0.25)), 2..5),
-        )
-            .prop_map(|(node, path, who)| Op::Burst { node, path, who });
+        let burst =
+            (node.clone(), path(), proptest::collection::vec((0..CLIENTS, proptest::bool::weighted(0.25)), 2..5))
+                .prop_map(|(node, path, who)| Op::Burst { node, path, who });
         let target = prop_oneof![
             path().prop_map(Target::Path),
             (0..PATHS.div_ceil(2)).prop_map(Target::Prefix),
@@ -226,8 +222,12 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             (0..GROUPS).prop_map(Target::Group),
         ];
         let via = prop_oneof![3 => Just(Via::Api), 1 => Just(Via::PurgeMethod), 1 => Just(Via::Events)];
-        let purge = (node.clone(), target, any::<bool>(), via)
-            .prop_map(|(node, target, soft, via)| Op::Purge { node, target, soft, via });
+        let purge = (node.clone(), target, any::<bool>(), via).prop_map(|(node, target, soft, via)| Op::Purge {
+            node,
+            target,
+            soft,
+            via,
+        });
         let post = (node.clone(), 0..CLIENTS, path(), proptest::option::weighted(0.6, 0..GROUPS))
             .prop_map(|(node, client, path, group)| Op::Post { node, client, path, group });
         let restart = (node, any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
@@ -287,6 +287,8 @@ struct Env {
     /// The bus lost its storage during a case: the next case starts on a
     /// fresh cluster, so that it does not inherit that damage.
     damaged: bool,
+    /// Runs the origin and every exchange; dropped last.
+    rt: Arc<tokio::runtime::Runtime>,
 }
 
 impl Env {
@@ -327,7 +329,8 @@ impl Env {
 }
 
 thread_local! {
-    static ENV: RefCell<Option<(Arc<tokio::runtime::Runtime>, Rc<RefCell<Env>>)>> = const { RefCell::new(None) };
+    /// The environment between cases; a case holds it while it runs.
+    static ENV: RefCell<Option<Env>> = const { RefCell::new(None) };
 }
 
 /// Numbers the cases of the whole test binary, for their key spaces.
@@ -335,8 +338,8 @@ static RUN: AtomicU64 = AtomicU64::new(0);
 
 /// One case: its key space, what the oracle knows, what clients remember.
 struct Case {
-    rt: Arc<tokio::runtime::Runtime>,
-    env: Rc<RefCell<Env>>,
+    /// Always `Some` until dropped, when it goes back to `ENV`.
+    env: Option<Env>,
     run: u64,
     oracle: Oracle,
     /// The ETag each (client, path) last received.
@@ -347,7 +350,23 @@ struct Case {
     steps: usize,
 }
 
+impl Drop for Case {
+    fn drop(&mut self) {
+        if let Some(env) = self.env.take() {
+            ENV.with(|e| *e.borrow_mut() = Some(env));
+        }
+    }
+}
+
 impl Case {
+    fn env(&self) -> &Env {
+        self.env.as_ref().expect("environment")
+    }
+
+    fn env_mut(&mut self) -> &mut Env {
+        self.env.as_mut().expect("environment")
+    }
+
     fn path(&self, i: usize) -> String {
         format!("/m{}/d{}/p{i}", self.run, i / 2)
     }
@@ -406,9 +425,10 @@ fn describe(got: &Got) -> String {
 
 async fn applied_version(fresco: &Fresco) -> Option<u64> {
     let got = request("GET", &fresco.admin_url("/metrics"), &[], Bytes::new()).await.ok()?;
-    got.text().lines().find_map(|l| {
-        l.strip_prefix("fresco_invalidation_applied_version ").and_then(|v| v.trim().parse::<f64>().ok())
-    }).map(|v| v as u64)
+    got.text()
+        .lines()
+        .find_map(|l| l.strip_prefix("fresco_invalidation_applied_version ").and_then(|v| v.trim().parse::<f64>().ok()))
+        .map(|v| v as u64)
 }
 
 impl Case {
@@ -438,16 +458,14 @@ impl Case {
 
     /// Sends a data request and checks the response.
     async fn exchange(&self, op: &Op, asked: &Asked, headers: &[(String, String)]) -> Got {
-        let env = self.env.borrow();
+        let env = self.env();
         let url = env.fresco(asked.node).url(&asked.path);
         let method = asked.method.as_str();
         let got = match request(method, &url, headers, Bytes::new()).await {
             Ok(g) => g,
-            Err(e) => self.fail(
-                op,
-                Violation { invariant: "every request to a live node gets a response", detail: e },
-                "",
-            ),
+            Err(e) => {
+                self.fail(op, Violation { invariant: "every request to a live node gets a response", detail: e }, "")
+            }
         };
         if let Some(v) = self.oracle.check(&env.origin, asked, &got).into_iter().find(|v| !ignored(v.invariant)) {
             self.fail(op, v, &format!("request {method} {} {headers:?}\n  {}", asked.path, describe(&got)));
@@ -505,7 +523,7 @@ impl Case {
         // A slow origin and staggered starts make the requests overlap in
         // the listed order, so a shrunk history replays the same overlap.
         let p = self.path(path);
-        self.env.borrow().origin.set_delay(&p, BURST_ORIGIN_DELAY);
+        self.env().origin.set_delay(&p, BURST_ORIGIN_DELAY);
         let this = &*self;
         let all = asked.iter().enumerate().map(|(k, a)| async move {
             tokio::time::sleep(BURST_STAGGER * k as u32).await;
@@ -513,7 +531,7 @@ impl Case {
             this.exchange(op, a, &h).await
         });
         futures_util::future::join_all(all).await;
-        self.env.borrow().origin.set_delay(&p, Duration::ZERO);
+        self.env().origin.set_delay(&p, Duration::ZERO);
     }
 
     /// Sends an invalidation through `via`; returns the answer and the
@@ -529,7 +547,7 @@ impl Case {
         via: Via,
         reason: &str,
     ) -> (Result<Got, String>, Option<String>) {
-        let env = self.env.borrow();
+        let env = self.env();
         let fresco = env.fresco(node);
         let auth = ("authorization".to_string(), format!("Bearer {TOKEN}"));
         match (via, selects) {
@@ -562,7 +580,7 @@ impl Case {
     /// Sends an invalidation and, once acknowledged, waits for every node
     /// to apply it; the oracle holds it from then on.
     async fn purge(&mut self, op: &Op, node: usize, target: Target, soft: bool, via: Via) {
-        let epoch = self.env.borrow().origin.bump_epoch();
+        let epoch = self.env().origin.bump_epoch();
         let reason = format!("model m{} step {}", self.run, self.steps);
         let (selects, key, value) = match target {
             Target::Path(i) => (Selects::Path(self.path(i)), "urls", self.url(&self.path(i))),
@@ -587,7 +605,7 @@ impl Case {
                     "",
                 ),
             };
-            let bus_up = match &self.env.borrow().nats {
+            let bus_up = match &self.env().nats {
                 Some(bus) if got.status == 503 => bus.is_up(),
                 _ => break (got, reason),
             };
@@ -634,7 +652,7 @@ impl Case {
     /// a bound.
     async fn wait_applied(&self, op: &Op, version: u64) {
         let deadline = Instant::now() + APPLY_BOUND;
-        let env = self.env.borrow();
+        let env = self.env();
         for node in &env.nodes {
             let fresco = node.fresco.as_ref().expect("node running");
             loop {
@@ -664,23 +682,21 @@ impl Case {
             h.push(("x-invalidate-group".into(), self.group(g)));
         }
         let got = {
-            let env = self.env.borrow();
+            let env = self.env();
             request("POST", &env.fresco(node).url(&asked.path), &h, Bytes::from_static(b"form")).await
         };
         let got = match got {
             Ok(g) => g,
-            Err(e) => self.fail(
-                op,
-                Violation { invariant: "every request to a live node gets a response", detail: e },
-                "",
-            ),
+            Err(e) => {
+                self.fail(op, Violation { invariant: "every request to a live node gets a response", detail: e }, "")
+            }
         };
         if got.status != 200 {
             // An error answer invalidates nothing (§4.4); a bus that is down
             // refuses the origin's group invalidation.
             return;
         }
-        let epoch = self.env.borrow().origin.epoch();
+        let epoch = self.env().origin.epoch();
         self.oracle.invalidations.push(Invalidation {
             what: format!("POST {} (RFC 9111 §4.4) on node {node}", asked.path),
             epoch,
@@ -696,13 +712,13 @@ impl Case {
                 selects: Selects::Tag(self.group(g)),
                 node: None,
             });
-            let accepted = applied_version(self.env.borrow().fresco(node)).await.unwrap_or(0);
+            let accepted = applied_version(self.env().fresco(node)).await.unwrap_or(0);
             self.wait_applied(op, accepted).await;
         }
     }
 
     async fn restart(&mut self, op: &Op, node: usize, kill: bool) {
-        let old = self.env.borrow_mut().nodes[node].fresco.take().expect("node running");
+        let old = self.env_mut().nodes[node].fresco.take().expect("node running");
         if kill {
             old.kill9();
         } else {
@@ -715,11 +731,11 @@ impl Case {
                 );
             }
         }
-        self.env.borrow_mut().start_node(node);
+        self.env_mut().start_node(node);
     }
 
     async fn bus(&mut self, op: &Op) {
-        let mut env = self.env.borrow_mut();
+        let env = self.env_mut();
         let nats = env.nats.as_mut().expect("a cluster has a bus");
         match op {
             Op::BusUp => nats.restart().await,
@@ -733,14 +749,14 @@ impl Case {
 
     fn apply(&mut self, op: &Op) {
         self.steps += 1;
-        let rt = self.rt.clone();
+        let rt = self.env().rt.clone();
         rt.block_on(async {
             match op {
                 Op::Get(g) => self.get(op, g).await,
                 Op::Head { node, client, path, auth } => self.head(op, *node, *client, *path, *auth).await,
                 Op::Burst { node, path, who } => self.burst(op, *node, *path, who).await,
-                Op::Shape { path, shape } => self.env.borrow().origin.set_shape(&self.path(*path), *shape),
-                Op::Bump { path } => self.env.borrow().origin.bump_version(&self.path(*path)),
+                Op::Shape { path, shape } => self.env().origin.set_shape(&self.path(*path), *shape),
+                Op::Bump { path } => self.env().origin.bump_version(&self.path(*path)),
                 Op::Purge { node, target, soft, via } => self.purge(op, *node, *target, *soft, *via).await,
                 Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
                 Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
@@ -757,9 +773,9 @@ impl Case {
         if self.acked.is_empty() {
             return;
         }
-        let rt = self.rt.clone();
+        let rt = self.env().rt.clone();
         rt.block_on(async {
-            let env = self.env.borrow();
+            let env = self.env();
             let auth = vec![("authorization".to_string(), format!("Bearer {TOKEN}"))];
             for node in &env.nodes {
                 let fresco = node.fresco.as_ref().expect("node running");
@@ -799,20 +815,10 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
     type Reference = Model<N>;
 
     fn init_test(state: &RefState) -> Case {
-        let (rt, env) = ENV.with(|e| e.borrow().clone().expect("model environment"));
+        let mut env = ENV.with(|e| e.borrow_mut().take()).expect("model environment");
         let run = RUN.fetch_add(1, Ordering::SeqCst);
-        let mut case = Case {
-            rt: rt.clone(),
-            env: env.clone(),
-            run,
-            oracle: Oracle::default(),
-            etags: HashMap::new(),
-            next_rid: 0,
-            acked: Vec::new(),
-            steps: 0,
-        };
+        let rt = env.rt.clone();
         rt.block_on(async {
-            let mut env = env.borrow_mut();
             if env.damaged {
                 env.rebuild().await;
             }
@@ -828,18 +834,30 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
                     None => false,
                 };
                 if !alive {
-                    eprintln!("model: node {} was not answering at the start of case m{run}; restarting it", env.nodes[i].id);
+                    eprintln!(
+                        "model: node {} was not answering at the start of case m{run}; restarting it",
+                        env.nodes[i].id
+                    );
                     env.nodes[i].fresco = None;
                     env.start_node(i);
                 }
             }
         });
+        let mut case = Case {
+            env: Some(env),
+            run,
+            oracle: Oracle::default(),
+            etags: HashMap::new(),
+            next_rid: 0,
+            acked: Vec::new(),
+            steps: 0,
+        };
         for i in 0..PATHS {
             let path = case.path(i);
             let tags = vec![case.tag(i)];
             let groups = vec![case.group(i % GROUPS)];
-            case.env.borrow().origin.add_path(&path, tags.clone(), groups.clone());
-            case.env.borrow().origin.set_shape(&path, state.shapes[i]);
+            case.env().origin.add_path(&path, tags.clone(), groups.clone());
+            case.env().origin.set_shape(&path, state.shapes[i]);
             case.oracle.add_path(&path, [tags, groups].concat());
         }
         case
@@ -850,11 +868,11 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
         case
     }
 
-    fn teardown(case: Case, state: RefState) {
+    fn teardown(mut case: Case, state: RefState) {
         if !state.bus_up {
-            let rt = case.rt.clone();
+            let rt = case.env().rt.clone();
             rt.block_on(async {
-                if let Some(n) = case.env.borrow_mut().nats.as_mut() {
+                if let Some(n) = case.env_mut().nats.as_mut() {
                     n.restart().await;
                 }
             });
@@ -867,9 +885,11 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
 /// `fresco-e2e-*` names, which other suites' clean-ups may remove).
 fn model_dir(tag: &str) -> PathBuf {
     static N: AtomicU64 = AtomicU64::new(0);
-    let d = std::env::temp_dir()
-        .join("fresco-model")
-        .join(format!("{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    let d = std::env::temp_dir().join("fresco-model").join(format!(
+        "{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    ));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
@@ -879,7 +899,9 @@ fn config_file() -> PathBuf {
     let file = model_dir("cfg").join("fresco.toml");
     std::fs::write(
         &file,
-        format!("[[token]]\nname = \"model\"\nsecret = \"{TOKEN}\"\nscopes = [\"all\"]\nrate = 100000\nburst = 100000\n"),
+        format!(
+            "[[token]]\nname = \"model\"\nsecret = \"{TOKEN}\"\nscopes = [\"all\"]\nrate = 100000\nburst = 100000\n"
+        ),
     )
     .unwrap();
     file
@@ -887,31 +909,28 @@ fn config_file() -> PathBuf {
 
 /// Starts the origin, `N` nodes and (for a cluster) NATS, and installs
 /// them for the cases run on this thread.
-fn start_env<const N: usize>() -> (Arc<tokio::runtime::Runtime>, Rc<RefCell<Env>>) {
-    let rt = Arc::new(
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"),
-    );
-    let env = rt.block_on(async {
+fn start_env<const N: usize>() {
+    let rt =
+        Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"));
+    let mut env = rt.block_on(async {
         let origin = ModelOrigin::start().await;
         let nats = if N > 1 { Some(Bus::start(model_dir("nats")).await) } else { None };
         let nodes = (0..N).map(|i| Node { id: format!("edge-{i}"), dir: model_dir("node"), fresco: None }).collect();
-        Env { origin, nodes, nats, config: config_file(), damaged: false }
+        Env { origin, nodes, nats, config: config_file(), damaged: false, rt: rt.clone() }
     });
-    let env = Rc::new(RefCell::new(env));
     for i in 0..N {
-        env.borrow_mut().start_node(i);
+        env.start_node(i);
     }
-    ENV.with(|e| *e.borrow_mut() = Some((rt.clone(), env.clone())));
-    (rt, env)
+    ENV.with(|e| *e.borrow_mut() = Some(env));
 }
 
 /// Stops everything `start_env` started; on success also removes the
 /// nodes' directories (a failure leaves them, logs included, to read).
-fn stop_env(env: Rc<RefCell<Env>>, passed: bool) {
-    ENV.with(|e| *e.borrow_mut() = None);
-    let Ok(env) = Rc::try_unwrap(env) else { return };
-    let env = env.into_inner();
-    let dirs: Vec<PathBuf> = env.nodes.iter().map(|n| n.dir.clone()).chain(env.config.parent().map(PathBuf::from)).collect();
+fn stop_env(passed: bool) {
+    let Some(env) = ENV.with(|e| e.borrow_mut().take()) else { return };
+    let mut dirs: Vec<PathBuf> = env.nodes.iter().map(|n| n.dir.clone()).collect();
+    dirs.extend(env.config.parent().map(PathBuf::from));
+    dirs.extend(env.nats.as_ref().map(|b| b.store.clone()));
     drop(env);
     if passed {
         for d in dirs {
@@ -934,13 +953,13 @@ fn run_model<const N: usize>(default_cases: u32) {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     );
     eprintln!("model test, {N} node(s): {cases} cases of up to {steps} steps, FRESCO_MODEL_SEED={seed}");
-    let (_rt, env) = start_env::<N>();
+    start_env::<N>();
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
         failure_persistence: None,
         max_shrink_iters: 400,
-        max_shrink_time: (env_u64("FRESCO_MODEL_SHRINK_SECS", 120) * 1000) as u32,
+        max_shrink_time: (env_u64("FRESCO_MODEL_SHRINK_SECS", 60) * 1000) as u32,
         ..Config::default()
     };
     let mut runner = TestRunner::new(config.clone());
@@ -954,8 +973,8 @@ fn run_model<const N: usize>(default_cases: u32) {
         Ok(())
     });
     std::panic::set_hook(hook);
-    let produced = env.borrow().origin.produced();
-    stop_env(env, result.is_ok());
+    let produced = ENV.with(|e| e.borrow().as_ref().map_or(0, |env| env.origin.produced()));
+    stop_env(result.is_ok());
     match result {
         Ok(()) => eprintln!(
             "model test, {N} node(s): {cases} cases passed in {:.1?} ({produced} origin responses)",
@@ -975,25 +994,32 @@ fn run_model<const N: usize>(default_cases: u32) {
 /// Runs one fixed history (a shrunk failure the random runs found) on a
 /// fresh node, checked by the same oracle.
 fn replay<const N: usize>(ops: Vec<Op>) {
-    let (_rt, env) = start_env::<N>();
+    start_env::<N>();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        ModelTest::<N>::test_sequential(Config::default(), RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] }, ops.clone(), None);
+        ModelTest::<N>::test_sequential(
+            Config::default(),
+            RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] },
+            ops.clone(),
+            None,
+        );
     }));
-    stop_env(env, result.is_ok());
+    stop_env(result.is_ok());
     if let Err(e) = result {
         let msg = e.downcast_ref::<String>().cloned().unwrap_or_default();
         panic!("{msg}\nhistory:\n{}", format_history(&ops));
     }
 }
 
+// Defaults sized for CI on a 2-core machine in debug: about a minute each
+// when everything passes. scripts/soak.sh runs many more.
 #[test]
 fn model_single_node() {
-    run_model::<1>(40);
+    run_model::<1>(100);
 }
 
 #[test]
 fn model_three_nodes_on_jetstream() {
-    run_model::<3>(8);
+    run_model::<3>(50);
 }
 
 fn get(client: usize, path: usize) -> Op {

@@ -10,7 +10,7 @@ use crate::harness::free_port;
 
 pub(crate) struct Bus {
     pub port: u16,
-    store: PathBuf,
+    pub store: PathBuf,
     child: Option<Child>,
 }
 

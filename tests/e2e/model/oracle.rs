@@ -209,13 +209,19 @@ impl Oracle {
             if owner.client != asked.client {
                 return Err(violation(
                     "a Set-Cookie value reaches only the client whose request made the origin send it",
-                    format!("cookie {value} was sent for {} ({}), delivered to {}", owner.client, owner.rid, asked.client),
+                    format!(
+                        "cookie {value} was sent for {} ({}), delivered to {}",
+                        owner.client, owner.rid, asked.client
+                    ),
                 ));
             }
             if owner.rid != asked.rid {
                 return Err(violation(
                     "a Set-Cookie is never replayed from the store or to a coalesced request",
-                    format!("cookie {value} was sent for request {}, delivered again to request {}", owner.rid, asked.rid),
+                    format!(
+                        "cookie {value} was sent for request {}, delivered again to request {}",
+                        owner.rid, asked.rid
+                    ),
                 ));
             }
         }
@@ -228,11 +234,12 @@ impl Oracle {
 /// an authenticated request is answered from a response fetched for
 /// another request only when §3.5 allows that response to be shared.
 fn check_private(asked: &Asked, sources: &[Production]) -> Result<(), Violation> {
-    let describe =
-        |p: &Production| format!(
+    let describe = |p: &Production| {
+        format!(
             "production {} (v{} e{}) for {} ({}) shape {:?} auth={}",
             p.serial, p.version, p.epoch, p.client, p.rid, p.shape.cc, p.auth
-        );
+        )
+    };
     if sources.iter().all(|p| p.shape.cc.personal() && p.client != asked.client) {
         return Err(violation(
             "private / no-store content never reaches another client",

@@ -223,7 +223,10 @@ impl ModelOrigin {
     /// (`Cache-Groups`).
     pub(crate) fn add_path(&self, path: &str, tags: Vec<String>, groups: Vec<String>) {
         let mut st = self.state.lock().unwrap();
-        st.paths.insert(path.to_string(), PathState { version: 1, shape: Shape::plain(), tags, groups, delay: Duration::ZERO });
+        st.paths.insert(
+            path.to_string(),
+            PathState { version: 1, shape: Shape::plain(), tags, groups, delay: Duration::ZERO },
+        );
     }
 
     pub(crate) fn set_shape(&self, path: &str, shape: Shape) {
@@ -277,7 +280,6 @@ impl ModelOrigin {
     pub(crate) fn produced(&self) -> usize {
         self.state.lock().unwrap().productions.len()
     }
-
 }
 
 fn last_modified(base: SystemTime, version: u32, epoch: u64) -> SystemTime {
@@ -314,7 +316,8 @@ async fn answer(st: &Mutex<State>, base: SystemTime, req: Request<Incoming>) -> 
     let _ = body.collect().await;
     drop(parts);
 
-    let (resp, delay) = produce(&mut st.lock().unwrap(), base, method, path, client, rid, auth, inm, ims, invalidate_group);
+    let (resp, delay) =
+        produce(&mut st.lock().unwrap(), base, method, path, client, rid, auth, inm, ims, invalidate_group);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
@@ -375,11 +378,8 @@ fn produce(
         u8::from(auth)
     );
     let body = Bytes::from(text);
-    let mut resp = Response::new(Full::new(if status == 200 && method == Method::GET {
-        body.clone()
-    } else {
-        Bytes::new()
-    }));
+    let mut resp =
+        Response::new(Full::new(if status == 200 && method == Method::GET { body.clone() } else { Bytes::new() }));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     let h = resp.headers_mut();
     let mut add = |name: &'static str, value: String| {
