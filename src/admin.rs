@@ -3,7 +3,12 @@
 //! - `POST /api/v1/invalidations` → 202 `{"id","version"}` once durable
 //! - `GET  /api/v1/invalidations/{id}` → status with per-node applied times
 //! - `GET  /api/v1/invalidations?limit=N&before=V` → audit log, newest first
-//! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /metrics`
+//! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//!
+//! `/healthz` says the process runs; `/readyz` (200 or 503, with a JSON body
+//! naming each check) says whether the node may take traffic: it applied
+//! the log it knows of, can reach the log, and its consumer and other
+//! background tasks run.
 //!
 //! Every `/api` call needs a bearer token; errors are JSON `{"error": ...}`
 //! naming what was wrong.
@@ -25,21 +30,24 @@ use tokio::sync::watch;
 
 use crate::access::Denied;
 use crate::invalidation::audit::{Applied, AuditRecord};
-use crate::invalidation::cluster::ClusterView;
-use crate::invalidation::service::{self, MAX_BODY, Refused, Service};
+use crate::invalidation::cluster::{Check, ClusterView, NodeInfo};
+use crate::invalidation::service::{self, IdempotencyKey, MAX_BODY, Refused, Service};
 use crate::invalidation::{LogError, Mode};
 use crate::proxy::Proxy;
+use crate::supervisor::Health;
 
 #[derive(Clone)]
 pub struct AdminState {
     pub proxy: Arc<Proxy>,
     pub service: Arc<Service>,
     pub metrics: PrometheusHandle,
+    pub health: Arc<Health>,
 }
 
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/api/v1/invalidations", get(list).post(create))
         .route("/api/v1/invalidations/{id}", get(status))
@@ -51,6 +59,24 @@ pub fn router(state: AdminState) -> Router {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let mut checks = state.service.membership.readiness();
+    let dead = state.health.dead();
+    checks.push(Check {
+        name: "tasks",
+        ok: dead.is_empty(),
+        detail: if dead.is_empty() {
+            "all background tasks run".into()
+        } else {
+            format!("stopped: {}", dead.join(", "))
+        },
+    });
+    let ready = checks.iter().all(|c| c.ok);
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(json!({ "ready": ready, "failed": failed, "checks": checks }))).into_response()
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
@@ -88,6 +114,11 @@ fn denial(d: Denied) -> Response {
     }
 }
 
+/// The request's `Idempotency-Key`, if it carries a valid one.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, String> {
+    headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())).transpose()
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
@@ -101,8 +132,12 @@ async fn create(State(state): State<AdminState>, headers: HeaderMap, body: Bytes
         Ok(x) => x,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
     let mode = req.mode.unwrap_or(Mode::Hard);
-    match state.service.submit(bearer(&headers), selectors, mode, req.reason, req.break_glass).await {
+    match state.service.submit_keyed(bearer(&headers), selectors, mode, req.reason, req.break_glass, key).await {
         Ok(entry) => {
             let id = entry.id();
             let body = json!({ "id": id, "version": entry.version, "status": format!("/api/v1/invalidations/{id}") });
@@ -132,8 +167,13 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
         Err((true, msg)) => return error(StatusCode::NOT_IMPLEMENTED, msg),
         Err((false, msg)) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let entry = match state.service.submit(bearer(&headers), selectors, mode, "invalidation event".into(), false).await
-    {
+    let key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
+    };
+    let submitted =
+        state.service.submit_keyed(bearer(&headers), selectors, mode, "invalidation event".into(), false, key).await;
+    let entry = match submitted {
         Ok(e) => e,
         Err(r) => return refusal(r),
     };
@@ -167,32 +207,44 @@ struct Status {
     #[serde(flatten)]
     record: AuditRecord,
     id: String,
-    /// Every live node, with when it applied the invalidation.
+    /// Every node that is live or may still answer from its store, with
+    /// when it applied the invalidation.
     nodes: Vec<NodeStatus>,
-    /// Nodes that stopped heartbeating: listed, not counted.
+    /// Nodes that stopped heartbeating long enough ago that they no longer
+    /// answer from their stores: listed, not counted.
     down: Vec<String>,
+    /// Nodes that may still answer from their stores and have not
+    /// confirmed applying the invalidation.
+    unconfirmed: Vec<String>,
+    /// True when no node that may still answer from its store is unconfirmed.
     converged: bool,
 }
 
 fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
     let version = record.entry.version;
-    let nodes: Vec<NodeStatus> = view
-        .nodes
+    let counted: Vec<&NodeInfo> = view.nodes.iter().filter(|n| n.live || n.may_serve).collect();
+    let nodes: Vec<NodeStatus> = counted
         .iter()
-        .filter(|n| n.live)
         .map(|n| {
+            // Acknowledgements are kept only for the stream this node follows.
             let applied_ms = record.applied.iter().find(|a: &&Applied| a.node == n.node).map(|a| a.applied_ms);
             NodeStatus {
                 node: n.node.clone(),
-                applied: applied_ms.is_some() || n.applied_version >= version,
+                applied: applied_ms.is_some() || n.applied(&view.stream, version),
                 applied_ms,
                 lag_ms: applied_ms.map(|t| t.saturating_sub(record.entry.accepted_ms)),
             }
         })
         .collect();
-    let down = view.nodes.iter().filter(|n| !n.live).map(|n| n.node.clone()).collect();
-    let converged = !nodes.is_empty() && nodes.iter().all(|n| n.applied);
-    Status { id: record.entry.id(), record, nodes, down, converged }
+    let down = view.nodes.iter().filter(|n| !(n.live || n.may_serve)).map(|n| n.node.clone()).collect();
+    let unconfirmed: Vec<String> = counted
+        .iter()
+        .zip(&nodes)
+        .filter(|(info, status)| info.may_serve && !status.applied)
+        .map(|(info, _)| info.node.clone())
+        .collect();
+    let converged = nodes.iter().any(|n| n.applied) && unconfirmed.is_empty();
+    Status { id: record.entry.id(), record, nodes, down, unconfirmed, converged }
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -256,5 +308,67 @@ pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "admin listener failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::invalidation::{Entry, NewInvalidation, Selector};
+
+    fn record(version: u64, acked_by: &[&str]) -> AuditRecord {
+        let invalidation = NewInvalidation {
+            selectors: vec![Selector::Tag("t".into())],
+            mode: Mode::Hard,
+            reason: String::new(),
+            issuer: "t".into(),
+            break_glass: false,
+        };
+        AuditRecord {
+            entry: Entry { version, invalidation, accepted_ms: 0 },
+            applied: acked_by.iter().map(|n| Applied { node: n.to_string(), applied_ms: 1 }).collect(),
+        }
+    }
+
+    fn node(name: &str, stream: &str, from: u64, to: u64, live: bool, may_serve: bool) -> NodeInfo {
+        NodeInfo {
+            node: name.into(),
+            stream: stream.into(),
+            applied_version: to,
+            applied_from: from,
+            heartbeat_age_ms: 0,
+            live,
+            may_serve,
+            hits: 0,
+            requests: 0,
+        }
+    }
+
+    fn view(nodes: Vec<NodeInfo>) -> ClusterView {
+        ClusterView { stream: "s2".into(), head: Some(10), nodes }
+    }
+
+    #[test]
+    fn a_node_that_skipped_a_version_or_follows_another_stream_has_not_applied_it() {
+        let v = view(vec![
+            node("a", "s2", 1, 10, true, true),
+            node("gap", "s2", 6, 10, true, true),
+            node("old-stream", "s1", 1, 40, true, true),
+        ]);
+        let s = status_of(&v, record(3, &["a"]));
+        let applied: Vec<bool> = s.nodes.iter().map(|n| n.applied).collect();
+        assert_eq!(applied, vec![true, false, false]);
+        assert_eq!(s.unconfirmed, vec!["gap".to_string(), "old-stream".to_string()]);
+        assert!(!s.converged);
+    }
+
+    #[test]
+    fn a_silent_node_blocks_convergence_until_it_can_no_longer_be_serving() {
+        let maybe = view(vec![node("a", "s2", 1, 10, true, true), node("cut", "s2", 1, 2, false, true)]);
+        let s = status_of(&maybe, record(3, &["a"]));
+        assert_eq!((s.converged, s.unconfirmed.clone(), s.down.clone()), (false, vec!["cut".to_string()], vec![]));
+        let gone = view(vec![node("a", "s2", 1, 10, true, true), node("cut", "s2", 1, 2, false, false)]);
+        let s = status_of(&gone, record(3, &["a"]));
+        assert_eq!((s.converged, s.down.clone()), (true, vec!["cut".to_string()]));
     }
 }

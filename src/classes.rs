@@ -35,6 +35,22 @@ impl Classes {
     }
 }
 
+impl Classes {
+    /// True when a class covering this path names the content type its
+    /// responses must have and this response has another: a page answering
+    /// under an asset path (`/static/account.css` returning the account's
+    /// HTML, web cache deception) is then not stored.
+    pub fn refuses(&self, path: &str, content_type: Option<&str>) -> bool {
+        self.0.iter().any(|c| {
+            c.path_prefix.as_deref().is_some_and(|p| path.starts_with(p))
+                && c.content_type.as_deref().is_some_and(|want| {
+                    !content_type
+                        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
+                })
+        })
+    }
+}
+
 /// Builds a class's stale defaults from its configured windows.
 pub fn stale(swr: Option<Duration>, sie: Option<Duration>, forbid: bool) -> StaleDefaults {
     StaleDefaults { stale_while_revalidate: swr, stale_if_error: sie, forbid }
@@ -65,6 +81,15 @@ mod tests {
         assert_eq!(classes.classify("/page", Some("Text/HTML; charset=utf-8")).unwrap().name, "html");
         assert_eq!(classes.classify("/img.png", Some("image/png")).unwrap().name, "rest");
         assert_eq!(classes.classify("/page", None).unwrap().name, "rest");
+    }
+
+    #[test]
+    fn a_class_naming_a_content_type_refuses_others_under_its_path() {
+        let classes = Classes(vec![class("css", Some("/static/"), Some("text/css"), 10)]);
+        assert!(classes.refuses("/static/account.css", Some("text/html; charset=utf-8")));
+        assert!(classes.refuses("/static/account.css", None));
+        assert!(!classes.refuses("/static/site.css", Some("text/css")));
+        assert!(!classes.refuses("/account", Some("text/html")), "outside the class's path");
     }
 
     #[test]

@@ -50,6 +50,34 @@ pub enum Command {
     },
 }
 
+/// Why a command failed; it decides the exit status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CliError {
+    /// Bad usage or configuration, or a node that cannot start: exit
+    /// status 2, as clap's own usage errors.
+    Usage(String),
+    /// `purge` / `status`: the node could not be reached or refused, or the
+    /// invalidation did not converge in time. Exit status 1.
+    Failed(String),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
 /// Resolves `serve`'s configuration: file, then flags on top.
 pub fn serve_config(config: Option<PathBuf>, flags: RawConfig) -> Result<Config, String> {
     let file = match config {
@@ -59,36 +87,42 @@ pub fn serve_config(config: Option<PathBuf>, flags: RawConfig) -> Result<Config,
     Config::from_raw(flags.or(file)).map_err(|e| e.to_string())
 }
 
-pub async fn run(cli: Cli) -> Result<(), String> {
+pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
-        Command::Serve { config, flags } => {
-            let cfg = serve_config(config, flags)?;
-            crate::server::run(cfg, crate::server::shutdown_signal()).await
-        }
-        Command::Demo { listen, admin, origin } => {
-            let origin_listener = tokio::net::TcpListener::bind(origin).await.map_err(|e| {
-                format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin")
-            })?;
-            let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
-            tokio::spawn(crate::demo::serve_origin(origin_listener));
-            let raw = RawConfig {
-                listen: Some(listen.to_string()),
-                admin: Some(admin.to_string()),
-                origin: Some(format!("http://{origin_addr}")),
-                ..Default::default()
-            };
-            let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;
-            crate::demo::print_guide(listen, admin, origin_addr);
-            crate::server::run(cfg, crate::server::shutdown_signal()).await
-        }
+        Command::Serve { config, flags } => serve(config, flags).await.map_err(CliError::Usage),
+        Command::Demo { listen, admin, origin } => demo(listen, admin, origin).await.map_err(CliError::Usage),
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
-        Command::Origin { listen } => {
-            let listener =
-                tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            println!("fresco origin ready on {}", listener.local_addr().map_err(|e| e.to_string())?);
-            crate::demo::serve_origin(listener).await;
-            Ok(())
-        }
+        Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
     }
+}
+
+async fn serve(config: Option<PathBuf>, flags: RawConfig) -> Result<(), String> {
+    let cfg = serve_config(config, flags)?;
+    crate::server::run(cfg, crate::server::shutdown_signal()).await
+}
+
+async fn demo(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Result<(), String> {
+    let origin_listener = tokio::net::TcpListener::bind(origin)
+        .await
+        .map_err(|e| format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin"))?;
+    let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(crate::demo::serve_origin(origin_listener));
+    let raw = RawConfig {
+        listen: Some(listen.to_string()),
+        admin: Some(admin.to_string()),
+        origin: Some(format!("http://{origin_addr}")),
+        ..Default::default()
+    };
+    let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;
+    crate::demo::print_guide(listen, admin, origin_addr);
+    crate::server::run(cfg, crate::server::shutdown_signal()).await
+}
+
+async fn origin(listen: SocketAddr) -> Result<(), String> {
+    let listener =
+        tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    println!("fresco origin ready on {}", listener.local_addr().map_err(|e| e.to_string())?);
+    crate::demo::serve_origin(listener).await;
+    Ok(())
 }

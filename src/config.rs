@@ -84,6 +84,9 @@ pub struct RawConfig {
     /// A node that has not heartbeaten for this long is shown as down [default: 5s]
     #[arg(long)]
     pub down_after: Option<String>,
+    /// Out of reach of the bus's log this long, a node stops answering from its store and reports not ready [default: 3s]
+    #[arg(long)]
+    pub max_log_silence: Option<String>,
     /// Directory for the invalidation log and the local admin token [default: fresco-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -185,6 +188,7 @@ impl RawConfig {
             bus_replicas: self.bus_replicas.or(base.bus_replicas),
             bus_retention: self.bus_retention.or(base.bus_retention),
             down_after: self.down_after.or(base.down_after),
+            max_log_silence: self.max_log_silence.or(base.max_log_silence),
         }
     }
 
@@ -246,6 +250,7 @@ pub struct Config {
     pub bus_replicas: usize,
     pub bus_retention: Duration,
     pub down_after: Duration,
+    pub max_log_silence: Duration,
 }
 
 impl Config {
@@ -373,7 +378,7 @@ impl Config {
             key_headers,
             key_cookies: raw.key_cookies.unwrap_or_default(),
             parents,
-            lock_timeout: duration("lock_timeout", raw.lock_timeout, "10s")?,
+            lock_timeout: duration("lock_timeout", raw.lock_timeout, "30s")?,
             uncacheable_ttl: duration("uncacheable_ttl", raw.uncacheable_ttl, "10s")?,
             classes,
             data_dir: raw.data_dir.unwrap_or_else(|| PathBuf::from("fresco-data")),
@@ -392,6 +397,7 @@ impl Config {
             },
             bus_retention: duration("bus_retention", raw.bus_retention, "24h")?,
             down_after: duration("down_after", raw.down_after, "5s")?,
+            max_log_silence: duration("max_log_silence", raw.max_log_silence, "3s")?,
         })
     }
 }

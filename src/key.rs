@@ -25,6 +25,93 @@ pub struct CacheKey {
     pub key: String,
 }
 
+impl CacheKey {
+    /// The normalised host (and non-default port): what Fresco sends as
+    /// `Host`, so the origin answers for exactly what the key names.
+    pub fn host(&self) -> &str {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        rest.split_once('/').map_or(rest, |(host, _)| host)
+    }
+
+    /// The normalised path and query: what Fresco forwards, so the
+    /// response it stores under this key is the response to this key.
+    pub fn path_and_query(&self) -> &str {
+        let rest = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r);
+        rest.find('/').map_or("/", |i| &rest[i..])
+    }
+}
+
+/// Why a request names no host Fresco can key and forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostError {
+    Missing,
+    /// RFC 9112 §3.2: more than one Host field.
+    Several,
+    /// Not a host[:port] (userinfo, a path, spaces, a bad port, ...).
+    Invalid,
+}
+
+impl HostError {
+    pub fn message(self) -> &'static str {
+        match self {
+            HostError::Missing => "request has no Host\n",
+            HostError::Several => "request has more than one Host field (RFC 9112 §3.2)\n",
+            HostError::Invalid => "request Host is not a valid host[:port]\n",
+        }
+    }
+}
+
+/// The authority a request is for: the target's own in absolute form (or
+/// HTTP/2's `:authority`), which replaces any Host field (RFC 9112 §3.2.2),
+/// else its one Host field. Validated, so that what Fresco keys is what it
+/// can forward.
+pub fn request_authority(uri: &http::Uri, headers: &HeaderMap) -> Result<String, HostError> {
+    let mut hosts = headers.get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(HostError::Several);
+    }
+    let raw = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => host.ok_or(HostError::Missing)?.to_str().map_err(|_| HostError::Invalid)?,
+    };
+    if raw.is_empty() {
+        return Err(HostError::Missing);
+    }
+    valid_authority(raw).then(|| raw.to_string()).ok_or(HostError::Invalid)
+}
+
+/// host [ ":" port ] with host an IP literal, IPv4 address or DNS-style
+/// reg-name (RFC 3986 §3.2.2); no userinfo.
+fn valid_authority(raw: &str) -> bool {
+    let (host, port) = if let Some(rest) = raw.strip_prefix('[') {
+        let Some((literal, after)) = rest.split_once(']') else { return false };
+        if literal.is_empty() || !literal.chars().all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.') {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("x", port),
+                None => return false,
+            },
+        }
+    } else {
+        match raw.rsplit_once(':') {
+            Some((h, p)) => (h, p),
+            None => (raw, ""),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
+    let port_ok = port.is_empty()
+        || (port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u32>().is_ok_and(|p| p <= 65535));
+    host_ok && port_ok
+}
+
 impl KeyPolicy {
     pub fn key(&self, scheme: &str, authority: &str, path_and_query: &str, headers: &HeaderMap) -> CacheKey {
         let (path, query) = match path_and_query.split_once('?') {
@@ -199,6 +286,40 @@ mod tests {
         let kb = p.key("http", "a", "/", &b);
         assert_ne!(ka.key, kb.key);
         assert_eq!(ka.url, kb.url);
+    }
+
+    #[test]
+    fn the_key_gives_the_host_and_target_to_forward() {
+        let k = KeyPolicy::default().key("http", "X.COM:80", "/obj/x/%2e%2e/%2e%2e/obj/target?a=1", &HeaderMap::new());
+        assert_eq!(k.host(), "x.com");
+        assert_eq!(k.path_and_query(), "/obj/target?a=1");
+        let k = KeyPolicy::default().key("http", "[::1]:8080", "", &HeaderMap::new());
+        assert_eq!((k.host(), k.path_and_query()), ("[::1]:8080", "/"));
+    }
+
+    fn authority(uri: &str, hosts: &[&str]) -> Result<String, HostError> {
+        let mut h = HeaderMap::new();
+        for v in hosts {
+            h.append(http::header::HOST, HeaderValue::from_str(v).unwrap());
+        }
+        request_authority(&uri.parse().unwrap(), &h)
+    }
+
+    #[test]
+    fn rfc9112_3_2_one_valid_host() {
+        assert_eq!(authority("/p", &["a.test:8080"]), Ok("a.test:8080".into()));
+        assert_eq!(authority("/p", &["a.test", "b.test"]), Err(HostError::Several));
+        assert_eq!(authority("/p", &[]), Err(HostError::Missing));
+        for bad in ["a@b", "a/x", "a b", "a.test:99999", "a.test:8o", "[zz]", ":80"] {
+            assert_eq!(authority("/p", &[bad]), Err(HostError::Invalid), "{bad}");
+        }
+        assert_eq!(authority("/p", &["[::1]:80"]), Ok("[::1]:80".into()));
+    }
+
+    #[test]
+    fn rfc9112_3_2_2_absolute_form_target_replaces_host() {
+        assert_eq!(authority("http://victim.example/p", &["evil.example"]), Ok("victim.example".into()));
+        assert_eq!(authority("http://user@victim.example/p", &[]), Err(HostError::Invalid));
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("fresco: {e}");
-            std::process::ExitCode::from(2)
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }

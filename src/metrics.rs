@@ -8,7 +8,7 @@ use metrics::{counter, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::invalidation::Invalidations;
-use crate::store::Store;
+use crate::store::{Refusal, Store};
 
 /// Installs the global recorder; returns the handle that renders it.
 pub fn install() -> PrometheusHandle {
@@ -75,8 +75,14 @@ pub fn render(handle: &PrometheusHandle, store: &dyn Store, invalidations: &Inva
         out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"));
     }
     out.push_str(&format!(
-        "# HELP fresco_store_evictions_total Objects evicted for space.\n# TYPE fresco_store_evictions_total counter\nfresco_store_evictions_total {}\n",
+        "# HELP fresco_store_evictions_total Keys evicted to make room (replacements not counted).\n# TYPE fresco_store_evictions_total counter\nfresco_store_evictions_total {}\n",
         s.evictions
     ));
+    out.push_str(
+        "# HELP fresco_store_refused_total Objects the store did not take, by reason.\n# TYPE fresco_store_refused_total counter\n",
+    );
+    for (reason, n) in Refusal::ALL.iter().zip(s.refused) {
+        out.push_str(&format!("fresco_store_refused_total{{reason=\"{}\"}} {n}\n", reason.as_str()));
+    }
     out
 }

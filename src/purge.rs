@@ -10,7 +10,14 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 
+use crate::cli::CliError;
+
+const PURGE_EXIT_STATUS: &str = "Exit status: 0 accepted (with --wait: applied by every live node); \
+1 the node could not be reached or refused it (the error names the HTTP status), or with --wait it did not \
+converge within --timeout; 2 bad usage or configuration (no selector, no token, a malformed --admin URL).";
+
 #[derive(Debug, clap::Args)]
+#[command(after_help = PURGE_EXIT_STATUS)]
 pub struct PurgeArgs {
     /// Admin API of any node
     #[arg(long, default_value = "http://127.0.0.1:9091")]
@@ -57,22 +64,27 @@ async fn call(
     url: &str,
     token: &str,
     body: Option<Value>,
-) -> Result<(u16, Value), String> {
+) -> Result<(u16, Value), CliError> {
     let req = http::Request::builder()
         .method(method)
         .uri(url)
         .header("authorization", format!("Bearer {token}"))
         .header("content-type", "application/json")
         .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
-        .map_err(|e| format!("bad admin URL {url}: {e}"))?;
-    let resp = client.request(req).await.map_err(|e| format!("cannot reach {url}: {e}"))?;
+        .map_err(|e| CliError::Usage(format!("bad admin URL {url} (`--admin`): {e}")))?;
+    let resp = client.request(req).await.map_err(|e| CliError::Failed(format!("cannot reach {url}: {e}")))?;
     let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CliError::Failed(format!("cannot read the answer from {url}: {e}")))?
+        .to_bytes();
     let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| json!({ "error": String::from_utf8_lossy(&bytes) }));
     Ok((status, value))
 }
 
-fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, String> {
+fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, CliError> {
     if let Some(t) = given {
         return Ok(t.clone());
     }
@@ -81,7 +93,10 @@ fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<Stri
     }
     let path = data_dir.join("admin-token");
     std::fs::read_to_string(&path).map(|t| t.trim().to_string()).map_err(|_| {
-        format!("no token: give --token, set FRESCO_TOKEN, or run beside a node whose {} exists", path.display())
+        CliError::Usage(format!(
+            "no token: give --token, set FRESCO_TOKEN, or run beside a node whose {} exists",
+            path.display()
+        ))
     })
 }
 
@@ -99,13 +114,16 @@ pub struct StatusArgs {
 
 /// `fresco status`: every node, its applied version, lag behind the log,
 /// heartbeat age and hit ratio.
-pub async fn status(args: StatusArgs) -> Result<(), String> {
+pub async fn status(args: StatusArgs) -> Result<(), CliError> {
     let token = token_from(args.token.as_ref(), &args.data_dir)?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let url = format!("{}/api/v1/nodes", args.admin.trim_end_matches('/'));
     let (code, view) = call(&client, "GET", &url, &token, None).await?;
     if code != 200 {
-        return Err(format!("status query failed ({code}): {}", view["error"].as_str().unwrap_or("")));
+        return Err(CliError::Failed(format!(
+            "status query failed ({code}): {}",
+            view["error"].as_str().unwrap_or("")
+        )));
     }
     let head = view["head"].as_u64();
     println!("log head: {}", head.map_or("unknown".to_string(), |h| h.to_string()));
@@ -128,7 +146,10 @@ pub async fn status(args: StatusArgs) -> Result<(), String> {
     Ok(())
 }
 
-pub async fn run(args: PurgeArgs) -> Result<(), String> {
+pub async fn run(args: PurgeArgs) -> Result<(), CliError> {
+    if args.urls.is_empty() && args.prefixes.is_empty() && args.tags.is_empty() && !args.all {
+        return Err(CliError::Usage("nothing to purge: give --url, --prefix, --tag or --all".into()));
+    }
     let token = token_from(args.token.as_ref(), &args.data_dir)?;
     let body = json!({
         "urls": args.urls, "prefixes": args.prefixes, "tags": args.tags, "all": args.all,
@@ -138,7 +159,8 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
     let base = args.admin.trim_end_matches('/');
     let (status, accepted) = call(&client, "POST", &format!("{base}/api/v1/invalidations"), &token, Some(body)).await?;
     if status != 202 {
-        return Err(format!("refused ({status}): {}", accepted["error"].as_str().unwrap_or("no reason given")));
+        let why = accepted["error"].as_str().unwrap_or("no reason given");
+        return Err(CliError::Failed(format!("refused ({status}): {why}")));
     }
     let id = accepted["id"].as_str().unwrap_or_default().to_string();
     println!("accepted: id={id} version={}", accepted["version"]);
@@ -150,7 +172,8 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
     loop {
         let (status, s) = call(&client, "GET", &format!("{base}/api/v1/invalidations/{id}"), &token, None).await?;
         if status != 200 {
-            return Err(format!("status query failed ({status}): {}", s["error"].as_str().unwrap_or("")));
+            let why = s["error"].as_str().unwrap_or("");
+            return Err(CliError::Failed(format!("status query failed ({status}): {why}")));
         }
         for n in s["nodes"].as_array().into_iter().flatten() {
             let node = n["node"].as_str().unwrap_or("?").to_string();
@@ -183,7 +206,11 @@ pub async fn run(args: PurgeArgs) -> Result<(), String> {
                 .filter(|n| n["applied"] != json!(true))
                 .filter_map(|n| n["node"].as_str().map(str::to_string))
                 .collect();
-            return Err(format!("not converged after {} s; waiting on: {}", args.timeout, pending.join(", ")));
+            return Err(CliError::Failed(format!(
+                "not converged after {} s; waiting on: {}",
+                args.timeout,
+                pending.join(", ")
+            )));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -19,12 +19,13 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::invalidation::cluster::Membership;
 use crate::invalidation::nats::{Alone, BusConfig, NatsBus, NodeCounters};
-use crate::invalidation::service::Service;
-use crate::invalidation::{Audit, EmbeddedLog, InvalidationLog, Invalidations, sweeper};
+use crate::invalidation::service::{KeyedLog, Service};
+use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Client, Proxy, ProxySettings};
 use crate::store::MemoryStore;
+use crate::supervisor::{Role, Supervisor};
 use crate::{metrics, tls};
 
 /// How long a node joining a cluster waits to apply the log before serving.
@@ -33,9 +34,18 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 /// How long in-flight requests get to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
+/// A node's parts: the proxy, the supervisor of its background tasks, and
+/// the cluster log when there is one.
+pub struct Node {
+    pub proxy: Arc<Proxy>,
+    pub supervisor: Arc<Supervisor>,
+    pub bus: Option<Arc<NatsBus>>,
+}
+
 /// Builds the proxy a configuration describes, with its invalidation log
-/// opened and replayed (embedded) or joined and caught up with (bus).
-pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
+/// opened and replayed (embedded) or joined and caught up with (bus); its
+/// background tasks stop on `shutdown`.
+pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result<Node, String> {
     let mut settings = ProxySettings::new(cfg.node_name.clone());
     settings.policy.store_set_cookie = cfg.store_set_cookie;
     settings.keys = KeyPolicy {
@@ -44,18 +54,28 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
         headers: cfg.key_headers.clone(),
         cookies: cfg.key_cookies.clone(),
     };
-    settings.max_object_size = cfg.max_object_size as usize;
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
-    let store = Arc::new(MemoryStore::new(cfg.memory));
+    let store = Arc::new(MemoryStore::new(cfg.memory, cfg.max_object_size));
+    if store.max_object_size() < cfg.max_object_size {
+        tracing::warn!(
+            max_object_size = cfg.max_object_size,
+            memory = cfg.memory,
+            clamped_to = store.max_object_size(),
+            "max_object_size is larger than the memory budget can hold in one entry; larger responses stream through uncached"
+        );
+    }
+    settings.max_object_size = store.max_object_size() as usize;
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
     let counters = Arc::new(NodeCounters::default());
-    let (log, membership): (Arc<dyn InvalidationLog>, Arc<dyn Membership>) = match &cfg.bus {
+    let supervisor = Supervisor::new(shutdown, invalidations.clone());
+    let mut bus = None;
+    let (log, membership): (Arc<dyn KeyedLog>, Arc<dyn Membership>) = match &cfg.bus {
         None => {
             let log = EmbeddedLog::open(&cfg.data_dir, &cfg.node_id, invalidations.clone(), audit.clone())?;
             let alone =
@@ -70,10 +90,14 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
                 retention: cfg.bus_retention,
                 heartbeat: Duration::from_millis(500),
                 down_after: cfg.down_after,
+                max_log_silence: cfg.max_log_silence,
                 data_dir: cfg.data_dir.clone(),
             };
-            let bus = NatsBus::start(bus_cfg, invalidations.clone(), audit.clone(), counters.clone(), CATCH_UP).await?;
-            (bus.clone(), bus)
+            let started =
+                NatsBus::start(bus_cfg, invalidations.clone(), audit.clone(), counters.clone(), &supervisor, CATCH_UP)
+                    .await?;
+            bus = Some(started.clone());
+            (started.clone(), started)
         }
     };
     let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
@@ -85,8 +109,12 @@ pub async fn build_proxy(cfg: &Config) -> Result<Arc<Proxy>, String> {
         node: cfg.node_id.clone(),
         keys: settings.keys.clone(),
         membership,
+        recent: Default::default(),
+        key_prefix: format!("{}-{}", cfg.node_id, crate::invalidation::log::now_ms()),
+        key_counter: Default::default(),
     });
-    Ok(Arc::new(Proxy::new(settings, store, invalidations, upstream, service, counters)))
+    let proxy = Arc::new(Proxy::new(settings, store, invalidations, upstream, service, counters));
+    Ok(Node { proxy, supervisor, bus })
 }
 
 /// With no `[[token]]` configured, an `all`-scoped token for the local
@@ -122,7 +150,7 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
 pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
     // First, so that what start-up records (replay, catch-up) is counted.
     let metrics_handle = metrics::install();
-    let proxy = build_proxy(&cfg).await?;
+    let Node { proxy, supervisor, bus } = build_node(&cfg, shutdown.clone()).await?;
     let tls = match &cfg.tls {
         Some((cert, key)) => Some(tls::acceptor(cert, key)?),
         None => None,
@@ -133,9 +161,18 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
         TcpListener::bind(cfg.admin).await.map_err(|e| format!("cannot listen on {} (`admin`): {e}", cfg.admin))?;
     let data_addr = data.local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    let state = AdminState { proxy: proxy.clone(), service: proxy.service.clone(), metrics: metrics_handle };
-    tokio::spawn(sweeper::run(proxy.store.clone(), proxy.invalidations.clone(), cfg.sweep_interval, shutdown.clone()));
-    let admin_task = tokio::spawn(admin::serve(admin_listener, state, shutdown.clone()));
+    let state = AdminState {
+        proxy: proxy.clone(),
+        service: proxy.service.clone(),
+        metrics: metrics_handle,
+        health: supervisor.health.clone(),
+    };
+    supervisor.spawn_until_done(
+        "sweeper",
+        Role::Auxiliary,
+        sweeper::run(proxy.store.clone(), proxy.invalidations.clone(), cfg.sweep_interval, shutdown.clone()),
+    );
+    supervisor.spawn_until_done("admin-server", Role::Auxiliary, admin::serve(admin_listener, state, shutdown.clone()));
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
 
@@ -195,7 +232,10 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after {DRAIN:?}; closing");
     }
-    let _ = admin_task.await;
+    supervisor.join(DRAIN).await;
+    if let Some(bus) = bus {
+        bus.flush().await;
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! The audit trail: who invalidated what, why, when it was accepted and when
 //! each node applied it. Recent entries are kept in memory for the API;
-//! the log file holds the full history.
+//! the log file holds the newest entries (older ones are folded into the
+//! snapshot, which keeps their selectors but not who, why or when).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -57,6 +58,12 @@ impl Audit {
                 r.applied.push(Applied { node: node.to_string(), applied_ms: at_ms });
             }
         }
+    }
+
+    /// Forgets every record: after the cluster's log was replaced, its
+    /// versions name other invalidations.
+    pub fn clear(&self) {
+        self.records.write().unwrap_or_else(|e| e.into_inner()).clear();
     }
 
     pub fn get(&self, version: u64) -> Option<AuditRecord> {

@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod cluster;
 pub mod log;
+mod log_file;
 pub mod nats;
 pub mod selectors;
 pub mod service;
@@ -19,4 +20,4 @@ pub mod sweeper;
 
 pub use audit::Audit;
 pub use log::{EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
-pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity};
+pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity, Verified};

@@ -2,39 +2,55 @@
 //!
 //! Every node appends to one stream; the stream sequence number of an
 //! invalidation is its version. Every node consumes the stream in order
-//! from the version it last applied (persisted in its data directory),
-//! applies each entry, and reports: its applied version and counters in a
-//! heartbeat on a subject every node listens to (each node measures
-//! heartbeat ages on its own clock, so clock skew between nodes does not
-//! matter), and each applied range on an acknowledgement subject so that
-//! any node can show per-node applied times.
+//! from the version it last applied (persisted in its data directory with
+//! the identity of the stream, its creation time), applies each entry, and
+//! reports: its position and counters in a heartbeat on a subject every
+//! node listens to (each node measures heartbeat ages on its own clock, so
+//! clock skew between nodes does not matter), and each applied range on an
+//! acknowledgement subject so that any node can show per-node applied
+//! times. A report names the stream and only ranges the node applied, never
+//! versions it skipped.
 //!
-//! While the bus is unreachable the node keeps serving, and `append`
-//! refuses at once (503): an invalidation is in the replicated log or
-//! refused, never accepted and lost. After a reconnect the node treats its
-//! stored objects as misses until it has applied everything up to the head
-//! it saw on reconnecting. A node whose position fell out of the stream's
-//! retention soft-purges everything older than the gap and says so.
+//! A watcher polls the stream. While the log is out of reach the node keeps
+//! serving; `append` refuses at once (503): an invalidation is in the
+//! replicated log or refused, never accepted and lost. Out of reach for
+//! longer than `max_log_silence`, or with a consumer that makes no progress
+//! towards the head for that long, the node distrusts its store (stored
+//! objects are misses) and reports not ready. On regaining the log it treats
+//! stored objects as misses until it has applied everything up to the head.
+//!
+//! Two things make a node skip versions, and both soft-purge everything it
+//! stored before, are logged and counted in
+//! `fresco_invalidation_retention_gaps_total`: its position fell out of the
+//! stream's retention, or the stream is not the one it followed (recreated
+//! after its storage was lost: the sequence starts again at 1). Internally a
+//! node numbers versions `offset + sequence`, and a new stream gets a new
+//! offset above everything applied before, so stamps stay ordered.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::audit::Audit;
-use super::cluster::{ClusterView, Membership, NodeInfo, Nodes};
-use super::log::{Accepting, Entry, InvalidationLog, LogError, NewInvalidation, now_ms};
+use super::cluster::{Check, ClusterView, Membership, NodeInfo, Nodes};
+use super::log::{Accepting, Entry, LogError, NewInvalidation, now_ms};
 use super::selectors::{Invalidations, Mode, Selector};
+use super::service::{IdempotencyKey, KeyedLog};
+use crate::data_dir::{self, DataDirLock};
+use crate::supervisor::{Health, Role, Supervisor};
 
 const STREAM: &str = "FRESCO_INVALIDATIONS";
 const SUBJECT: &str = "fresco.invalidations";
 const ACKS: &str = "fresco.applied";
 const HEARTBEATS: &str = "fresco.heartbeat";
+const POSITION_FILE: &str = "applied-version";
 const QUEUE: usize = 10_000;
 const BATCH: usize = 1_000;
 /// How long to keep trying to set up the stream at start.
@@ -42,6 +58,16 @@ const SETUP: Duration = Duration::from_secs(30);
 /// How often a node acknowledges what it applied: the acknowledgements
 /// fan out to every node, so they are batched rather than sent per entry.
 const REPORT_EVERY: Duration = Duration::from_millis(5);
+/// How often the position is persisted when it changed (each write fsyncs).
+const PERSIST_EVERY: Duration = Duration::from_millis(100);
+/// How long the writer retries a publish the bus did not confirm, with the
+/// same message id, so that a retry never makes a second entry.
+const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Beyond a node's own `max_log_silence`: how long after its last heartbeat
+/// it may still be serving from its store: its last contact with the log
+/// may follow its last heartbeat by a heartbeat interval, plus its judge's
+/// tick and delivery delays on a loaded machine.
+const SERVE_SLACK: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -52,6 +78,8 @@ pub struct BusConfig {
     pub heartbeat: Duration,
     /// A node silent this long is down.
     pub down_after: Duration,
+    /// Out of reach of the log this long, the node distrusts its store.
+    pub max_log_silence: Duration,
     pub data_dir: PathBuf,
 }
 
@@ -66,66 +94,146 @@ pub struct NodeCounters {
 #[derive(Serialize, Deserialize)]
 struct Heartbeat {
     node: String,
+    #[serde(default)]
+    stream: String,
     applied_version: u64,
+    #[serde(default)]
+    applied_from: u64,
     heartbeat_ms: u64,
     hits: u64,
     requests: u64,
+    /// Its bound: after this much silence it no longer answers from its store.
+    #[serde(default)]
+    max_log_silence_ms: u64,
 }
 
-/// An applied range, published after each applied batch.
+/// An applied range of one stream, published after each applied batch.
 #[derive(Serialize, Deserialize)]
 struct Applied {
     node: String,
+    #[serde(default)]
+    stream: String,
     from: u64,
     to: u64,
     applied_ms: u64,
 }
 
-type Pending = (NewInvalidation, oneshot::Sender<Result<Entry, LogError>>);
+/// Where this node is in which stream: `DATA_DIR/applied-version`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Position {
+    /// The stream's identity (its creation time); empty when unknown.
+    stream: String,
+    /// Every version in `from..=applied` was applied here; versions before
+    /// `from` may have been skipped.
+    applied: u64,
+    from: u64,
+}
+
+impl Position {
+    /// Reads the file; a bare number (written by older versions) is a
+    /// position in an unknown stream.
+    fn parse(text: &str) -> Option<Position> {
+        if let Ok(applied) = text.trim().parse::<u64>() {
+            return Some(Position { stream: String::new(), applied, from: 1 });
+        }
+        serde_json::from_str(text).ok()
+    }
+
+    fn fresh(stream: String) -> Position {
+        Position { stream, applied: 0, from: 1 }
+    }
+}
+
+/// The stream this node follows and how its versions map onto the node's.
+struct Following {
+    pos: Position,
+    /// The node's internal version of stream sequence `s` is `offset + s`.
+    offset: u64,
+    /// Bumped when the node starts following another stream; a consumer
+    /// of an older generation applies nothing more.
+    generation: u64,
+}
+
+/// What the watcher last learned about the log.
+struct Contact {
+    last: Instant,
+    head: u64,
+    /// The applied version last seen to move, and when.
+    progress: (u64, Instant),
+    /// The last judgement: out of reach too long, no progress too long.
+    /// Readiness reports these, so a 503 always means stored objects are
+    /// already misses.
+    silent: bool,
+    stalled: bool,
+}
+
+type Pending = (NewInvalidation, IdempotencyKey, oneshot::Sender<Result<Entry, LogError>>);
 
 pub struct NatsBus {
     client: async_nats::Client,
     js: jetstream::Context,
+    stream_config: stream::Config,
     /// The last heartbeat heard from each node, and when it arrived.
-    members: std::sync::Mutex<std::collections::HashMap<String, (Heartbeat, std::time::Instant)>>,
+    members: Mutex<std::collections::HashMap<String, (Heartbeat, Instant)>>,
     queue: mpsc::Sender<Pending>,
     cfg: BusConfig,
     invalidations: Arc<Invalidations>,
+    audit: Arc<Audit>,
     counters: Arc<NodeCounters>,
+    health: Arc<Health>,
+    following: Mutex<Following>,
+    contact: Mutex<Contact>,
+    /// Tells the consumer to start a new JetStream consumer.
+    restart: Notify,
     /// When the newest applied entry was applied (ms since the epoch).
     last_applied_ms: AtomicU64,
+    /// One write of the position at a time: a write abandoned at shutdown
+    /// may still be running when the final one starts.
+    persisting: Arc<Mutex<()>>,
+    _lock: DataDirLock,
 }
 
-fn position_file(cfg: &BusConfig) -> PathBuf {
-    cfg.data_dir.join("applied-version")
+/// A stream's identity: its creation time, which a recreated stream does
+/// not share (the same on every server of a NATS cluster).
+fn identity(info: &stream::Info) -> String {
+    info.created.unix_timestamp_nanos().to_string()
 }
 
 impl NatsBus {
-    /// Connects, ensures the stream and the bucket exist, starts consuming
-    /// from the persisted position, and waits (up to `catch_up`) until the
-    /// node has applied the log's head.
+    /// Locks the data directory, connects, ensures the stream exists, starts
+    /// following it from the persisted position (or from the start of a
+    /// stream that is not the one the position refers to), and waits (up to
+    /// `catch_up`) until the node has applied the log's head.
     pub async fn start(
         cfg: BusConfig,
         invalidations: Arc<Invalidations>,
         audit: Arc<Audit>,
         counters: Arc<NodeCounters>,
+        supervisor: &Supervisor,
         catch_up: Duration,
     ) -> Result<Arc<NatsBus>, String> {
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", cfg.data_dir.display()))?;
-        let reconnected = Arc::new(tokio::sync::Notify::new());
-        let notify = reconnected.clone();
-        let client = async_nats::ConnectOptions::new()
+        let lock = DataDirLock::acquire(&cfg.data_dir)?;
+        let reconnected = Arc::new(AtomicBool::new(false));
+        let flag = reconnected.clone();
+        let mut options = async_nats::ConnectOptions::new();
+        // The client ignores credentials written in the URL: pass them on.
+        let first = cfg.url.split(',').next().unwrap_or_default().trim();
+        if let Ok(addr) = first.parse::<async_nats::ServerAddr>()
+            && let Some(user) = addr.username()
+        {
+            options = options.user_and_password(user.to_string(), addr.password().unwrap_or_default().to_string());
+        }
+        let client = options
             .name(format!("fresco {}", cfg.node_id))
             .request_timeout(Some(Duration::from_secs(2)))
             .retry_on_initial_connect()
             .event_callback(move |event| {
-                let notify = notify.clone();
+                let flag = flag.clone();
                 async move {
                     match event {
                         async_nats::Event::Connected => {
                             tracing::info!("connected to the bus");
-                            notify.notify_one();
+                            flag.store(true, Ordering::Release);
                         }
                         async_nats::Event::Disconnected => {
                             tracing::warn!("lost the bus; serving on, refusing new invalidations")
@@ -137,21 +245,23 @@ impl NatsBus {
             .connect(cfg.url.as_str())
             .await
             .map_err(|e| format!("`bus` {}: {e}", cfg.url))?;
+        // The first connection is not a reconnect.
+        reconnected.store(false, Ordering::Release);
         let js = jetstream::new(client.clone());
+        let stream_config = stream::Config {
+            name: STREAM.into(),
+            subjects: vec![SUBJECT.into()],
+            max_age: cfg.retention,
+            num_replicas: cfg.replicas,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
         // A NATS cluster that has just started needs a few seconds to elect
         // its JetStream leader.
         let setup_deadline = tokio::time::Instant::now() + SETUP;
-        let stream = loop {
-            let config = stream::Config {
-                name: STREAM.into(),
-                subjects: vec![SUBJECT.into()],
-                max_age: cfg.retention,
-                num_replicas: cfg.replicas,
-                storage: stream::StorageType::File,
-                ..Default::default()
-            };
-            match js.get_or_create_stream(config).await {
-                Ok(s) => break s,
+        let info = loop {
+            match js.get_or_create_stream(stream_config.clone()).await {
+                Ok(s) => break s.cached_info().clone(),
                 Err(e) if tokio::time::Instant::now() < setup_deadline => {
                     tracing::debug!(error = %e, "waiting for JetStream");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -159,58 +269,120 @@ impl NatsBus {
                 Err(e) => return Err(format!("cannot set up the invalidation stream on {}: {e}", cfg.url)),
             }
         };
-        let start =
-            std::fs::read_to_string(position_file(&cfg)).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
-        invalidations.advance(start);
+        let stream_id = identity(&info);
+        let head = info.state.last_sequence;
+        let path = cfg.data_dir.join(POSITION_FILE);
+        let persisted = match std::fs::read_to_string(&path) {
+            Ok(text) => Position::parse(&text)
+                .ok_or_else(|| format!("{} is damaged: {text:?}; remove it to start over", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Position::fresh(stream_id.clone()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let same = (persisted.stream == stream_id || persisted.stream.is_empty()) && head >= persisted.applied;
+        let pos = if same {
+            Position { stream: stream_id, ..persisted }
+        } else {
+            // Nothing is stored yet, so there is nothing to soft-purge.
+            tracing::warn!(
+                followed = %persisted.stream,
+                applied = persisted.applied,
+                stream = %stream_id,
+                head,
+                "the invalidation stream is not the one this node followed (recreated?); following it from its start"
+            );
+            metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
+            Position::fresh(stream_id)
+        };
+        invalidations.advance(pos.applied);
 
         let (tx, rx) = mpsc::channel(QUEUE);
+        let now = Instant::now();
         let bus = Arc::new(NatsBus {
             client,
             js,
+            stream_config,
             members: Default::default(),
             queue: tx,
-            cfg,
             invalidations,
+            audit,
             counters,
+            health: supervisor.health.clone(),
+            following: Mutex::new(Following { pos, offset: 0, generation: 0 }),
+            contact: Mutex::new(Contact { last: now, head, progress: (0, now), silent: false, stalled: false }),
+            restart: Notify::new(),
             last_applied_ms: AtomicU64::new(0),
+            persisting: Arc::default(),
+            cfg,
+            _lock: lock,
         });
-        tokio::spawn(bus.clone().report());
-        tokio::spawn(bus.clone().listen_heartbeats());
-        tokio::spawn(bus.clone().write(rx));
-        tokio::spawn(bus.clone().consume(stream, audit.clone(), reconnected));
-        tokio::spawn(bus.clone().heartbeat());
-        tokio::spawn(bus.clone().collect_acks(audit));
+        bus.persist().await;
+        supervisor.spawn("log-consumer", Role::Critical, bus.clone().consume());
+        supervisor.spawn("log-watcher", Role::Critical, bus.clone().watch_log(reconnected));
+        supervisor.spawn("trust-judge", Role::Critical, bus.clone().judge());
+        supervisor.spawn("log-writer", Role::Auxiliary, bus.clone().write(rx));
+        supervisor.spawn("applied-reports", Role::Auxiliary, bus.clone().report());
+        supervisor.spawn("heartbeat", Role::Auxiliary, bus.clone().heartbeat());
+        supervisor.spawn("heartbeat-listener", Role::Auxiliary, bus.clone().listen_heartbeats());
+        supervisor.spawn("ack-listener", Role::Auxiliary, bus.clone().collect_acks());
 
         // Apply what was missed before serving.
         let deadline = tokio::time::Instant::now() + catch_up;
-        let head = bus.head().await.unwrap_or(0);
-        while bus.invalidations.applied() < head && tokio::time::Instant::now() < deadline {
+        while bus.applied() < head && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if bus.invalidations.applied() < head {
+        if bus.applied() < head {
             tracing::warn!(
-                applied = bus.invalidations.applied(),
+                applied = bus.applied(),
                 head,
                 "still catching up with the log; stored objects are revalidated meanwhile"
             );
+            let offset = bus.lock_following().offset;
+            bus.invalidations.catch_up_to(offset + head);
         }
         Ok(bus)
     }
 
-    /// The newest sequence in the stream.
-    async fn head(&self) -> Option<u64> {
-        let stream = self.js.get_stream(STREAM).await.ok()?;
-        stream.get_info().await.ok().map(|i| i.state.last_sequence)
+    fn lock_following(&self) -> std::sync::MutexGuard<'_, Following> {
+        self.following.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.contact.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest stream sequence applied.
+    fn applied(&self) -> u64 {
+        self.lock_following().pos.applied
     }
 
     fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
+    /// Writes the position atomically, off the runtime.
+    async fn persist(&self) {
+        let pos = self.lock_following().pos.clone();
+        let text = serde_json::to_vec(&pos).unwrap_or_default();
+        let dir = self.cfg.data_dir.clone();
+        let one_at_a_time = self.persisting.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let _only = one_at_a_time.lock().unwrap_or_else(|e| e.into_inner());
+            data_dir::replace(&dir.join(POSITION_FILE), &text).map(drop)
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot persist the applied position"),
+            Err(e) => tracing::warn!(error = %e, "cannot persist the applied position"),
+        }
+    }
+
     /// Group commit, as in the embedded log: identical requests queued
-    /// while the previous batch was published share one entry. Entries are
-    /// published before their versions exist, so a merged request still
-    /// outranks every fetch that started before it.
+    /// while the previous batch was published share one entry, unless a
+    /// client named its request with an `Idempotency-Key` (a retry of it
+    /// must find that entry). Entries are published before their versions
+    /// exist, so a merged request still outranks every fetch that started
+    /// before it.
     async fn write(self: Arc<Self>, mut rx: mpsc::Receiver<Pending>) {
         while let Some(first) = rx.recv().await {
             let mut batch = vec![first];
@@ -220,36 +392,28 @@ impl NatsBus {
                     Err(_) => break,
                 }
             }
-            let mut unique: Vec<NewInvalidation> = Vec::new();
+            let mut unique: Vec<(NewInvalidation, IdempotencyKey)> = Vec::new();
             let mut waiters = Vec::with_capacity(batch.len());
-            for (inv, tx) in batch {
-                let i = match unique.iter().position(|u| u.selectors == inv.selectors && u.mode == inv.mode) {
+            for (inv, key, tx) in batch {
+                let merge = if key.client {
+                    None
+                } else {
+                    unique.iter().position(|(u, k)| !k.client && u.selectors == inv.selectors && u.mode == inv.mode)
+                };
+                let i = match merge {
                     Some(i) => i,
                     None => {
-                        unique.push(inv);
+                        unique.push((inv, key));
                         unique.len() - 1
                     }
                 };
                 waiters.push((i, tx));
             }
             let accepted_ms = now_ms();
-            let mut acks = Vec::with_capacity(unique.len());
-            for inv in &unique {
-                let payload =
-                    serde_json::to_vec(&Published { invalidation: inv.clone(), accepted_ms }).unwrap_or_default();
-                acks.push(self.js.publish(SUBJECT, payload.into()).await);
-            }
-            let mut results: Vec<Result<Entry, LogError>> = Vec::with_capacity(unique.len());
-            for (inv, ack) in unique.into_iter().zip(acks) {
-                let result = match ack {
-                    Ok(future) => match future.await {
-                        Ok(ack) => Ok(Entry { version: ack.sequence, invalidation: inv, accepted_ms }),
-                        Err(e) => Err(LogError::Unavailable(format!("the bus did not confirm: {e}"))),
-                    },
-                    Err(e) => Err(LogError::Unavailable(format!("cannot publish to the bus: {e}"))),
-                };
-                results.push(result);
-            }
+            let results: Vec<Result<Entry, LogError>> = futures_util::future::join_all(
+                unique.into_iter().map(|(inv, key)| self.publish(inv, key, accepted_ms)),
+            )
+            .await;
             let accepted = waiters.len();
             for (i, tx) in waiters {
                 let _ = tx.send(results[i].clone());
@@ -258,125 +422,289 @@ impl NatsBus {
         }
     }
 
-    /// Applies the stream in order, from the persisted position.
-    async fn consume(
-        self: Arc<Self>,
-        stream: stream::Stream,
-        audit: Arc<Audit>,
-        reconnected: Arc<tokio::sync::Notify>,
-    ) {
-        let mut expected = self.invalidations.applied() + 1;
+    /// Publishes one entry with its key as the JetStream message id, so the
+    /// stream keeps one entry however often it is sent (within the stream's
+    /// duplicate window, two minutes); a duplicate answers with the entry
+    /// first stored under the key.
+    async fn publish(&self, inv: NewInvalidation, key: IdempotencyKey, accepted_ms: u64) -> Result<Entry, LogError> {
+        let payload = serde_json::to_vec(&Published { invalidation: inv.clone(), accepted_ms })
+            .map_err(|e| LogError::Unavailable(format!("cannot encode the invalidation: {e}")))?;
+        let payload = bytes::Bytes::from(payload);
+        let deadline = Instant::now() + PUBLISH_RETRY_FOR;
         loop {
-            let config = consumer::pull::OrderedConfig {
-                deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: expected },
-                ..Default::default()
+            let message = PublishMessage::build().payload(payload.clone()).message_id(&key.id);
+            let outcome = match self.js.send_publish(SUBJECT, message).await {
+                Ok(ack) => ack.await.map_err(|e| format!("the bus did not confirm: {e}")),
+                Err(e) => Err(format!("cannot publish to the bus: {e}")),
             };
-            let consumer = match stream.create_consumer(config).await {
-                Ok(c) => c,
+            match outcome {
+                Ok(ack) if ack.duplicate => return Ok(self.original(ack.sequence, inv, accepted_ms).await),
+                Ok(ack) => return Ok(Entry { version: ack.sequence, invalidation: inv, accepted_ms }),
+                Err(e) if Instant::now() < deadline && self.connected() => {
+                    tracing::debug!(error = %e, key = %key.id, "publish not confirmed; retrying with the same id");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(LogError::Unavailable(e)),
+            }
+        }
+    }
+
+    /// The entry stored at `seq`, for a duplicate publish.
+    async fn original(&self, seq: u64, requested: NewInvalidation, accepted_ms: u64) -> Entry {
+        if let Ok(stream) = self.js.get_stream(STREAM).await
+            && let Ok(message) = stream.get_raw_message(seq).await
+            && let Ok(p) = serde_json::from_slice::<Published>(&message.payload)
+        {
+            return Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
+        }
+        Entry { version: seq, invalidation: requested, accepted_ms }
+    }
+
+    /// Applies the stream in order from the position, starting over on a
+    /// reconnect (the server may have lost the consumer) and when the node
+    /// starts following another stream.
+    async fn consume(self: Arc<Self>) {
+        loop {
+            let (generation, start) = {
+                let f = self.lock_following();
+                (f.generation, f.pos.applied + 1)
+            };
+            let consumer = match self.js.get_stream(STREAM).await {
+                Ok(stream) => {
+                    let config = consumer::pull::OrderedConfig {
+                        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                        ..Default::default()
+                    };
+                    stream.create_consumer(config).await.map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let messages = match consumer {
+                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let mut messages = match messages {
+                Ok(m) => m,
                 Err(e) => {
-                    tracing::debug!(error = %e, "cannot create the log consumer; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tracing::debug!(error = %e, "cannot start the log consumer; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
                     continue;
                 }
-            };
-            let Ok(mut messages) = consumer.messages().await else {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
             };
             loop {
                 let next = tokio::select! {
                     m = messages.next() => m,
-                    _ = reconnected.notified() => {
-                        // Until we reach the head seen now, stored objects may
-                        // predate invalidations we have not applied yet.
-                        if let Some(head) = self.head().await
-                            && head > self.invalidations.applied()
-                        {
-                            self.invalidations.catch_up_to(head);
-                        }
-                        // The server may have lost our consumer: start a
-                        // new one from where we are.
-                        break;
-                    }
+                    () = self.restart.notified() => break,
                 };
                 let Some(Ok(message)) = next else { break };
                 let Ok(info) = message.info() else { continue };
-                let seq = info.stream_sequence;
-                if seq < expected {
-                    // Redelivery of something applied: idempotent anyway.
-                    continue;
+                if !self.apply(generation, info.stream_sequence, &message.payload) {
+                    break;
                 }
-                if seq > expected {
-                    // Retention dropped what this node never applied.
-                    self.retention_gap(expected, seq);
-                }
-                match serde_json::from_slice::<Published>(&message.payload) {
-                    Ok(p) => {
-                        let entry = Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
-                        self.invalidations.apply(&entry.invalidation.selectors, entry.invalidation.mode, seq);
-                        audit.record(entry);
-                    }
-                    Err(e) => {
-                        tracing::error!(seq, error = %e, "unreadable invalidation in the log; skipped");
-                        self.invalidations.advance(seq);
-                    }
-                }
-                metrics::counter!("fresco_invalidations_applied_total").increment(1);
-                metrics::gauge!("fresco_invalidation_log_version").set(seq as f64);
-                let applied_ms = now_ms();
-                audit.applied(seq, &self.cfg.node_id, applied_ms);
-                self.last_applied_ms.store(applied_ms, Ordering::Release);
-                expected = seq + 1;
             }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            expected = self.invalidations.applied() + 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    fn retention_gap(&self, expected: u64, got: u64) {
+    /// Applies the entry at `seq` of the stream followed in `generation`.
+    /// False when the node follows another stream by now.
+    fn apply(&self, generation: u64, seq: u64, payload: &[u8]) -> bool {
+        let mut f = self.lock_following();
+        if f.generation != generation {
+            return false;
+        }
+        let expected = f.pos.applied + 1;
+        if seq < expected {
+            // Redelivery of something applied: idempotent anyway.
+            return true;
+        }
+        if seq > expected {
+            tracing::warn!(
+                missed_from = expected,
+                missed_to = seq - 1,
+                "this node's position fell out of the log's retention: everything stored before the gap is treated as soft-purged"
+            );
+            self.invalidations.apply(&[Selector::All], Mode::Soft, f.offset + seq - 1);
+            metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
+            f.pos.from = seq;
+        }
+        let version = f.offset + seq;
+        match serde_json::from_slice::<Published>(payload) {
+            Ok(p) => {
+                self.invalidations.apply(&p.invalidation.selectors, p.invalidation.mode, version);
+                self.audit.record(Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms });
+            }
+            Err(e) => {
+                // Skipping it could lose a purge: assume it selects everything.
+                tracing::error!(seq, error = %e, "unreadable invalidation in the log: applied as a hard purge of everything");
+                self.invalidations.apply(&[Selector::All], Mode::Hard, version);
+                metrics::counter!("fresco_invalidation_unreadable_total").increment(1);
+            }
+        }
+        f.pos.applied = seq;
+        metrics::counter!("fresco_invalidations_applied_total").increment(1);
+        metrics::gauge!("fresco_invalidation_log_version").set(seq as f64);
+        let applied_ms = now_ms();
+        self.audit.applied(seq, &self.cfg.node_id, applied_ms);
+        self.last_applied_ms.store(applied_ms, Ordering::Release);
+        true
+    }
+
+    /// Polls the stream: creates it when it is missing (storage lost),
+    /// follows a stream that is not the one followed so far, and decides
+    /// whether the node may trust its store.
+    async fn watch_log(self: Arc<Self>, reconnected: Arc<AtomicBool>) {
+        let poll = (self.cfg.max_log_silence / 4).clamp(Duration::from_millis(50), Duration::from_secs(1));
+        loop {
+            // Applied before asking, so a head below it means the stream
+            // went backwards, not that the consumer moved on meanwhile.
+            let applied_before = self.applied();
+            match self.js.get_or_create_stream(self.stream_config.clone()).await {
+                Ok(stream) => {
+                    self.reached(stream.cached_info(), applied_before, reconnected.swap(false, Ordering::AcqRel))
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot reach the invalidation stream"),
+            }
+            tokio::time::sleep(poll).await;
+        }
+    }
+
+    /// Judges trust on its own clock: a poll that hangs on an unreachable
+    /// bus must not delay it.
+    async fn judge(self: Arc<Self>) {
+        let tick = (self.cfg.max_log_silence / 20).clamp(Duration::from_millis(10), Duration::from_millis(100));
+        loop {
+            self.judge_trust();
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// The log answered with `info`, asked when `applied_before` was applied.
+    fn reached(&self, info: &stream::Info, applied_before: u64, reconnected: bool) {
+        let id = identity(info);
+        let head = info.state.last_sequence;
+        let mut f = self.lock_following();
+        if f.pos.stream != id || head < applied_before.min(f.pos.applied) {
+            self.follow_new_stream(&mut f, id, head);
+        }
+        let offset = f.offset;
+        drop(f);
+        let mut c = self.lock_contact();
+        if reconnected || c.last.elapsed() > self.cfg.max_log_silence {
+            // Invalidations may have been missed meanwhile: none of the
+            // stored objects is trusted until the head seen now is applied.
+            self.invalidations.catch_up_to(offset + head);
+        }
+        if reconnected {
+            self.restart.notify_one();
+        }
+        c.last = Instant::now();
+        c.head = head;
+    }
+
+    /// The stream was replaced: its versions start again and name other
+    /// invalidations. Soft-purge everything stored so far, renumber above
+    /// it, forget the old stream's audit, and consume the new one from its
+    /// start.
+    fn follow_new_stream(&self, f: &mut Following, id: String, head: u64) {
         tracing::warn!(
-            missed_from = expected,
-            missed_to = got - 1,
-            "this node's position fell out of the log's retention: everything stored before the gap is treated as soft-purged"
+            followed = %f.pos.stream,
+            applied = f.pos.applied,
+            stream = %id,
+            head,
+            "the invalidation stream is not the one this node followed (recreated?): everything stored is treated as soft-purged"
         );
-        self.invalidations.apply(&[Selector::All], Mode::Soft, got - 1);
+        let base = self.invalidations.applied() + 1;
+        self.invalidations.apply(&[Selector::All], Mode::Soft, base);
+        f.offset = base;
+        f.pos = Position::fresh(id);
+        f.generation += 1;
+        self.audit.clear();
+        self.invalidations.catch_up_to(base + head);
         metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
+        self.restart.notify_one();
+    }
+
+    /// Distrusts the store while the log has been out of reach, or the
+    /// consumer has made no progress towards the head, for longer than
+    /// `max_log_silence`, or a critical task has died.
+    fn judge_trust(&self) {
+        let bound = self.cfg.max_log_silence;
+        let (applied, offset) = {
+            let f = self.lock_following();
+            (f.pos.applied, f.offset)
+        };
+        let mut c = self.lock_contact();
+        let now = Instant::now();
+        if applied >= c.head || applied != c.progress.0 {
+            c.progress = (applied, now);
+        }
+        let silent = now.duration_since(c.last) > bound;
+        let stalled = now.duration_since(c.progress.1) > bound;
+        let (distrust, was) = (silent || stalled, c.silent || c.stalled);
+        if distrust && !was {
+            tracing::warn!(
+                silent,
+                stalled,
+                applied,
+                head = c.head,
+                "the log is out of reach or not applied for longer than max_log_silence: stored objects are treated as misses"
+            );
+        } else if was && !distrust {
+            tracing::info!("the log is reachable and applied again: trusting stored objects once caught up");
+            self.invalidations.catch_up_to(offset + c.head);
+        }
+        // Gate first, then report: readiness never says 503 before stored
+        // objects are misses.
+        self.invalidations.distrust(distrust || self.health.critical_dead());
+        (c.silent, c.stalled) = (silent, stalled);
     }
 
     /// Every REPORT_EVERY, publishes the range applied since the last
-    /// report (with when its newest entry was applied) and persists the
-    /// position.
+    /// report (only what was applied, never a skipped range) and, every
+    /// PERSIST_EVERY, persists the position when it changed.
     async fn report(self: Arc<Self>) {
-        let mut reported = self.invalidations.applied();
+        let mut reported = self.lock_following().pos.clone();
+        let mut persisted = reported.clone();
+        let mut last_persist = Instant::now();
         loop {
             tokio::time::sleep(REPORT_EVERY).await;
-            let to = self.invalidations.applied();
-            if to <= reported {
-                continue;
+            let pos = self.lock_following().pos.clone();
+            if pos.stream != reported.stream {
+                reported = Position::fresh(pos.stream.clone());
             }
-            let ack = Applied {
-                node: self.cfg.node_id.clone(),
-                from: reported + 1,
-                to,
-                applied_ms: self.last_applied_ms.load(Ordering::Acquire),
-            };
-            if let Ok(payload) = serde_json::to_vec(&ack) {
-                let _ = self.client.publish(ACKS, payload.into()).await;
+            if pos.applied > reported.applied {
+                let ack = Applied {
+                    node: self.cfg.node_id.clone(),
+                    stream: pos.stream.clone(),
+                    from: (reported.applied + 1).max(pos.from),
+                    to: pos.applied,
+                    applied_ms: self.last_applied_ms.load(Ordering::Acquire),
+                };
+                if let Ok(payload) = serde_json::to_vec(&ack) {
+                    let _ = self.client.publish(ACKS, payload.into()).await;
+                }
+                reported = pos.clone();
             }
-            if let Err(e) = std::fs::write(position_file(&self.cfg), to.to_string()) {
-                tracing::warn!(error = %e, "cannot persist the applied position");
+            if pos != persisted && last_persist.elapsed() >= PERSIST_EVERY {
+                self.persist().await;
+                persisted = pos;
+                last_persist = Instant::now();
             }
-            reported = to;
         }
     }
 
     async fn beat(&self) {
+        let pos = self.lock_following().pos.clone();
         let hb = Heartbeat {
             node: self.cfg.node_id.clone(),
-            applied_version: self.invalidations.applied(),
+            stream: pos.stream,
+            applied_version: pos.applied,
+            applied_from: pos.from,
             heartbeat_ms: now_ms(),
             hits: self.counters.hits.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
+            max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
         };
         if let Ok(payload) = serde_json::to_vec(&hb) {
             let _ = self.client.publish(HEARTBEATS, payload.into()).await;
@@ -402,7 +730,7 @@ impl NatsBus {
     async fn listen_heartbeats(self: Arc<Self>) {
         self.each(HEARTBEATS, |hb: Heartbeat| {
             let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            members.insert(hb.node.clone(), (hb, std::time::Instant::now()));
+            members.insert(hb.node.clone(), (hb, Instant::now()));
         })
         .await;
     }
@@ -414,9 +742,20 @@ impl NatsBus {
         }
     }
 
-    /// Records other nodes' applied ranges in the local audit.
-    async fn collect_acks(self: Arc<Self>, audit: Arc<Audit>) {
-        self.each(ACKS, |a: Applied| audit.applied_range(a.from, a.to, &a.node, a.applied_ms)).await;
+    /// Records other nodes' applied ranges of the followed stream in the
+    /// local audit.
+    async fn collect_acks(self: Arc<Self>) {
+        self.each(ACKS, |a: Applied| {
+            if a.stream == self.lock_following().pos.stream {
+                self.audit.applied_range(a.from, a.to, &a.node, a.applied_ms);
+            }
+        })
+        .await;
+    }
+
+    /// At shutdown, after the tasks have stopped: the final position.
+    pub async fn flush(&self) {
+        self.persist().await;
     }
 }
 
@@ -428,14 +767,14 @@ struct Published {
     accepted_ms: u64,
 }
 
-impl InvalidationLog for NatsBus {
-    fn append(&self, invalidation: NewInvalidation) -> Accepting<'_> {
+impl KeyedLog for NatsBus {
+    fn append_keyed(&self, invalidation: NewInvalidation, key: IdempotencyKey) -> Accepting<'_> {
         Box::pin(async move {
             if !self.connected() {
                 return Err(LogError::Unavailable(format!("the bus ({}) is not reachable", self.cfg.url)));
             }
             let (tx, rx) = oneshot::channel();
-            self.queue.try_send((invalidation, tx)).map_err(|e| match e {
+            self.queue.try_send((invalidation, key, tx)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LogError::Busy,
                 mpsc::error::TrySendError::Closed(_) => LogError::Unavailable("the bus writer stopped".into()),
             })?;
@@ -453,11 +792,16 @@ impl Membership for NatsBus {
                     .values()
                     .map(|(hb, heard)| {
                         let age = heard.elapsed();
+                        let bound = Duration::from_millis(hb.max_log_silence_ms) + SERVE_SLACK;
                         NodeInfo {
                             node: hb.node.clone(),
+                            stream: hb.stream.clone(),
                             applied_version: hb.applied_version,
+                            applied_from: hb.applied_from,
                             heartbeat_age_ms: age.as_millis() as u64,
                             live: age <= self.cfg.down_after,
+                            // A node that never said its bound is assumed to serve while live.
+                            may_serve: age <= bound || (hb.max_log_silence_ms == 0 && age <= self.cfg.down_after),
                             hits: hb.hits,
                             requests: hb.requests,
                         }
@@ -465,8 +809,53 @@ impl Membership for NatsBus {
                     .collect()
             };
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
-            ClusterView { nodes, head: self.head().await }
+            let stream = self.lock_following().pos.stream.clone();
+            let head = match self.js.get_stream(STREAM).await {
+                Ok(s) if identity(s.cached_info()) == stream => Some(s.cached_info().state.last_sequence),
+                _ => None,
+            };
+            ClusterView { stream, head, nodes }
         })
+    }
+
+    fn readiness(&self) -> Vec<Check> {
+        let bound = self.cfg.max_log_silence;
+        let applied = self.applied();
+        let c = self.lock_contact();
+        let consumer_dead = self.health.dead().contains(&"log-consumer");
+        vec![
+            Check {
+                name: "log_reachable",
+                ok: !c.silent,
+                detail: format!(
+                    "last reached the log {} ms ago (bound {} ms)",
+                    c.last.elapsed().as_millis(),
+                    bound.as_millis()
+                ),
+            },
+            Check {
+                name: "consumer",
+                ok: !consumer_dead && !c.stalled,
+                detail: if consumer_dead {
+                    "the log consumer stopped".to_string()
+                } else {
+                    format!(
+                        "applied {applied} of head {}; last progress {} ms ago",
+                        c.head,
+                        c.progress.1.elapsed().as_millis()
+                    )
+                },
+            },
+            Check {
+                name: "caught_up",
+                ok: !self.invalidations.catching_up(),
+                detail: if self.invalidations.catching_up() {
+                    "stored objects are treated as misses until the log is applied".to_string()
+                } else {
+                    format!("applied {applied}")
+                },
+            },
+        ]
     }
 }
 
@@ -482,16 +871,42 @@ impl Membership for Alone {
         Box::pin(async move {
             let applied = self.invalidations.applied();
             ClusterView {
+                stream: String::new(),
+                head: Some(applied),
                 nodes: vec![NodeInfo {
                     node: self.node.clone(),
+                    stream: String::new(),
                     applied_version: applied,
+                    applied_from: 1,
                     heartbeat_age_ms: 0,
                     live: true,
+                    may_serve: true,
                     hits: self.counters.hits.load(Ordering::Relaxed),
                     requests: self.counters.requests.load(Ordering::Relaxed),
                 }],
-                head: Some(applied),
             }
         })
+    }
+
+    fn readiness(&self) -> Vec<Check> {
+        let caught_up = !self.invalidations.catching_up();
+        vec![Check {
+            name: "caught_up",
+            ok: caught_up,
+            detail: if caught_up { "the embedded log is applied" } else { "stored objects are not trusted" }.into(),
+        }]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_position_names_its_stream_and_older_files_still_read() {
+        let p = Position { stream: "123".into(), applied: 7, from: 3 };
+        assert_eq!(Position::parse(&serde_json::to_string(&p).unwrap()), Some(p));
+        assert_eq!(Position::parse("42\n"), Some(Position { stream: String::new(), applied: 42, from: 1 }));
+        assert_eq!(Position::parse("{\"stream\":"), None);
     }
 }

@@ -1,7 +1,7 @@
 //! The in-memory selector records and the per-object validity check.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::store::CachedObject;
@@ -38,12 +38,69 @@ pub struct Stamp {
     pub local: u64,
 }
 
-/// The verdict on one stored object.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Stamp {
+    /// The component-wise minimum: a position no later than either.
+    pub fn min(self, other: Stamp) -> Stamp {
+        Stamp { log: self.log.min(other.log), local: self.local.min(other.local) }
+    }
+
+    /// The component-wise maximum.
+    pub fn max(self, other: Stamp) -> Stamp {
+        Stamp { log: self.log.max(other.log), local: self.local.max(other.local) }
+    }
+}
+
+/// The verdict on one stored object, ordered from best to worst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Validity {
     Valid,
     Soft,
     Hard,
+}
+
+/// How far the sweeper has checked one stored object: every record up to
+/// this stamp was judged against it (Varnish's ban lurker moving an object
+/// past the bans it tested), and whether that verdict was soft. The object
+/// is then judged from the later of its fetch stamp and this one, carrying
+/// the soft verdict, so the records below can be dropped without changing
+/// its verdict. Atomics, so the sweeper re-stamps an object in place while
+/// requests read it.
+#[derive(Debug, Default)]
+pub struct Verified {
+    log: AtomicU64,
+    local: AtomicU64,
+    soft: AtomicBool,
+}
+
+/// A copy of a stored object is a different object (freshened, re-tagged)
+/// that the sweeper has not checked: it starts unverified and is judged by
+/// its own fetch stamp.
+impl Clone for Verified {
+    fn clone(&self) -> Verified {
+        Verified::default()
+    }
+}
+
+impl Verified {
+    /// Records that the object's verdict against every record up to `to`
+    /// is `verdict` (Valid or Soft). The flag is set before the stamp moves,
+    /// so a reader that sees the new stamp sees the flag.
+    fn raise(&self, to: Stamp, verdict: Validity) {
+        debug_assert!(verdict != Validity::Hard, "a hard-invalidated object is freed, not re-stamped");
+        if verdict == Validity::Soft {
+            self.soft.store(true, Ordering::Release);
+        }
+        self.log.fetch_max(to.log, Ordering::Release);
+        self.local.fetch_max(to.local, Ordering::Release);
+    }
+
+    /// The stamp to judge an object fetched at `fetched` by, and the
+    /// verdict it carries from earlier checks.
+    fn effective(&self, fetched: Stamp) -> (Stamp, Validity) {
+        let stamp = Stamp { log: self.log.load(Ordering::Acquire), local: self.local.load(Ordering::Acquire) };
+        let carried = if self.soft.load(Ordering::Acquire) { Validity::Soft } else { Validity::Valid };
+        (fetched.max(stamp), carried)
+    }
 }
 
 /// The highest versions recorded for one selector, per mode.
@@ -83,9 +140,15 @@ pub struct Invalidations {
     /// After a reconnect: the log head this node must reach before it may
     /// trust its stored objects again.
     catch_up: AtomicU64,
+    /// Set while this node cannot vouch that it has every invalidation (cut
+    /// off from the log past its bound, or its consumer not running).
+    distrusted: AtomicBool,
     /// Number of records, so the common case (nothing invalidated) costs
     /// one atomic load per lookup.
     records: AtomicUsize,
+    /// Bumped after every recording, so the sweeper can tell that nothing
+    /// was recorded since its last pass.
+    generation: AtomicU64,
     urls: Table,
     prefixes: Table,
     tags: Table,
@@ -131,12 +194,32 @@ impl Invalidations {
         FetchGuard { owner: self, stamp }
     }
 
-    /// The oldest log stamp any object can still carry without being stored
-    /// yet: the oldest fetch in flight, or the applied version.
-    pub fn oldest_possible_stamp(&self) -> Stamp {
+    /// The current stamp, and the oldest stamp an object not stored yet
+    /// can carry: that of the oldest fetch in flight, or the current one.
+    /// Read together under the registry's lock.
+    pub fn positions(&self) -> (Stamp, Stamp) {
         let map = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.stamp();
-        map.keys().fold(current, |acc, (log, local)| Stamp { log: acc.log.min(*log), local: acc.local.min(*local) })
+        let oldest = map.keys().fold(current, |acc, (log, local)| acc.min(Stamp { log: *log, local: *local }));
+        (current, oldest)
+    }
+
+    /// Changes whenever something is recorded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records that the sweeper found `object` to be `verdict` (not Hard)
+    /// against every record up to `to`, which must all be recorded: `to`
+    /// is a [`Invalidations::stamp`] read before the check.
+    pub fn verified(&self, object: &CachedObject, to: Stamp, verdict: Validity) {
+        object.verified.raise(to, verdict);
+    }
+
+    /// The stamp `object` is judged by: its fetch stamp or, if later, the
+    /// one the sweeper re-stamped it to.
+    pub fn effective_stamp(&self, object: &CachedObject) -> Stamp {
+        object.verified.effective(object.stamp).0
     }
 
     /// Number of selector records held.
@@ -172,9 +255,15 @@ impl Invalidations {
         self.catch_up.fetch_max(head, Ordering::AcqRel);
     }
 
-    /// True while invalidations this node knows it missed are not applied.
+    /// Distrust stored objects (true) until told otherwise (false).
+    pub fn distrust(&self, distrusted: bool) {
+        self.distrusted.store(distrusted, Ordering::Release);
+    }
+
+    /// True while invalidations this node knows it missed are not applied,
+    /// or while it cannot know whether it missed any.
     pub fn catching_up(&self) -> bool {
-        self.catch_up.load(Ordering::Acquire) > self.applied()
+        self.distrusted.load(Ordering::Acquire) || self.catch_up.load(Ordering::Acquire) > self.applied()
     }
 
     /// The highest log version applied.
@@ -189,6 +278,7 @@ impl Invalidations {
         for selector in selectors {
             self.record_selector(selector, mode, version);
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.advance(version);
     }
 
@@ -214,12 +304,24 @@ impl Invalidations {
 
     /// RFC 9111 §4.4: this node saw a successful unsafe request for `url`.
     pub fn invalidate_local(&self, url: &str) {
-        let seq = self.local.fetch_add(1, Ordering::AcqRel) + 1;
-        self.record(&self.urls, url, |m| m.local = m.local.max(seq));
+        let mut urls = self.urls.write().unwrap_or_else(|e| e.into_inner());
+        // As with log versions, the counter moves only once the record is
+        // in place: a stamp (a fetch's, or one the sweeper re-stamps an
+        // object to) must never claim a record that is not there yet. The
+        // table lock orders concurrent calls.
+        let seq = self.local.load(Ordering::Acquire) + 1;
+        self.record_in(&mut urls, url, |m| m.local = m.local.max(seq));
+        self.local.store(seq, Ordering::Release);
+        drop(urls);
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     fn record(&self, table: &Table, key: &str, f: impl FnOnce(&mut Mark)) {
         let mut map = table.write().unwrap_or_else(|e| e.into_inner());
+        self.record_in(&mut map, key, f);
+    }
+
+    fn record_in(&self, map: &mut HashMap<Arc<str>, Mark>, key: &str, f: impl FnOnce(&mut Mark)) {
         let mark = match map.get_mut(key) {
             Some(m) => m,
             None => {
@@ -233,37 +335,32 @@ impl Invalidations {
     /// Is `object` still valid? Looks up only the selectors that could
     /// match it: O(tags + path depth), independent of the record count.
     pub fn check(&self, object: &CachedObject) -> Validity {
+        // The object's re-stamp is read after the record count and under
+        // the table locks: compaction drops a record only after re-stamping
+        // the objects that needed it, so a reader that finds the record
+        // gone also sees the re-stamp that made it unnecessary.
         if self.records.load(Ordering::Acquire) == 0 {
-            return Validity::Valid;
+            return object.verified.effective(object.stamp).1;
         }
-        let stamp = object.stamp;
-        let mut worst = self.all.read().unwrap_or_else(|e| e.into_inner()).judge(stamp);
-        let mut consider = |v: Validity| {
-            worst = match (worst, v) {
-                (Validity::Hard, _) | (_, Validity::Hard) => Validity::Hard,
-                (Validity::Soft, _) | (_, Validity::Soft) => Validity::Soft,
-                _ => Validity::Valid,
-            }
-        };
-        if let Some(m) = self.urls.read().unwrap_or_else(|e| e.into_inner()).get(&*object.url) {
-            consider(m.judge(stamp));
+        let all = self.all.read().unwrap_or_else(|e| e.into_inner());
+        let urls = self.urls.read().unwrap_or_else(|e| e.into_inner());
+        let prefixes = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
+        let tags = self.tags.read().unwrap_or_else(|e| e.into_inner());
+        let (stamp, carried) = object.verified.effective(object.stamp);
+        let mut worst = carried.max(all.judge(stamp));
+        if let Some(m) = urls.get(&*object.url) {
+            worst = worst.max(m.judge(stamp));
         }
-        {
-            let prefixes = self.prefixes.read().unwrap_or_else(|e| e.into_inner());
-            if !prefixes.is_empty() {
-                for prefix in path_prefixes(&object.url) {
-                    if let Some(m) = prefixes.get(prefix) {
-                        consider(m.judge(stamp));
-                    }
+        if !prefixes.is_empty() {
+            for prefix in path_prefixes(&object.url) {
+                if let Some(m) = prefixes.get(prefix) {
+                    worst = worst.max(m.judge(stamp));
                 }
             }
         }
-        if !object.tags.is_empty() {
-            let tags = self.tags.read().unwrap_or_else(|e| e.into_inner());
-            for tag in object.tags.iter() {
-                if let Some(m) = tags.get(&**tag) {
-                    consider(m.judge(stamp));
-                }
+        for tag in object.tags.iter() {
+            if let Some(m) = tags.get(&**tag) {
+                worst = worst.max(m.judge(stamp));
             }
         }
         worst
@@ -295,8 +392,89 @@ pub fn path_prefixes(url: &str) -> impl Iterator<Item = &str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// A few URLs, prefixes and tags that overlap, so random selectors
+    /// often match random objects.
+    pub(crate) const URLS: [&str; 5] = ["http://h/a", "http://h/a/b", "http://h/ab", "http://h/c?x=1", "http://g/a"];
+    const PREFIXES: [&str; 4] = ["http://h", "http://h/a", "http://h/a/", "http://g"];
+    pub(crate) const TAGS: [&str; 3] = ["t1", "t2", "t3"];
+
+    pub(crate) fn selector() -> impl Strategy<Value = Selector> {
+        prop_oneof![
+            4 => prop::sample::select(&URLS[..]).prop_map(|u| Selector::Url(u.into())),
+            2 => prop::sample::select(&PREFIXES[..]).prop_map(|p| Selector::Prefix(p.into())),
+            4 => prop::sample::select(&TAGS[..]).prop_map(|t| Selector::Tag(t.into())),
+            1 => Just(Selector::All),
+        ]
+    }
+
+    /// One log entry's selectors and mode.
+    pub(crate) fn invalidation() -> impl Strategy<Value = (Vec<Selector>, Mode)> {
+        (prop::collection::vec(selector(), 1..3), prop_oneof![Just(Mode::Hard), Just(Mode::Soft)])
+    }
+
+    /// An object's URL and tags.
+    pub(crate) fn object_shape() -> impl Strategy<Value = (&'static str, Vec<&'static str>)> {
+        (prop::sample::select(&URLS[..]), prop::sample::subsequence(&TAGS[..], 0..=2))
+    }
+
+    /// The model: what the design says an object's verdict is, from the
+    /// list of log invalidations (version = index + 1) alone.
+    fn model_verdict(log: &[(Vec<Selector>, Mode)], url: &str, tags: &[&str], stamp: u64) -> Validity {
+        let matches = |s: &Selector| match s {
+            Selector::Url(u) => u == url,
+            Selector::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                let path = url.split(['?', '#']).next().unwrap_or(url);
+                path == p || url.strip_prefix(p).is_some_and(|rest| rest.starts_with(['/', '?', '#']))
+            }
+            Selector::Tag(t) => tags.contains(&t.as_str()),
+            Selector::All => true,
+        };
+        let mut worst = Validity::Valid;
+        for (i, (selectors, mode)) in log.iter().enumerate() {
+            if i as u64 + 1 > stamp && selectors.iter().any(matches) {
+                worst = worst.max(if *mode == Mode::Hard { Validity::Hard } else { Validity::Soft });
+            }
+        }
+        worst
+    }
+
+    proptest! {
+        /// Design §3: applying invalidations in any order, any number of
+        /// times, gives the same verdict for the same stamp, and that
+        /// verdict is the model's.
+        #[test]
+        fn any_order_of_application_gives_the_same_verdicts(
+            (log, first, second) in prop::collection::vec(invalidation(), 0..10).prop_flat_map(|log| {
+                let order: Vec<usize> = (0..log.len()).collect();
+                let replays = prop::collection::vec(0..log.len().max(1), 0..4);
+                (Just(log), Just(order.clone()).prop_shuffle(), (Just(order).prop_shuffle(), replays))
+            }),
+            objects in prop::collection::vec(object_shape(), 1..6),
+        ) {
+            let (a, b) = (Invalidations::default(), Invalidations::default());
+            for i in &first {
+                a.apply(&log[*i].0, log[*i].1, *i as u64 + 1);
+            }
+            let (order, replays) = second;
+            for i in order.iter().chain(replays.iter().filter(|i| **i < log.len())) {
+                b.apply(&log[*i].0, log[*i].1, *i as u64 + 1);
+            }
+            prop_assert_eq!(a.applied(), b.applied());
+            for (url, tags) in &objects {
+                for log_stamp in 0..=log.len() as u64 {
+                    let o = object(url, tags, Stamp { log: log_stamp, local: 0 });
+                    let want = model_verdict(&log, url, tags, log_stamp);
+                    prop_assert_eq!(a.check(&o), want, "{} {:?} at {}", url, tags, log_stamp);
+                    prop_assert_eq!(b.check(&o), want, "{} {:?} at {}", url, tags, log_stamp);
+                }
+            }
+        }
+    }
 
     fn object(url: &str, tags: &[&str], stamp: Stamp) -> CachedObject {
         CachedObject::for_test(url, tags, stamp)
@@ -364,10 +542,10 @@ mod tests {
         inv.apply(&[Selector::Tag("b".into())], Mode::Hard, 2);
         assert_eq!(inv.records(), 2);
         // The fetch that started at 1 must still be checked against "b".
-        assert_eq!(inv.compact(inv.oldest_possible_stamp()), 1);
+        assert_eq!(inv.compact(inv.positions().1), 1);
         assert_eq!(inv.check(&object("http://h/x", &["b"], old_fetch.stamp)), Validity::Hard);
         drop(old_fetch);
-        assert_eq!(inv.compact(inv.oldest_possible_stamp()), 1);
+        assert_eq!(inv.compact(inv.positions().1), 1);
         assert_eq!(inv.records(), 0);
     }
 

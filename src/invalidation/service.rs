@@ -2,12 +2,17 @@
 //! append to the log. Shared by the admin API, the PURGE method and the
 //! origin's Cache-Group-Invalidation.
 
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
 use serde::Deserialize;
 
 use super::audit::Audit;
-use super::log::{APPEND_TIMEOUT, Entry, InvalidationLog, LogError, NewInvalidation};
+use super::log::{APPEND_TIMEOUT, Accepting, EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
 use super::selectors::{Invalidations, Mode, Selector};
 use crate::access::{Access, Denied};
 use crate::key::KeyPolicy;
@@ -112,6 +117,82 @@ pub enum Refused {
     Log(LogError),
 }
 
+/// How long a node remembers an `Idempotency-Key`; also the JetStream
+/// stream's duplicate window (its default).
+pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
+/// Longest `Idempotency-Key` accepted.
+pub const MAX_KEY_LEN: usize = 128;
+/// Most keys remembered; the oldest are forgotten first (their retries are
+/// still deduplicated by the cluster's stream).
+const MAX_KEYS: usize = 100_000;
+
+/// What makes a retried request the same request: the client's
+/// `Idempotency-Key`, or a key generated for one request so that the log's
+/// own retries of it never make a second entry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IdempotencyKey {
+    pub id: String,
+    /// Chosen by the client (a retry may come later, to any node).
+    pub client: bool,
+}
+
+impl IdempotencyKey {
+    /// A client's key: 1 to 128 visible ASCII characters.
+    pub fn from_client(value: &[u8]) -> Result<IdempotencyKey, String> {
+        if value.is_empty() || value.len() > MAX_KEY_LEN || !value.iter().all(|b| b.is_ascii_graphic()) {
+            return Err(format!(
+                "Idempotency-Key must be 1 to {MAX_KEY_LEN} visible ASCII characters (no spaces), e.g. a UUID"
+            ));
+        }
+        Ok(IdempotencyKey { id: String::from_utf8_lossy(value).into_owned(), client: true })
+    }
+}
+
+/// The log as the service appends to it: with the request's key, which a
+/// log that deduplicates (the cluster's) keeps with the entry.
+pub trait KeyedLog: Send + Sync + 'static {
+    fn append_keyed(&self, invalidation: NewInvalidation, key: IdempotencyKey) -> Accepting<'_>;
+}
+
+/// The embedded log has one writer, this node: the service's memory of
+/// recent keys is its deduplication.
+impl KeyedLog for EmbeddedLog {
+    fn append_keyed(&self, invalidation: NewInvalidation, _key: IdempotencyKey) -> Accepting<'_> {
+        self.append(invalidation)
+    }
+}
+
+type Outcome = Shared<BoxFuture<'static, Result<Entry, LogError>>>;
+
+/// A client key seen recently: what it asked for, and the append's outcome
+/// (shared, so a retry that arrives while the first attempt runs waits for
+/// it instead of appending again).
+struct Remembered {
+    selectors: Vec<Selector>,
+    mode: Mode,
+    outcome: Outcome,
+}
+
+/// Keys seen in the last IDEMPOTENCY_WINDOW, oldest first for expiry.
+#[derive(Default)]
+pub struct Recent {
+    keys: HashMap<String, Remembered>,
+    order: VecDeque<(Instant, String)>,
+}
+
+impl Recent {
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, _)) = self.order.front() {
+            if now.duration_since(*at) < IDEMPOTENCY_WINDOW && self.order.len() <= MAX_KEYS {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
 /// Parses and validates a request body into selectors.
 pub fn parse(body: &[u8], keys: &KeyPolicy) -> Result<(Request, Vec<Selector>), String> {
     if body.len() > MAX_BODY {
@@ -174,7 +255,7 @@ pub fn normalise_url(field: &str, text: &str, keys: &KeyPolicy) -> Result<String
 
 /// The node's side of invalidation: access control in front of the log.
 pub struct Service {
-    pub log: Arc<dyn InvalidationLog>,
+    pub log: Arc<dyn KeyedLog>,
     pub audit: Arc<Audit>,
     pub invalidations: Arc<Invalidations>,
     pub access: Access,
@@ -182,6 +263,10 @@ pub struct Service {
     pub keys: KeyPolicy,
     /// The nodes that must apply an invalidation for it to converge.
     pub membership: Arc<dyn super::cluster::Membership>,
+    pub recent: Mutex<Recent>,
+    /// Generated keys: this node's name, its start time and a counter.
+    pub key_prefix: String,
+    pub key_counter: AtomicU64,
 }
 
 impl Service {
@@ -195,26 +280,108 @@ impl Service {
         reason: String,
         break_glass: bool,
     ) -> Result<Entry, Refused> {
+        self.submit_keyed(authorization, selectors, mode, reason, break_glass, None).await
+    }
+
+    /// As `submit`, for a request that carries an `Idempotency-Key`: a
+    /// retry with the same key yields the same entry, never a second one.
+    pub async fn submit_keyed(
+        &self,
+        authorization: Option<&str>,
+        selectors: Vec<Selector>,
+        mode: Mode,
+        reason: String,
+        break_glass: bool,
+        key: Option<IdempotencyKey>,
+    ) -> Result<Entry, Refused> {
         let token = self.access.authenticate(authorization).map_err(Refused::Denied)?;
         self.access.authorize(token, &selectors, break_glass).map_err(Refused::Denied)?;
         if selectors.contains(&Selector::All) {
             tracing::warn!(issuer = %token.name, %reason, "break-glass purge of everything");
         }
         let inv = NewInvalidation { selectors, mode, reason, issuer: token.name.clone(), break_glass };
-        self.append(inv).await.map_err(Refused::Log)
+        match key {
+            Some(key) => self.append_once(inv, key).await,
+            None => self.append(inv).await.map_err(Refused::Log),
+        }
     }
 
     /// Appends without a token: for invalidations the origin asked for
     /// (Cache-Group-Invalidation), which are as trusted as its responses.
     pub async fn append(&self, inv: NewInvalidation) -> Result<Entry, LogError> {
-        let entry = match tokio::time::timeout(APPEND_TIMEOUT, self.log.append(inv)).await {
-            Ok(r) => r?,
-            Err(_) => return Err(LogError::Unavailable("the log did not answer in time".into())),
+        let n = self.key_counter.fetch_add(1, Ordering::Relaxed);
+        let key = IdempotencyKey { id: format!("{}-{n}", self.key_prefix), client: false };
+        self.await_outcome(self.start_append(inv, key)).await
+    }
+
+    /// Appends under a client's key, or joins the append already made (or
+    /// running) under it. A key whose earlier attempt failed is tried again
+    /// with the same key, which the cluster's log deduplicates should that
+    /// attempt have committed after all.
+    async fn append_once(&self, inv: NewInvalidation, key: IdempotencyKey) -> Result<Entry, Refused> {
+        let outcome = {
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.expire(Instant::now());
+            match recent.keys.get(&key.id) {
+                Some(r) if r.selectors != inv.selectors || r.mode != inv.mode => return Err(key_reused(&key)),
+                Some(r) if !matches!(r.outcome.peek(), Some(Err(_))) => r.outcome.clone(),
+                _ => {
+                    let remembered = Remembered {
+                        selectors: inv.selectors.clone(),
+                        mode: inv.mode,
+                        outcome: self.start_append(inv.clone(), key.clone()),
+                    };
+                    let outcome = remembered.outcome.clone();
+                    if recent.keys.insert(key.id.clone(), remembered).is_none() {
+                        recent.order.push_back((Instant::now(), key.id.clone()));
+                    }
+                    outcome
+                }
+            }
         };
-        // Queryable here at once, even before this node's consumer reaches it.
-        self.audit.record(entry.clone());
+        let entry = self.await_outcome(outcome).await.map_err(Refused::Log)?;
+        // Another node (or an earlier life of this one) stored the key with
+        // another invalidation.
+        if entry.invalidation.selectors != inv.selectors || entry.invalidation.mode != inv.mode {
+            return Err(key_reused(&key));
+        }
         Ok(entry)
     }
+
+    /// Starts the append as its own task: a caller that stops waiting
+    /// (timeout, disconnect) does not cancel it, so its outcome is known to
+    /// a retry.
+    fn start_append(&self, inv: NewInvalidation, key: IdempotencyKey) -> Outcome {
+        let log = self.log.clone();
+        let audit = self.audit.clone();
+        let task = tokio::spawn(async move {
+            let entry = log.append_keyed(inv, key).await?;
+            // Queryable here at once, even before this node's consumer reaches it.
+            audit.record(entry.clone());
+            Ok(entry)
+        });
+        let outcome: BoxFuture<'static, Result<Entry, LogError>> = Box::pin(async move {
+            task.await.unwrap_or_else(|e| Err(LogError::Unavailable(format!("the append failed: {e}"))))
+        });
+        outcome.shared()
+    }
+
+    async fn await_outcome(&self, outcome: Outcome) -> Result<Entry, LogError> {
+        match tokio::time::timeout(APPEND_TIMEOUT, outcome).await {
+            Ok(r) => r,
+            Err(_) => Err(LogError::Unavailable(
+                "the log did not answer in time; the invalidation may still be committed: retry with the same Idempotency-Key".into(),
+            )),
+        }
+    }
+}
+
+fn key_reused(key: &IdempotencyKey) -> Refused {
+    Refused::Invalid(format!(
+        "Idempotency-Key {:?} was used in the last {} s for a different invalidation",
+        key.id,
+        IDEMPOTENCY_WINDOW.as_secs()
+    ))
 }
 
 #[cfg(test)]

@@ -127,11 +127,18 @@ pub fn reuse(
         return Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
     }
     let staleness = stored.staleness(now);
-    let accepted = match req.cc.max_stale {
-        Some(MaxStale::Any) => true,
-        Some(MaxStale::Limit(limit)) => staleness.as_secs() <= u64::from(limit),
-        None => false,
-    };
+    // A client's max-stale only reaches responses the origin declared
+    // cacheable for some time. One stale on arrival (no freshness, or
+    // max-age=0) was kept only to be revalidated: it may have been
+    // personalised for the client that caused it, so nobody else gets it
+    // without validation.
+    let client_may_accept = !stored.lifetime.is_zero();
+    let accepted = client_may_accept
+        && match req.cc.max_stale {
+            Some(MaxStale::Any) => true,
+            Some(MaxStale::Limit(limit)) => staleness.as_secs() <= u64::from(limit),
+            None => false,
+        };
     if accepted && req.cc.min_fresh.is_none() {
         return Reuse::StaleAccepted;
     }
@@ -163,11 +170,15 @@ pub fn stale_if_error(
         return true;
     }
     let staleness = stored.staleness(now);
-    let client = match (req.cc.stale_if_error, req.cc.max_stale) {
-        (_, Some(MaxStale::Any)) => Some(Duration::MAX),
-        (Some(sie), _) => Some(Duration::from_secs(sie.seconds())),
-        (None, Some(MaxStale::Limit(l))) => Some(Duration::from_secs(u64::from(l))),
-        (None, None) => None,
+    let client = if stored.lifetime.is_zero() {
+        None
+    } else {
+        match (req.cc.stale_if_error, req.cc.max_stale) {
+            (_, Some(MaxStale::Any)) => Some(Duration::MAX),
+            (Some(sie), _) => Some(Duration::from_secs(sie.seconds())),
+            (None, Some(MaxStale::Limit(l))) => Some(Duration::from_secs(u64::from(l))),
+            (None, None) => None,
+        }
     };
     match client {
         Some(limit) => staleness <= limit,

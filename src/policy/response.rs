@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use http::header::{AUTHORIZATION, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE};
+use http::header::{AUTHORIZATION, COOKIE, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE};
 use http::{HeaderMap, Method, StatusCode};
 
 use super::age;
@@ -83,9 +83,25 @@ pub enum NotStorable {
     MustUnderstand,
     NoFreshness,
     VaryStar,
+    /// Heuristic freshness for a response to a request with credentials or
+    /// cookies, which the origin did not mark as shareable.
+    Personalised,
+    /// Stale on arrival and without a validator: it could never be
+    /// served, only handed to someone it was not meant for.
+    NeverFresh,
+    /// Its content class names content types and this is not one of them.
+    ContentType,
 }
 
 impl NotStorable {
+    /// True when the refusal comes from the request (its `no-store`, its
+    /// credentials), not from the response: another request for the same
+    /// URL may well get a storable answer, so the URL is not marked
+    /// hit-for-pass.
+    pub fn caused_by_request(self) -> bool {
+        matches!(self, NotStorable::NoStoreRequest | NotStorable::Authorization)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             NotStorable::Method => "method",
@@ -98,6 +114,9 @@ impl NotStorable {
             NotStorable::MustUnderstand => "must-understand",
             NotStorable::NoFreshness => "no-freshness",
             NotStorable::VaryStar => "vary-star",
+            NotStorable::Personalised => "personalised",
+            NotStorable::NeverFresh => "never-fresh",
+            NotStorable::ContentType => "content-type",
         }
     }
 }
@@ -218,8 +237,32 @@ fn freshness_lifetime(
     (Duration::ZERO, false)
 }
 
+/// The one admission rule for everything that enters the store: a fresh
+/// fill, a 304 merged into a stored response (§4.3.4), a HEAD response
+/// merged into one (§4.3.5). It applies §3 (with §3.5 and the Set-Cookie
+/// rule) to the response as it would be stored and returns the fields to
+/// keep: the fields named by `private="..."` (§5.2.2.7) and `Set-Cookie`
+/// removed. A refused response may still be served to the client whose
+/// request produced it, never to anyone else.
+pub fn admit(
+    request: &RequestDirectives,
+    request_headers: &HeaderMap,
+    status: StatusCode,
+    headers: &HeaderMap,
+    policy: &ResponsePolicy,
+    cfg: &PolicyConfig,
+) -> Result<HeaderMap, NotStorable> {
+    storable(&Method::GET, request, request_headers, status, headers, policy, cfg)?;
+    let mut kept = headers.clone();
+    super::headers::remove_private_fields(&mut kept, policy.directives.private.as_ref());
+    // Even where a class allows storing Set-Cookie responses, the cookie
+    // stays with the client whose request fetched it.
+    kept.remove(SET_COOKIE);
+    Ok(kept)
+}
+
 /// §3: may a shared cache store this response to this request?
-pub fn storable(
+fn storable(
     method: &Method,
     request: &RequestDirectives,
     request_headers: &HeaderMap,
@@ -271,8 +314,21 @@ pub fn storable(
     if !explicit && !heuristically_cacheable(status) {
         return Err(NotStorable::NoFreshness);
     }
-    // A response stale on arrival is still stored: a client's max-stale,
-    // or stale-if-error, may use it.
+    // Heuristic freshness guesses that the origin forgot to say how long a
+    // response may be reused; a response to a request that carried
+    // credentials or cookies may be that client's own page (cache
+    // deception: /account/settings.css), so only the origin's explicit
+    // word (public, s-maxage) shares it.
+    let credentials = request_headers.contains_key(AUTHORIZATION) || request_headers.contains_key(COOKIE);
+    if policy.heuristic && credentials && !d.public && d.s_maxage.is_none() {
+        return Err(NotStorable::Personalised);
+    }
+    // A response stale on arrival is stored only to be revalidated (a
+    // validator), or served under the origin's own stale windows.
+    let stale_window = d.stale_while_revalidate.is_some() || d.stale_if_error.is_some();
+    if policy.lifetime.is_zero() && !stale_window && !super::conditional::has_validator(headers) {
+        return Err(NotStorable::NeverFresh);
+    }
     Ok(())
 }
 
@@ -301,6 +357,52 @@ mod tests {
         let p = analyse(status, h);
         let rd = RequestDirectives::from_headers(req);
         storable(&Method::GET, &rd, req, StatusCode::from_u16(status).unwrap(), h, &p, &PolicyConfig::default())
+    }
+
+    fn admit_for(h: &HeaderMap, cfg: &PolicyConfig) -> Result<HeaderMap, NotStorable> {
+        let p = ResponsePolicy::new(StatusCode::OK, h, at(0), at(0), cfg);
+        let rd = RequestDirectives::from_headers(&HeaderMap::new());
+        admit(&rd, &HeaderMap::new(), StatusCode::OK, h, &p, cfg)
+    }
+
+    #[test]
+    fn rfc9111_4_2_2_no_heuristic_freshness_for_a_request_with_cookies() {
+        let h = headers(&[("date", &date(3600)), ("last-modified", &date(0))]);
+        let with_cookie = headers(&[("cookie", "session=alice")]);
+        assert_eq!(can_store_for(200, &h, &with_cookie).unwrap_err(), NotStorable::Personalised);
+        assert!(can_store_for(200, &h, &HeaderMap::new()).is_ok());
+        let public = headers(&[("date", &date(3600)), ("last-modified", &date(0)), ("cache-control", "public")]);
+        assert!(can_store_for(200, &public, &with_cookie).is_ok(), "the origin opted in");
+    }
+
+    #[test]
+    fn rfc9111_3_a_response_that_can_never_be_fresh_needs_a_validator() {
+        let h = headers(&[("cache-control", "max-age=0")]);
+        assert_eq!(can_store(200, &h).unwrap_err(), NotStorable::NeverFresh);
+        let h = headers(&[("cache-control", "max-age=0"), ("etag", "\"v1\"")]);
+        assert!(can_store(200, &h).is_ok(), "kept to be revalidated");
+        let h = headers(&[("cache-control", "max-age=0, stale-if-error=60")]);
+        assert!(can_store(200, &h).is_ok(), "the origin's own stale window");
+    }
+
+    #[test]
+    fn rfc9111_3_admission_never_keeps_a_cookie() {
+        let h = headers(&[("cache-control", "max-age=60"), ("set-cookie", "session=alice")]);
+        assert_eq!(admit_for(&h, &PolicyConfig::default()).unwrap_err(), NotStorable::SetCookie);
+        let allow = PolicyConfig { store_set_cookie: true, ..Default::default() };
+        let kept = admit_for(&h, &allow).unwrap();
+        assert!(!kept.contains_key(SET_COOKIE), "stored, but without the cookie");
+    }
+
+    #[test]
+    fn rfc9111_5_2_2_7_admission_drops_fields_named_by_private() {
+        let h =
+            headers(&[("cache-control", "max-age=60, private=\"x-secret\""), ("x-secret", "alice"), ("x-other", "1")]);
+        let kept = admit_for(&h, &PolicyConfig::default()).unwrap();
+        assert!(!kept.contains_key("x-secret"));
+        assert_eq!(kept.get("x-other").unwrap(), "1");
+        let h = headers(&[("cache-control", "private, max-age=60")]);
+        assert_eq!(admit_for(&h, &PolicyConfig::default()).unwrap_err(), NotStorable::Private);
     }
 
     #[test]
@@ -466,9 +568,11 @@ mod tests {
     }
 
     #[test]
-    fn rfc9111_3_heuristically_cacheable_status_is_storable_without_freshness() {
-        assert_eq!(can_store(200, &HeaderMap::new()), Ok(()));
-        assert_eq!(can_store(200, &headers(&[("cache-control", "max-age=0")])), Ok(()));
+    fn rfc9111_3_heuristically_cacheable_status_is_storable_without_explicit_freshness() {
+        let lm = headers(&[("date", &date(3600)), ("last-modified", &date(0))]);
+        assert_eq!(can_store(200, &lm), Ok(()));
+        // Storable by §3, but never fresh and without a validator: useless.
+        assert_eq!(can_store(200, &HeaderMap::new()), Err(NotStorable::NeverFresh));
         assert_eq!(can_store(302, &HeaderMap::new()), Err(NotStorable::NoFreshness));
     }
 }

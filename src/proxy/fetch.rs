@@ -1,24 +1,31 @@
 //! Coalesced upstream fetches: the first client for a key starts a fill,
 //! later ones join it; the fill's producer task stores what may be stored.
+//!
+//! Every write into the store from here goes through [`Proxy::admit`]
+//! (the one admission rule, `policy::response::admit`) and
+//! [`Proxy::store_object`] (the validity check against invalidations);
+//! every answer given to a client other than the one whose request caused
+//! the fetch goes through [`Proxy::may_answer`].
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderValue, SET_COOKIE};
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, DATE, HeaderValue};
 use http::request::Parts;
 use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 
-use super::fill::{FetchedHead, Fill, Outcome, Reader};
-use super::upstream::UpstreamBody;
+use super::fill::{FetchedHead, Fill, Outcome, Producer, Reader};
+use super::upstream::{UpstreamBody, UpstreamError};
 use super::{Candidate, Client, Proxy, Target};
 use crate::invalidation::{Stamp, Validity};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
 use crate::policy::request::{self, ObjectState, RequestDirectives, Reuse};
-use crate::policy::response::{self, ResponsePolicy};
+use crate::policy::response::{self, NotStorable, ResponsePolicy};
 use crate::policy::{age, conditional, headers, tags, vary};
-use crate::store::{CachedObject, StoredHeaders};
+use crate::store::{CachedObject, Put, StoredHeaders};
 
 /// What the producer of a fill needs to know about the request that
 /// started it.
@@ -29,6 +36,20 @@ struct Job {
     directives: RequestDirectives,
     /// The stored object being revalidated, if any.
     stale: Option<Arc<CachedObject>>,
+}
+
+/// The request a response answers, as the admission rule needs it.
+#[derive(Clone, Copy)]
+pub(super) struct Asked<'a> {
+    pub target: &'a Target,
+    pub headers: &'a HeaderMap,
+    pub directives: &'a RequestDirectives,
+}
+
+impl Job {
+    fn asked(&self) -> Asked<'_> {
+        Asked { target: &self.target, headers: &self.headers, directives: &self.directives }
+    }
 }
 
 /// How a request gets its response from upstream.
@@ -46,6 +67,12 @@ fn is_server_error(status: StatusCode) -> bool {
     matches!(status.as_u16(), 500 | 502 | 503 | 504)
 }
 
+/// How many shared fills a waiter tries before fetching alone: when a
+/// fill's answer is not for it (another Vary selection, credentials, an
+/// invalidation that outranks it), it joins the next one once, then asks
+/// by itself so it can never be handed yet another client's response.
+const SHARED_TRIES: usize = 2;
+
 impl Proxy {
     /// Fetches (or revalidates `stale`) through a shared fill and answers the
     /// client from it.
@@ -58,91 +85,127 @@ impl Proxy {
         stale: Option<(Arc<CachedObject>, ObjectState)>,
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
-        let (mut reader, collapsed) =
-            match self.join_or_start(&parts, &target, client, &rd, stale.as_ref().map(|s| s.0.clone()), true) {
-                Start::Joined(r) => (r, true),
-                Start::Started(r) => (r, false),
+        let stale_obj = stale.as_ref().map(|s| s.0.clone());
+        // A request whose response may not be stored (§5.2.1.5) does not
+        // lead a fill that others would wait on.
+        let mut share = !rd.cc.no_store;
+        let mut tries = 0;
+        let (outcome, reader) = loop {
+            match self.join_or_start(&parts, &target, client, &rd, stale_obj.clone(), share) {
                 Start::Stored(obj) => return self.serve_stored_hit(&parts, &obj),
-            };
-        let mut outcome = if collapsed {
-            match tokio::time::timeout(self.settings.lock_timeout, reader.outcome()).await {
-                Ok(o) => Some(o),
-                Err(_) => {
-                    metrics::coalesce("lock-timeout");
-                    None
+                Start::Started(mut reader) => break (reader.outcome().await, reader),
+                Start::Joined(mut reader) => {
+                    let Ok(outcome) = tokio::time::timeout(self.settings.lock_timeout, reader.outcome()).await else {
+                        metrics::coalesce("lock-timeout");
+                        return self.lock_timed_out(&parts, &rd, stale.as_ref(), status);
+                    };
+                    if self.waiter_may_use(&outcome, &parts.headers) {
+                        metrics::coalesce("served");
+                        status.collapsed = true;
+                        break (outcome, reader);
+                    }
+                    tries += 1;
+                    share = share && tries < SHARED_TRIES;
                 }
             }
-        } else {
-            Some(reader.outcome().await)
         };
-        if collapsed {
-            let usable = match &outcome {
-                Some(Outcome::Response(head)) => head.serves(&parts.headers),
-                Some(Outcome::Refreshed(obj)) => obj.vary.matches(&parts.headers),
-                // A failed leader: one waiter retries rather than all of them.
-                Some(Outcome::Failed(_)) | None => false,
-            };
-            if usable {
-                metrics::coalesce("served");
-                status.collapsed = true;
-            } else {
-                // After a failure the waiters share one retry; otherwise the
-                // leader's response was not for them and each asks alone.
-                let retry_shared = matches!(outcome, Some(Outcome::Failed(_)));
-                reader = match self.join_or_start(
-                    &parts,
-                    &target,
-                    client,
-                    &rd,
-                    stale.as_ref().map(|s| s.0.clone()),
-                    retry_shared,
-                ) {
-                    Start::Joined(r) | Start::Started(r) => r,
-                    Start::Stored(obj) => return self.serve_stored_hit(&parts, &obj),
-                };
-                outcome = Some(reader.outcome().await);
-            }
-        }
         let now = SystemTime::now();
-        match outcome.expect("outcome set above") {
-            Outcome::Refreshed(obj) => {
+        match outcome {
+            Outcome::Refreshed { own, shared } => {
                 status.fwd_status = Some(304);
-                status.stored = true;
+                status.stored = shared.is_some();
+                // A waiter only gets here with the shared form.
+                let obj = if status.collapsed { shared.unwrap_or(own) } else { own };
                 status.ttl = Some(obj.policy.ttl(now));
                 self.serve_stored(&parts, &obj, status, true, now)
             }
             Outcome::Response(head) => {
-                if let Some((obj, state)) = &stale
-                    && is_server_error(head.status)
-                    && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
+                if is_server_error(head.status)
+                    && let Some(obj) = self.stale_if_error(&rd, stale.as_ref(), now)
                 {
-                    return self.serve_stale_on_error(&parts, obj, status, head.status.as_u16(), now);
+                    return self.serve_stale_on_error(&parts, &obj, status, head.status.as_u16(), now);
                 }
                 status.fwd_status = Some(head.status.as_u16());
-                match head.storable {
-                    Ok(()) if head.shareable => {
+                match &head.admitted {
+                    Ok(_) if head.shareable => {
                         status.stored = true;
                         status.ttl = Some(head.policy.ttl(now));
                     }
-                    Ok(()) => status.detail = Some("too-large".into()),
+                    Ok(_) => status.detail = Some("too-large".into()),
                     Err(why) => status.detail = Some(why.as_str().into()),
                 }
                 self.serve_fetched(&parts, &head, reader, status)
             }
-            Outcome::Failed(err) => {
-                if let Some((obj, state)) = &stale
-                    && request::stale_if_error(&rd, &obj.policy, *state, obj.stale, now)
-                {
-                    return self.serve_stale_on_error(&parts, obj, status, 0, now);
-                }
-                tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
-                status.detail = Some(err.detail().into());
-                // §5.2.2.2: a stored response that may not be served stale
-                // turns a failed validation into 504.
-                let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
-                self.error(code, status, &format!("{err}\n"))
-            }
+            // A failed shared fetch is the answer for everyone who waited on
+            // it: retrying for each waiter would multiply the load on an
+            // origin that is already failing.
+            Outcome::Failed(err) => self.fetch_failed(&parts, &target, &rd, stale.as_ref(), status, err, now),
         }
+    }
+
+    /// May a client that waited on someone else's fetch use its outcome?
+    fn waiter_may_use(&self, outcome: &Outcome, request: &HeaderMap) -> bool {
+        let shared = match outcome {
+            Outcome::Response(head) => head.shared(),
+            Outcome::Refreshed { shared, .. } => shared.as_ref(),
+            Outcome::Failed(_) => return true,
+        };
+        // Only a response that is still valid now: an invalidation applied
+        // while the fetch was in flight outranks it for later requests.
+        shared.is_some_and(|obj| matches!(self.may_answer(obj, request), Ok(state) if state == ObjectState::default()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_failed(
+        &self,
+        parts: &Parts,
+        target: &Target,
+        rd: &RequestDirectives,
+        stale: Option<&(Arc<CachedObject>, ObjectState)>,
+        mut status: CacheStatus,
+        err: UpstreamError,
+        now: SystemTime,
+    ) -> Response<UpstreamBody> {
+        if let Some(obj) = self.stale_if_error(rd, stale, now) {
+            return self.serve_stale_on_error(parts, &obj, status, 0, now);
+        }
+        tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
+        status.detail = Some(err.detail().into());
+        // §5.2.2.2: a stored response that may not be served stale turns a
+        // failed validation into 504.
+        let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
+        self.error(code, status, &format!("{err}\n"))
+    }
+
+    /// A waiter whose leader has not answered within `lock_timeout`: stale
+    /// content where stale-if-error allows it, else 504. It does not fetch
+    /// by itself: a slow origin would get one more request per waiter.
+    fn lock_timed_out(
+        &self,
+        parts: &Parts,
+        rd: &RequestDirectives,
+        stale: Option<&(Arc<CachedObject>, ObjectState)>,
+        mut status: CacheStatus,
+    ) -> Response<UpstreamBody> {
+        let now = SystemTime::now();
+        if let Some(obj) = self.stale_if_error(rd, stale, now) {
+            return self.serve_stale_on_error(parts, &obj, status, 0, now);
+        }
+        status.detail = Some("lock-timeout".into());
+        self.error(StatusCode::GATEWAY_TIMEOUT, status, "the shared fetch of this object did not answer in time\n")
+    }
+
+    /// The stale object that may stand in for a failed fetch (RFC 5861 §4),
+    /// checked against the invalidations applied by now.
+    fn stale_if_error(
+        &self,
+        rd: &RequestDirectives,
+        stale: Option<&(Arc<CachedObject>, ObjectState)>,
+        now: SystemTime,
+    ) -> Option<Arc<CachedObject>> {
+        let (obj, _) = stale?;
+        let state = self.validity(obj).ok()?;
+        request::stale_if_error(rd, &obj.policy, state, obj.stale, now).then(|| obj.clone())
     }
 
     /// A stored variant this request may use as it is, now: valid, and
@@ -228,9 +291,24 @@ impl Proxy {
                 inflight.insert(key.clone(), fill.clone());
             }
         }
+        // Whatever ends the producer task, the key is released and waiters
+        // get an outcome.
+        let release = {
+            let inflight = self.inflight.clone();
+            let (key, fill) = (key.clone(), fill.clone());
+            move || {
+                if share {
+                    let mut inflight = inflight.lock().unwrap_or_else(|e| e.into_inner());
+                    if inflight.get(&key).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
+                        inflight.remove(&key);
+                    }
+                }
+            }
+        };
+        let producer = Producer::new(fill, release);
         let job = Job { target: target.clone(), client, headers: parts.headers.clone(), directives: rd.clone(), stale };
         let this = self.clone();
-        tokio::spawn(async move { this.run_fill(fill, job, share).await });
+        tokio::spawn(async move { this.run_fill(producer, job).await });
         Start::Started(reader)
     }
 
@@ -262,8 +340,9 @@ impl Proxy {
         }
     }
 
-    /// The producer: one upstream exchange, published through `fill`.
-    async fn run_fill(self: Arc<Self>, fill: Arc<Fill>, job: Job, registered: bool) {
+    /// The producer: one upstream exchange, published through its fill.
+    async fn run_fill(self: Arc<Self>, producer: Producer, job: Job) {
+        let fill = producer.fill();
         // The stamp is taken before the request leaves, so an invalidation
         // applied while it is in flight outranks what it brings back.
         let fetch = self.invalidations.begin_fetch();
@@ -295,24 +374,25 @@ impl Proxy {
             if resp.status() == StatusCode::NOT_MODIFIED
                 && let Some(old) = validate.take()
             {
-                if conditional::not_modified_applies(&old.headers.to_map(), resp.headers()) {
-                    let fresh = self.freshened(&old, resp.headers(), request_time, response_time, stamp);
-                    self.store_object(&job.target.key.key, fresh.clone());
-                    fill.set_outcome(Outcome::Refreshed(fresh), false);
+                // §4.3.4: a 304 for some other representation updates
+                // nothing, and one for an object a hard invalidation removed
+                // meanwhile must not bring it back: ask again without
+                // validators.
+                if conditional::not_modified_applies(&old.headers.to_map(), resp.headers())
+                    && self.invalidations.check(&old) != Validity::Hard
+                {
+                    let times = (request_time, response_time);
+                    let (own, shared) = self.merge_update(job.asked(), &old, resp.headers(), times, stamp);
+                    if let Some(shared) = &shared {
+                        self.store_object(&job.target.key.key, shared.clone());
+                    }
+                    fill.set_outcome(Outcome::Refreshed { own, shared }, false);
                     break;
                 }
-                // §4.3.4: a 304 for some other representation updates
-                // nothing; ask again without validators.
                 continue;
             }
-            self.stream_into(&fill, &job, resp, stamp, request_time, response_time, started).await;
+            self.stream_into(fill, &job, resp, stamp, request_time, response_time, started).await;
             break;
-        }
-        if registered {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
-            if inflight.get(&job.target.key.key).is_some_and(|f| Arc::ptr_eq(f, &fill)) {
-                inflight.remove(&job.target.key.key);
-            }
         }
     }
 
@@ -330,48 +410,36 @@ impl Proxy {
         let (parts, mut body) = resp.into_parts();
         let mut hdrs = parts.headers;
         headers::remove_hop_by_hop(&mut hdrs);
-        // RFC 9110 §6.6.1: a cache adds Date when the origin did not.
-        if !hdrs.contains_key(DATE)
-            && let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time))
-        {
-            hdrs.insert(DATE, v);
-        }
-        let path = job.target.path_and_query.split('?').next().unwrap_or("/");
-        let class = self.settings.classes.classify(path, hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()));
-        let mut cfg = std::borrow::Cow::Borrowed(&self.settings.policy);
-        if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
-            cfg.to_mut().store_set_cookie = store_set_cookie;
-        }
-        let policy = ResponsePolicy::new(parts.status, &hdrs, request_time, response_time, &cfg);
-        let storable =
-            response::storable(&Method::GET, &job.directives, &job.headers, parts.status, &hdrs, &policy, &cfg);
-        let stale = class.map(|c| c.stale).unwrap_or_default();
-        let vary_names = vary::vary_names(&hdrs);
-        let vary = vary::VaryKey::for_request(vary_names.as_deref().unwrap_or(&[]), &job.headers);
+        add_date(&mut hdrs, response_time);
+        let (policy, admitted) = self.admit(job.asked(), parts.status, &hdrs, (request_time, response_time), stamp);
         let declared = hdrs.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-        let shareable = storable.is_ok() && declared.is_none_or(|n| n <= self.settings.max_object_size);
-        self.mark_uncacheable(&job.target.key.key, storable.is_err());
-        let head = Arc::new(FetchedHead {
-            status: parts.status,
-            headers: hdrs,
-            policy,
-            storable,
-            vary_names,
-            vary,
-            shareable,
-        });
+        let shareable = admitted.is_ok() && declared.is_none_or(|n| n <= self.settings.max_object_size);
+        // Hit-for-pass is a property of the response (as in Varnish): a
+        // refusal caused by this request's own credentials or no-store says
+        // nothing about what other clients will get.
+        match &admitted {
+            Err(why) if why.caused_by_request() => {}
+            _ => self.mark_uncacheable(&job.target.key.key, !shareable),
+        }
+        let head = Arc::new(FetchedHead { status: parts.status, headers: hdrs, policy, admitted, shareable });
         fill.set_outcome(Outcome::Response(head.clone()), shareable);
 
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
+        let mut last = None;
         let result = loop {
             match tokio::time::timeout_at(deadline, body.frame()).await {
                 Err(_) => break Err("upstream body timed out".to_string()),
                 Ok(None) => break Ok(()),
                 Ok(Some(Err(e))) => break Err(format!("upstream body failed: {e}")),
                 Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data()
-                        && !fill.push(data).await
-                    {
+                    let Ok(data) = frame.into_data() else { continue };
+                    // The chunk that completes a declared length is
+                    // published together with the stored object.
+                    if http_body::Body::is_end_stream(&body) {
+                        last = Some(data);
+                        break Ok(());
+                    }
+                    if !fill.push(data).await {
                         break Err("no reader left".to_string());
                     }
                 }
@@ -380,56 +448,96 @@ impl Proxy {
         if let Err(e) = &result {
             tracing::debug!(url = %job.target.key.url, error = %e, "fill ended early; not stored");
         }
-        // Only a shareable response is kept by the fill, so only it is stored.
-        fill.finish(result, |bytes| {
-            let mut stored_headers = head.headers.clone();
-            headers::remove_private_fields(&mut stored_headers, head.policy.directives.private.as_ref());
-            // When a class allows storing Set-Cookie responses, the cookie
-            // stays with the client whose request fetched it.
-            stored_headers.remove(SET_COOKIE);
-            let tags: Box<[Arc<str>]> = tags::tags(&stored_headers).into_iter().map(Arc::from).collect();
-            let object = CachedObject {
-                status: head.status,
-                headers: StoredHeaders::from_map(&stored_headers),
-                body: bytes,
-                policy: head.policy.clone(),
-                vary: head.vary.clone(),
-                url: Arc::from(job.target.key.url.as_str()),
-                tags,
-                stamp,
-                stale,
-            };
-            self.store_object(&job.target.key.key, Arc::new(object));
+        // Only a shareable response is kept by the fill, so only the
+        // admitted form is ever stored.
+        fill.finish(last, result, |bytes: Bytes| {
+            if let Some(template) = head.shared() {
+                let object = CachedObject { body: bytes, ..(**template).clone() };
+                self.store_object(&job.target.key.key, Arc::new(object));
+            }
         });
     }
 
-    /// §4.3.4: the stored object updated by a 304's header fields.
-    pub(super) fn freshened(
+    /// Analyses a response to a request for `target` and applies the one
+    /// admission rule to it. Returns the response's policy and either the
+    /// object the store may hold (with an empty body: the caller adds the
+    /// body it has) or why it may hold none. Fills, 304 merges (§4.3.4) and
+    /// HEAD merges (§4.3.5) all come through here.
+    pub(super) fn admit(
         &self,
+        asked: Asked<'_>,
+        status: StatusCode,
+        hdrs: &HeaderMap,
+        (request_time, response_time): (SystemTime, SystemTime),
+        stamp: Stamp,
+    ) -> (ResponsePolicy, Result<Arc<CachedObject>, NotStorable>) {
+        let Asked { target, headers: request_headers, directives: rd } = asked;
+        let path = target.path_and_query.split('?').next().unwrap_or("/");
+        let class = self.settings.classes.classify(path, hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let mut cfg = std::borrow::Cow::Borrowed(&self.settings.policy);
+        if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
+            cfg.to_mut().store_set_cookie = store_set_cookie;
+        }
+        let policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
+        let content_type = hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg);
+        let admitted = admitted.and_then(|kept| match self.settings.classes.refuses(path, content_type) {
+            true => Err(NotStorable::ContentType),
+            false => Ok(kept),
+        });
+        let admitted = admitted.map(|kept| {
+            let names = vary::vary_names(&kept).unwrap_or_default();
+            Arc::new(CachedObject {
+                status,
+                headers: StoredHeaders::from_map(&kept),
+                body: Bytes::new(),
+                policy: policy.clone(),
+                vary: vary::VaryKey::for_request(&names, request_headers),
+                url: Arc::from(target.key.url.as_str()),
+                tags: tags::tags(&kept).into_iter().map(Arc::from).collect(),
+                stamp,
+                verified: Default::default(),
+                stale: class.map(|c| c.stale).unwrap_or_default(),
+            })
+        });
+        (policy, admitted)
+    }
+
+    /// §4.3.4 and §4.3.5: a stored object updated by the header fields of a
+    /// 304 or of a 200 to HEAD, fetched at `stamp`. Returns what the
+    /// requester gets (every merged field, its cookie included) and the
+    /// admitted form to store, None when the merged response may not be
+    /// stored (then the old object stays as it was).
+    pub(super) fn merge_update(
+        &self,
+        asked: Asked<'_>,
         old: &CachedObject,
         update: &HeaderMap,
-        request_time: SystemTime,
-        response_time: SystemTime,
+        times: (SystemTime, SystemTime),
         stamp: Stamp,
-    ) -> Arc<CachedObject> {
+    ) -> (Arc<CachedObject>, Option<Arc<CachedObject>>) {
         let mut update = update.clone();
         headers::remove_hop_by_hop(&mut update);
         let mut hdrs = old.headers.to_map();
         conditional::freshen(&mut hdrs, &update);
-        if !update.contains_key(DATE)
-            && let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time))
-        {
-            hdrs.insert(DATE, v);
-        }
-        let policy = ResponsePolicy::new(old.status, &hdrs, request_time, response_time, &self.settings.policy);
-        let tags = tags::tags(&hdrs).into_iter().map(Arc::from).collect();
-        Arc::new(CachedObject { headers: StoredHeaders::from_map(&hdrs), policy, tags, stamp, ..old.clone() })
+        add_date(&mut hdrs, times.1);
+        let (policy, admitted) = self.admit(asked, old.status, &hdrs, times, stamp);
+        let shared =
+            admitted.ok().map(|template| Arc::new(CachedObject { body: old.body.clone(), ..(*template).clone() }));
+        let own = Arc::new(CachedObject {
+            headers: StoredHeaders::from_map(&hdrs),
+            policy,
+            tags: tags::tags(&hdrs).into_iter().map(Arc::from).collect(),
+            stamp,
+            ..old.clone()
+        });
+        (own, shared)
     }
 
     /// Adds `object` beside the other variants of its key, dropping
-    /// variants that an invalidation has removed.
+    /// variants that an invalidation has removed. The store's one entry
+    /// point: an object already outranked by an invalidation is not stored.
     pub(super) fn store_object(&self, key: &str, object: Arc<CachedObject>) {
-        // An object already outranked by an invalidation is not stored.
         if self.invalidations.check(&object) == Validity::Hard {
             return;
         }
@@ -440,6 +548,17 @@ impl Proxy {
             .unwrap_or_default();
         // Most keys are the URL itself: share its allocation.
         let key = if *object.url == *key { object.url.clone() } else { Arc::from(key) };
-        self.store.put(key, current.with(object, self.settings.max_variants));
+        if let Put::Refused(why) = self.store.put(key, current.with(object, self.settings.max_variants)) {
+            tracing::debug!(?why, "the store refused an object");
+        }
+    }
+}
+
+/// RFC 9110 §6.6.1: a cache adds Date when the origin did not.
+fn add_date(hdrs: &mut HeaderMap, response_time: SystemTime) {
+    if !hdrs.contains_key(DATE)
+        && let Ok(v) = HeaderValue::from_str(&age::format_http_date(response_time))
+    {
+        hdrs.insert(DATE, v);
     }
 }

@@ -13,13 +13,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, StatusCode};
+use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use tokio::sync::watch;
 
 use super::upstream::{BoxError, UpstreamBody, UpstreamError};
 use crate::policy::response::{NotStorable, ResponsePolicy};
-use crate::policy::vary::VaryKey;
 use crate::store::CachedObject;
 
 /// Bytes a producer may run ahead of its slowest reader once it no longer
@@ -30,22 +29,24 @@ const STREAM_WINDOW: usize = 256 * 1024;
 #[derive(Debug)]
 pub struct FetchedHead {
     pub status: StatusCode,
+    /// The fields as received (hop-by-hop removed): what the client whose
+    /// request caused the fetch gets, Set-Cookie included.
     pub headers: HeaderMap,
     pub policy: ResponsePolicy,
-    pub storable: Result<(), NotStorable>,
-    /// The names in the response's Vary (None for `Vary: *`).
-    pub vary_names: Option<Vec<HeaderName>>,
-    /// The selecting header values of the request that caused the fetch.
-    pub vary: VaryKey,
-    /// Whether other clients may be given this response: it is storable
-    /// and small enough to keep.
+    /// The object the store will hold once the body is complete (empty
+    /// body here), as admitted by [`crate::policy::response::admit`]; or
+    /// why nothing may be stored. Other clients are only ever given this
+    /// form, and only when it is shareable.
+    pub admitted: Result<Arc<CachedObject>, NotStorable>,
+    /// Whether other clients may be given this response: it was admitted
+    /// and is small enough to keep.
     pub shareable: bool,
 }
 
 impl FetchedHead {
-    /// May a waiting client with `request` headers use this response?
-    pub fn serves(&self, request: &HeaderMap) -> bool {
-        self.shareable && self.vary.matches(request)
+    /// The stored form, when other clients may share this response.
+    pub fn shared(&self) -> Option<&Arc<CachedObject>> {
+        self.admitted.as_ref().ok().filter(|_| self.shareable)
     }
 }
 
@@ -54,8 +55,14 @@ impl FetchedHead {
 pub enum Outcome {
     /// A response whose body streams through the readers.
     Response(Arc<FetchedHead>),
-    /// A 304 that freshened the stored object (§4.3.4); serve that.
-    Refreshed(Arc<CachedObject>),
+    /// A 304 that freshened the stored object (§4.3.4). `own` is what the
+    /// requester gets (the merged fields, Set-Cookie included); `shared`
+    /// the admitted form that was stored, None when the merged response
+    /// may not be stored and so is for the requester alone.
+    Refreshed {
+        own: Arc<CachedObject>,
+        shared: Option<Arc<CachedObject>>,
+    },
     Failed(UpstreamError),
 }
 
@@ -181,9 +188,21 @@ impl Fill {
     /// and was kept, `store` gets the whole body first: readers see the end
     /// only after the object is stored, so a client that finished reading
     /// finds it on its next request. Returns whether `store` ran.
-    pub fn finish(&self, result: Result<(), String>, store: impl FnOnce(Bytes)) -> bool {
+    ///
+    /// `last` is the final chunk when the producer knows it is final (a
+    /// body whose declared length is complete): it becomes visible only
+    /// with the end, so a client that has every byte can never ask again
+    /// before the object is stored.
+    pub fn finish(&self, last: Option<Bytes>, result: Result<(), String>, store: impl FnOnce(Bytes)) -> bool {
         let body = {
-            let st = self.lock();
+            let mut st = self.lock();
+            if let Some(chunk) = last {
+                st.bytes += chunk.len();
+                if st.keeping && st.bytes > self.max_keep {
+                    st.keeping = false;
+                }
+                st.chunks.push_back(chunk);
+            }
             match (&result, st.keeping) {
                 (Ok(()), true) => {
                     let mut buf = BytesMut::with_capacity(st.bytes);
@@ -207,6 +226,54 @@ impl Fill {
     /// The outcome, if published.
     pub fn outcome(&self) -> Option<Outcome> {
         self.lock().outcome.clone()
+    }
+
+    /// Publishes a failure for whatever was not published yet, so no
+    /// reader waits on a producer that is gone.
+    fn abandon(&self) {
+        let mut st = self.lock();
+        let mut changed = false;
+        if st.outcome.is_none() {
+            st.outcome = Some(Outcome::Failed(UpstreamError::Protocol("fetch abandoned".into())));
+            changed = true;
+        }
+        if st.end.is_none() {
+            st.end = Some(Err("fetch abandoned".into()));
+            changed = true;
+        }
+        drop(st);
+        if changed {
+            self.changed.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+/// The right to produce a fill, held by the one task that does (as
+/// pingora's cache lock write permit). However that task ends (finished,
+/// panicked or cancelled), dropping the producer publishes a failure for
+/// anything unpublished and runs `release` (which takes the fill out of the
+/// in-flight table), so waiters never wait on a producer that is gone.
+pub struct Producer {
+    fill: Arc<Fill>,
+    release: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl Producer {
+    pub fn new(fill: Arc<Fill>, release: impl FnOnce() + Send + 'static) -> Producer {
+        Producer { fill, release: Some(Box::new(release)) }
+    }
+
+    pub fn fill(&self) -> &Fill {
+        &self.fill
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        self.fill.abandon();
+        if let Some(release) = self.release.take() {
+            release();
+        }
     }
 }
 
@@ -281,13 +348,12 @@ mod tests {
 
     fn head() -> Outcome {
         let now = std::time::SystemTime::now();
+        let object = CachedObject::for_test("http://x/", &[], Default::default());
         Outcome::Response(Arc::new(FetchedHead {
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
-            storable: Ok(()),
-            vary_names: Some(vec![]),
-            vary: VaryKey::default(),
+            admitted: Ok(Arc::new(object)),
             shareable: true,
         }))
     }
@@ -301,7 +367,7 @@ mod tests {
         let late = fill.reader().unwrap();
         assert!(fill.push(Bytes::from_static(b"world")).await);
         let mut kept = None;
-        assert!(fill.finish(Ok(()), |b| kept = Some(b)));
+        assert!(fill.finish(None, Ok(()), |b| kept = Some(b)));
         assert_eq!(kept.unwrap(), "hello world");
         for r in [early, late] {
             assert_eq!(r.into_body().collect().await.unwrap().to_bytes(), "hello world");
@@ -318,7 +384,7 @@ mod tests {
             assert!(fill.push(Bytes::from(vec![b'x'; 10_000])).await);
         }
         assert!(fill.reader().is_none());
-        assert!(!fill.finish(Ok(()), |_| panic!("nothing to store")));
+        assert!(!fill.finish(None, Ok(()), |_| panic!("nothing to store")));
         assert_eq!(consumer.await.unwrap().len(), 1_000_000);
     }
 
@@ -332,12 +398,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_producer_that_dies_fails_its_readers_and_releases_the_key() {
+        let fill = Fill::new(1024);
+        let reader = fill.reader().unwrap();
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = released.clone();
+        let producer = Producer::new(fill.clone(), move || flag.store(true, std::sync::atomic::Ordering::SeqCst));
+        // A producer task that panics before publishing anything.
+        let task = tokio::spawn(async move {
+            let _producer = producer;
+            panic!("producer died");
+        });
+        assert!(task.await.is_err());
+        assert!(released.load(std::sync::atomic::Ordering::SeqCst), "the in-flight entry is released");
+        let mut reader = reader;
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(5), reader.outcome()).await;
+        assert!(matches!(outcome, Ok(Outcome::Failed(_))), "the waiter gets a failure at once");
+    }
+
+    #[tokio::test]
+    async fn a_producer_cancelled_mid_body_ends_the_body_with_an_error() {
+        let fill = Fill::new(1024);
+        let reader = fill.reader().unwrap();
+        let producer = Producer::new(fill.clone(), || {});
+        producer.fill().set_outcome(head(), true);
+        producer.fill().push(Bytes::from_static(b"part")).await;
+        drop(producer);
+        assert!(reader.into_body().collect().await.is_err(), "a truncated body is never a complete one");
+    }
+
+    #[tokio::test]
     async fn a_broken_body_is_an_error_for_readers() {
         let fill = Fill::new(1024);
         let r = fill.reader().unwrap();
         fill.set_outcome(head(), true);
         fill.push(Bytes::from_static(b"par")).await;
-        assert!(!fill.finish(Err("upstream reset".into()), |_| panic!("nothing to store")));
+        assert!(!fill.finish(None, Err("upstream reset".into()), |_| panic!("nothing to store")));
         assert!(r.into_body().collect().await.is_err());
     }
 }

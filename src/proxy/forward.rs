@@ -4,35 +4,73 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HOST, HeaderName, HeaderValue, VIA};
+use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCODING, VIA};
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::fetch::Asked;
 use super::upstream::{BoxError, UpstreamBody};
-use super::{Client, Proxy, Target};
+use super::{Candidate, Client, Proxy, Target};
 use crate::access::Denied;
 use crate::invalidation::service::Refused;
 use crate::invalidation::{LogError, Mode, NewInvalidation, Selector};
 use crate::metrics;
 use crate::policy::cache_status::{CacheStatus, Fwd};
+use crate::policy::request::RequestDirectives;
 use crate::policy::{conditional, headers, tags};
 use crate::store::CachedObject;
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Request fields that origins and frameworks commonly use to rebuild the
+/// request's host, scheme, path or method, and that published web cache
+/// poisoning research found reflected into cacheable responses. Removed
+/// from GET and HEAD requests unless named in `key_headers`; Fresco sets
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` itself.
+pub(crate) const STEERING_FIELDS: [HeaderName; 20] = [
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    HeaderName::from_static("x-forwarded-server"),
+    HeaderName::from_static("x-forwarded-scheme"),
+    HeaderName::from_static("x-forwarded-port"),
+    HeaderName::from_static("x-forwarded-prefix"),
+    HeaderName::from_static("x-forwarded-path"),
+    HeaderName::from_static("x-forwarded-uri"),
+    HeaderName::from_static("x-forwarded-ssl"),
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("front-end-https"),
+    HeaderName::from_static("x-url-scheme"),
+    HeaderName::from_static("x-host"),
+    HeaderName::from_static("x-http-host-override"),
+    HeaderName::from_static("x-original-host"),
+    HeaderName::from_static("x-original-url"),
+    HeaderName::from_static("x-rewrite-url"),
+    HeaderName::from_static("x-http-method-override"),
+    HeaderName::from_static("x-http-method"),
+    HeaderName::from_static("x-method-override"),
+];
 pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 impl Proxy {
     /// The request Fresco sends upstream for a client request: hop-by-hop
-    /// fields removed, Via and X-Forwarded-* added, and for fills the
-    /// client's own conditionals replaced by Fresco's validators: `fill` is
-    /// `Some(validators)` for a fetch Fresco may store, `None` to pass the
-    /// request through as the client sent it.
+    /// fields removed, the canonical Host, Via and X-Forwarded-* added, and
+    /// for fills the client's own conditionals replaced by Fresco's
+    /// validators: `fill` is `Some(validators)` for a fetch Fresco may
+    /// store, `None` to pass the request through as the client sent it.
+    ///
+    /// For GET and HEAD, whose answers may be stored or freshen what is
+    /// stored, the request header fields that origins commonly act on but
+    /// the key does not include ([`STEERING_FIELDS`]) are removed unless the
+    /// configuration makes them part of the key: one client must not be
+    /// able to shape what every later client gets.
     pub(super) fn upstream_request(
         &self,
         method: &Method,
@@ -44,6 +82,21 @@ impl Proxy {
     ) -> Request<UpstreamBody> {
         let mut h = client_headers.clone();
         headers::remove_hop_by_hop(&mut h);
+        let keyed = |name: &HeaderName| self.settings.keys.headers.contains(name);
+        let cacheable = *method == Method::GET || *method == Method::HEAD;
+        if cacheable {
+            for name in STEERING_FIELDS {
+                if !keyed(&name) {
+                    h.remove(name);
+                }
+            }
+            // What is sent must be framed exactly as it is sent: a bodiless
+            // request carries no framing fields of the client's.
+            if http_body::Body::is_end_stream(&body) {
+                h.remove(CONTENT_LENGTH);
+                h.remove(TRANSFER_ENCODING);
+            }
+        }
         if let Some(validators) = fill {
             for name in conditional::CLIENT_CONDITIONALS {
                 h.remove(name);
@@ -55,9 +108,8 @@ impl Proxy {
                 h.insert(name, value);
             }
         }
-        if !h.contains_key(HOST)
-            && let Ok(v) = HeaderValue::from_str(&target.authority)
-        {
+        // RFC 9112 §3.2.2: the target's authority, normalised as in the key.
+        if let Ok(v) = HeaderValue::from_str(&target.authority) {
             h.insert(HOST, v);
         }
         if let Ok(v) = HeaderValue::from_str(&format!("1.1 {}", self.settings.node_name)) {
@@ -69,8 +121,14 @@ impl Proxy {
         if let Ok(v) = HeaderValue::from_str(&self.settings.node_name) {
             h.append(CDN_LOOP, v);
         }
-        if !h.contains_key(X_FORWARDED_PROTO) {
+        // Fresco says what it knows, whatever the client claimed.
+        if !keyed(&X_FORWARDED_PROTO) {
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme));
+        }
+        if !keyed(&X_FORWARDED_HOST)
+            && let Ok(v) = HeaderValue::from_str(&target.authority)
+        {
+            h.insert(X_FORWARDED_HOST, v);
         }
         let mut req = Request::new(body);
         *req.method_mut() = method.clone();
@@ -90,12 +148,25 @@ impl Proxy {
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
         let (parts, body) = req.into_parts();
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        // A request body the client could not frame (a malformed chunk, a
+        // short Content-Length) is the client's error, not the origin's.
+        let client_body_failed = Arc::new(AtomicBool::new(false));
+        let flag = client_body_failed.clone();
+        let body = body
+            .map_err(move |e| -> BoxError {
+                flag.store(true, Ordering::Release);
+                Box::new(e)
+            })
+            .boxed();
         let upstream_req = self.upstream_request(&parts.method, target, client, &parts.headers, None, body);
         metrics::origin_request("pass");
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req, &target.key.key).await {
             Ok(r) => r,
+            Err(_) if client_body_failed.load(Ordering::Acquire) => {
+                status.detail = Some("request-body".into());
+                return self.error(StatusCode::BAD_REQUEST, status, "the request body is malformed or incomplete\n");
+            }
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());
@@ -104,8 +175,20 @@ impl Proxy {
         };
         let (resp_parts, resp_body) = resp.into_parts();
         self.invalidate_after_unsafe(&parts.method, resp_parts.status, target, client, &resp_parts.headers);
-        self.cache_group_invalidation(&parts.method, resp_parts.status, target, &resp_parts.headers).await;
         status.fwd_status = Some(resp_parts.status.as_u16());
+        if let Err(e) =
+            self.cache_group_invalidation(&parts.method, resp_parts.status, target, &resp_parts.headers).await
+        {
+            // The origin asked for an invalidation that could not be logged:
+            // relaying its success would acknowledge an invalidation that
+            // is lost. Say so, so the client retries.
+            status.detail = Some("invalidation-not-logged".into());
+            let msg = format!(
+                "the origin answered {}, but its Cache-Group-Invalidation was not logged: {e}\n",
+                resp_parts.status
+            );
+            return self.error(StatusCode::SERVICE_UNAVAILABLE, status, &msg);
+        }
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
         let body = with_deadline(resp_body, deadline);
         self.relay(resp_parts.status, resp_parts.headers, body, status)
@@ -113,7 +196,10 @@ impl Proxy {
 
     /// A HEAD that Fresco cannot answer from its store goes upstream as
     /// HEAD. A 200 then freshens the stored GET response it describes, or
-    /// marks it stale when it describes another one (§4.3.5).
+    /// marks it stale when it describes another one (§4.3.5). Only an
+    /// object the validity check still accepts when the answer arrives is
+    /// touched, the merge goes through the same admission as a fill, and it
+    /// carries the stamp of a fetch that started when the HEAD was sent.
     pub(super) async fn forward_head(
         self: &Arc<Self>,
         parts: Parts,
@@ -124,7 +210,7 @@ impl Proxy {
     ) -> Response<UpstreamBody> {
         let mut status = CacheStatus::forward(fwd);
         let request_time = SystemTime::now();
-        let stamp = self.invalidations.stamp();
+        let fetch = self.invalidations.begin_fetch();
         let req = self.upstream_request(&Method::HEAD, target, client, &parts.headers, None, super::respond::empty());
         metrics::origin_request("head");
         let resp = match self.upstream.send(req, &target.key.key).await {
@@ -139,18 +225,22 @@ impl Proxy {
         let response_time = SystemTime::now();
         let (resp_parts, _) = resp.into_parts();
         status.fwd_status = Some(resp_parts.status.as_u16());
-        if resp_parts.status == StatusCode::OK {
-            let stored =
-                stored.or_else(|| self.store.get(&target.key.key).and_then(|v| v.select(&parts.headers).cloned()));
-            if let Some(obj) = stored {
-                let updated = if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
-                    self.freshened(&obj, &resp_parts.headers, request_time, response_time, stamp)
-                } else {
-                    let mut stale = (*obj).clone();
-                    stale.policy.lifetime = std::time::Duration::ZERO;
-                    Arc::new(stale)
-                };
-                self.store_object(&target.key.key, updated);
+        if resp_parts.status == StatusCode::OK
+            && let Candidate::Found(obj, _) = self.candidate(target, &parts.headers)
+        {
+            if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
+                let rd = RequestDirectives::from_headers(&parts.headers);
+                let times = (request_time, response_time);
+                let asked = Asked { target, headers: &parts.headers, directives: &rd };
+                let (_, shared) = self.merge_update(asked, &obj, &resp_parts.headers, times, fetch.stamp);
+                if let Some(shared) = shared {
+                    self.store_object(&target.key.key, shared);
+                }
+            } else {
+                // Keeps its old stamp: marking stale never revives anything.
+                let mut stale = (*obj).clone();
+                stale.policy.lifetime = std::time::Duration::ZERO;
+                self.store_object(&target.key.key, Arc::new(stale));
             }
         }
         self.relay(resp_parts.status, resp_parts.headers, super::respond::empty(), status)
@@ -167,13 +257,13 @@ impl Proxy {
         status: StatusCode,
         target: &Target,
         response: &HeaderMap,
-    ) {
+    ) -> Result<(), LogError> {
         if method.is_safe() || !(status.is_success() || status.is_redirection()) {
-            return;
+            return Ok(());
         }
         let groups = tags::cache_groups(response, "cache-group-invalidation");
         if groups.is_empty() {
-            return;
+            return Ok(());
         }
         let inv = NewInvalidation {
             selectors: groups.into_iter().filter(|g| g.len() <= tags::MAX_TAG_LEN).map(Selector::Tag).collect(),
@@ -182,9 +272,9 @@ impl Proxy {
             issuer: "origin".into(),
             break_glass: false,
         };
-        if let Err(e) = self.service.append(inv).await {
+        self.service.append(inv).await.map(drop).inspect_err(|e| {
             tracing::error!(url = %target.key.url, error = %e, "Cache-Group-Invalidation not applied");
-        }
+        })
     }
 
     /// The conventional PURGE method for one URL (all its variants): only

@@ -21,7 +21,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use http::header::HOST;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
@@ -73,7 +72,7 @@ impl ProxySettings {
             max_object_size: 16 << 20,
             total_timeout: Duration::from_secs(300),
             expose_tag_headers: false,
-            lock_timeout: Duration::from_secs(10),
+            lock_timeout: Duration::from_secs(30),
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
             classes: Classes::default(),
@@ -87,6 +86,30 @@ pub struct Client {
     pub addr: SocketAddr,
     /// `http` or `https`, as the client spoke to us.
     pub scheme: &'static str,
+}
+
+/// Why a stored object may not answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Refusal {
+    /// Selected by other request header values (§4.1).
+    Vary,
+    /// §3.5.
+    Authorization,
+    /// Removed by an invalidation.
+    Invalidated,
+    /// Invalidations this node knows it missed are still arriving.
+    CatchingUp,
+}
+
+impl Refusal {
+    fn detail(self) -> &'static str {
+        match self {
+            Refusal::Vary => "vary",
+            Refusal::Authorization => "authorization",
+            Refusal::Invalidated => "invalidated",
+            Refusal::CatchingUp => "catching-up",
+        }
+    }
 }
 
 /// What the store holds for a request.
@@ -113,8 +136,9 @@ pub struct Proxy {
     /// Hits and requests, for the cluster's hit ratios.
     pub counters: Arc<NodeCounters>,
     upstream: Upstream,
-    /// Fills in progress, by cache key.
-    inflight: Mutex<HashMap<String, Arc<Fill>>>,
+    /// Fills in progress, by cache key; shared with each fill's producer,
+    /// which removes its entry however it ends.
+    inflight: Arc<Mutex<HashMap<String, Arc<Fill>>>>,
     /// Keys whose last response could not be shared, until when.
     uncacheable: Mutex<HashMap<String, Instant>>,
 }
@@ -135,7 +159,7 @@ impl Proxy {
             service,
             counters,
             upstream,
-            inflight: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
             uncacheable: Mutex::new(HashMap::new()),
         }
     }
@@ -173,29 +197,73 @@ impl Proxy {
     }
 
     async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
-        let Some(authority) = req.uri().authority().map(|a| a.to_string()).or_else(|| {
-            req.headers().get(HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty()).map(str::to_string)
-        }) else {
-            return self.error(
-                StatusCode::BAD_REQUEST,
-                CacheStatus::forward(Fwd::Bypass).with_detail("missing-host"),
-                "request has no Host\n",
-            );
+        let authority = match crate::key::request_authority(req.uri(), req.headers()) {
+            Ok(a) => a,
+            Err(e) => {
+                let detail = if e == crate::key::HostError::Missing { "missing-host" } else { "bad-host" };
+                return self.error(
+                    StatusCode::BAD_REQUEST,
+                    CacheStatus::forward(Fwd::Bypass).with_detail(detail),
+                    e.message(),
+                );
+            }
         };
-        let path_and_query = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-        let key = self.settings.keys.key(client.scheme, &authority, &path_and_query, req.headers());
-        let target = Target { key, path_and_query, authority };
+        let raw_target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let key = self.settings.keys.key(client.scheme, &authority, raw_target, req.headers());
+        // Fresco forwards exactly what it keys: the normalised target and
+        // host, so a response can only be stored under the request it
+        // answers.
+        let target =
+            Target { path_and_query: key.path_and_query().to_string(), authority: key.host().to_string(), key };
         let method = req.method().clone();
+        if let Some(refused) = self.refuse_framing(&req) {
+            return refused;
+        }
         if method.as_str() == "PURGE" {
             return self.purge(&req, &target, client).await;
         }
         if method != Method::GET && method != Method::HEAD {
             return self.forward(req, &target, client, CacheStatus::forward(Fwd::Method)).await;
         }
+        // A GET or HEAD with content (RFC 9110 §9.3.1: no defined meaning)
+        // is passed through with that content, framed as received, and its
+        // answer never stored: the content may have mattered to it.
+        if !http_body::Body::is_end_stream(req.body()) {
+            let status = CacheStatus::forward(Fwd::Bypass).with_detail("request-body");
+            return self.forward(req, &target, client, status).await;
+        }
         // Authenticated requests take the same path: §3.5 (in
-        // policy::response::storable) decides whether their responses may be
+        // policy::response::admit) decides whether their responses may be
         // shared.
         self.lookup(req, target, client).await
+    }
+
+    /// Requests Fresco answers itself because forwarding them could not be
+    /// done safely: CONNECT and TRACE (a reverse proxy tunnels nothing and
+    /// reflects nothing), and transfer codings other than chunked, which it
+    /// cannot pass on as received (RFC 9112 §6.1: 501).
+    fn refuse_framing<B>(&self, req: &Request<B>) -> Option<Response<UpstreamBody>> {
+        let status = || CacheStatus::forward(Fwd::Method);
+        if req.method() == Method::CONNECT || req.method() == Method::TRACE {
+            let mut resp =
+                self.error(StatusCode::METHOD_NOT_ALLOWED, status().with_detail("method"), "method not allowed\n");
+            resp.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+            );
+            return Some(resp);
+        }
+        let other_coding = req
+            .headers()
+            .get_all(http::header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.to_str().unwrap_or("?").split(','))
+            .any(|c| !c.trim().eq_ignore_ascii_case("chunked"));
+        if other_coding {
+            let msg = "only the chunked transfer coding is supported in requests\n";
+            return Some(self.error(StatusCode::NOT_IMPLEMENTED, status().with_detail("transfer-coding"), msg));
+        }
+        None
     }
 
     async fn lookup(
@@ -223,8 +291,7 @@ impl Proxy {
     }
 
     /// The store's answer for a request: a usable object (possibly soft
-    /// invalidated), or why there is none. Every rule about which stored
-    /// object may answer which request lives here.
+    /// invalidated), or why there is none.
     pub(super) fn candidate(&self, target: &Target, request: &http::HeaderMap) -> Candidate {
         let Some(variants) = self.store.get(&target.key.key) else {
             return Candidate::Missing { fwd: Fwd::UriMiss, detail: None };
@@ -232,19 +299,41 @@ impl Proxy {
         let Some(obj) = variants.select(request).cloned() else {
             return Candidate::Missing { fwd: Fwd::VaryMiss, detail: None };
         };
+        match self.may_answer(&obj, request) {
+            Ok(state) => Candidate::Found(obj, state),
+            Err(Refusal::Vary) => Candidate::Missing { fwd: Fwd::VaryMiss, detail: None },
+            Err(refusal) => Candidate::Missing { fwd: Fwd::UriMiss, detail: Some(refusal.detail()) },
+        }
+    }
+
+    /// The one rule for which stored (or shared) object may answer which
+    /// request, whatever the path: a lookup, a waiter on someone else's
+    /// fetch, stale content standing in for an error. Freshness is decided
+    /// after this, by `policy::request::reuse`.
+    pub(super) fn may_answer(&self, obj: &CachedObject, request: &http::HeaderMap) -> Result<ObjectState, Refusal> {
+        if !obj.vary.matches(request) {
+            return Err(Refusal::Vary);
+        }
         // §3.5: an authenticated request is answered from the store only by
         // a response the origin marked as shareable with such requests.
         if request.contains_key(http::header::AUTHORIZATION) && !obj.policy.shareable_with_authorization() {
-            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("authorization") };
+            return Err(Refusal::Authorization);
         }
-        // Invalidations missed while disconnected are still arriving.
+        self.validity(obj)
+    }
+
+    /// The validity check against the invalidation state, for an object
+    /// already selected for this request: None when it may not be used at
+    /// all. While invalidations this node knows it missed are still
+    /// arriving, nothing stored is trusted.
+    pub(super) fn validity(&self, obj: &CachedObject) -> Result<ObjectState, Refusal> {
         if self.invalidations.catching_up() {
-            return Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("catching-up") };
+            return Err(Refusal::CatchingUp);
         }
-        match self.invalidations.check(&obj) {
-            Validity::Valid => Candidate::Found(obj, ObjectState::default()),
-            Validity::Soft => Candidate::Found(obj, ObjectState { soft_invalidated: true }),
-            Validity::Hard => Candidate::Missing { fwd: Fwd::UriMiss, detail: Some("invalidated") },
+        match self.invalidations.check(obj) {
+            Validity::Valid => Ok(ObjectState::default()),
+            Validity::Soft => Ok(ObjectState { soft_invalidated: true }),
+            Validity::Hard => Err(Refusal::Invalidated),
         }
     }
 
@@ -261,8 +350,15 @@ impl Proxy {
         let now = SystemTime::now();
         let head = parts.method == Method::HEAD;
         match request::reuse(&rd, &obj.policy, state, obj.stale, now) {
-            Reuse::Fresh | Reuse::StaleAccepted => {
-                let status = CacheStatus::hit(obj.policy.ttl(now));
+            Reuse::Fresh => self.serve_stored(&parts, &obj, CacheStatus::hit(obj.policy.ttl(now)), false, now),
+            Reuse::StaleAccepted => {
+                // RFC 9211 §2.5: a stale response has a ttl of zero or less;
+                // a soft purge made it stale whatever its lifetime said.
+                let mut status = CacheStatus::hit(obj.policy.ttl(now));
+                if state.soft_invalidated {
+                    status.ttl = status.ttl.map(|t| t.min(0));
+                    status.detail = Some("invalidated".into());
+                }
                 self.serve_stored(&parts, &obj, status, false, now)
             }
             Reuse::Validate { reason, serve_stale_meanwhile } => {

@@ -117,11 +117,12 @@ impl Proxy {
             return self.relay(StatusCode::NOT_MODIFIED, short, empty(), status);
         }
         let body = if req.method == Method::HEAD { empty() } else { reader.into_body() };
-        let mut h = head.headers.clone();
-        if status.collapsed {
-            // Another client's fetch: its cookie is not for this one.
-            h.remove(http::header::SET_COOKIE);
-        }
+        // Another client's fetch is shared only in its admitted form: no
+        // cookie and no `private="..."` field of that client's.
+        let h = match (status.collapsed, head.shared()) {
+            (true, Some(shared)) => shared.headers.to_map(),
+            _ => head.headers.clone(),
+        };
         self.relay(head.status, h, body, status)
     }
 

@@ -36,6 +36,9 @@ pub struct CachedObject {
     /// The invalidation position the node had applied when the fetch that
     /// produced this object started.
     pub stamp: crate::invalidation::Stamp,
+    /// How far the sweeper has checked this object since (its re-stamp),
+    /// so selector records older than that can be dropped.
+    pub verified: crate::invalidation::Verified,
     /// Stale-serving defaults of the object's content class.
     pub stale: crate::policy::request::StaleDefaults,
 }
@@ -43,36 +46,71 @@ pub struct CachedObject {
 /// Header fields in arrival order, without a hash index: a HeaderMap's
 /// table costs more than the fields of a typical response, and replay
 /// builds a fresh map anyway.
+///
+/// The values are copied into one buffer owned by the object. hyper parses
+/// a response's values as slices of its connection read buffer, so keeping
+/// those `HeaderValue`s would pin a whole read buffer (8 KiB and more) per
+/// stored object, far more than the budget accounts for (issue 8, item 16).
 #[derive(Debug, Clone, Default)]
-pub struct StoredHeaders(Box<[(HeaderName, HeaderValue)]>);
+pub struct StoredHeaders {
+    /// Each field's name and the end of its value in `values`.
+    fields: Box<[(HeaderName, u32)]>,
+    values: Bytes,
+}
 
 impl StoredHeaders {
     pub fn from_map(map: &HeaderMap) -> StoredHeaders {
-        StoredHeaders(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+        let mut values = Vec::with_capacity(map.iter().map(|(_, v)| v.len()).sum());
+        let fields = map
+            .iter()
+            .map(|(k, v)| {
+                values.extend_from_slice(v.as_bytes());
+                // A response head is bounded by hyper's read buffer, far
+                // below 4 GiB.
+                (k.clone(), u32::try_from(values.len()).unwrap_or(u32::MAX))
+            })
+            .collect();
+        StoredHeaders { fields, values: Bytes::from(values) }
+    }
+
+    /// The fields in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, HeaderValue)> + '_ {
+        let mut start = 0usize;
+        self.fields.iter().map(move |(name, end)| {
+            let end = *end as usize;
+            let value = self.values.slice(start..end);
+            start = end;
+            // The bytes were a valid HeaderValue when copied in.
+            let value = HeaderValue::from_maybe_shared(value).expect("stored from a valid HeaderValue");
+            (name, value)
+        })
     }
 
     pub fn to_map(&self) -> HeaderMap {
-        let mut map = HeaderMap::with_capacity(self.0.len());
-        for (k, v) in self.0.iter() {
-            map.append(k.clone(), v.clone());
+        let mut map = HeaderMap::with_capacity(self.fields.len());
+        for (k, v) in self.iter() {
+            map.append(k.clone(), v);
         }
         map
     }
 
-    pub fn get(&self, name: &HeaderName) -> Option<&HeaderValue> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-
-    /// Bytes of names and values, for the memory budget.
+    /// Heap bytes of names and values, for the memory budget. Names
+    /// count in full although standard ones are static: a few bytes of
+    /// over-estimate per field keep the budget an upper bound.
     pub fn byte_size(&self) -> usize {
-        self.0.iter().map(|(k, v)| k.as_str().len() + v.len() + std::mem::size_of::<(HeaderName, HeaderValue)>()).sum()
+        let names: usize = self.fields.iter().map(|(k, _)| k.as_str().len()).sum();
+        self.values.len() + self.fields.len() * std::mem::size_of::<(HeaderName, u32)>() + names
     }
 }
 
 /// Fixed bookkeeping per object beyond its key, headers and body: the
-/// struct itself, its `Arc`, the variants vector slot and the store's entry.
-/// Measured by `cargo bench --bench memory` (see README).
-pub const OBJECT_OVERHEAD: usize = 512;
+/// struct, its `Arc`, the variants vector and its `Arc`, the store's slab
+/// entry, hash slot and ghost entries, and the allocator's rounding and
+/// fragmentation. Measured through HTTP by `scripts/memory-bench.sh` with
+/// the budget full and evicting (1 KiB objects from nginx): resident
+/// growth per stored object minus the bytes `weight` counts besides this
+/// was 761 B (see README).
+pub const OBJECT_OVERHEAD: usize = 768;
 
 impl CachedObject {
     /// Bytes this object accounts for in the memory budget.
@@ -124,7 +162,47 @@ pub struct StoreStats {
     pub objects: u64,
     pub bytes: u64,
     pub capacity: u64,
+    /// Keys evicted to make room (replacements and refusals not counted).
     pub evictions: u64,
+    /// Inserts refused, by reason (indexed like [`Refusal::ALL`]).
+    pub refused: [u64; Refusal::ALL.len()],
+}
+
+/// What [`Store::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Put {
+    /// The newest variant is stored (older ones may have been dropped to
+    /// make the key fit).
+    Stored,
+    /// An empty set: the key is gone.
+    Removed,
+    /// Nothing was stored; what the key held before is gone too, since it
+    /// was being replaced.
+    Refused(Refusal),
+}
+
+/// Why the store refused an insert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Heavier than the largest entry the store can hold (a shard's share
+    /// of the budget). The configuration clamps `max_object_size` below
+    /// it, so only a response with an unusually large header block gets here.
+    TooLarge,
+    /// Admitted and at once evicted again by the store's own policy.
+    NoRoom,
+}
+
+impl Refusal {
+    pub const ALL: [Refusal; 2] = [Refusal::TooLarge, Refusal::NoRoom];
+
+    /// The `reason` label of `fresco_store_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::TooLarge => "too_large",
+            Refusal::NoRoom => "no_room",
+        }
+    }
 }
 
 /// A cache tier. Implementations are shared across request tasks and must
@@ -132,12 +210,16 @@ pub struct StoreStats {
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Option<Arc<Variants>>;
     /// Inserts or replaces the variants of `key`; an empty set removes it.
-    fn put(&self, key: Arc<str>, variants: Variants);
+    fn put(&self, key: Arc<str>, variants: Variants) -> Put;
     fn remove(&self, key: &str);
     fn stats(&self) -> StoreStats;
     /// Visits every key; `f` returns the variants to keep (None to keep all
-    /// as they are). For background sweeping, never on the request path.
-    fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>);
+    /// as they are). The store replaces a set only if it is still the one
+    /// `f` saw, and otherwise calls `f` again with the newer set, so what
+    /// `f` asked to drop is gone unless the key is counted in the result:
+    /// the number of keys left unswept because they kept changing. For
+    /// background sweeping, never on the request path.
+    fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>) -> usize;
 }
 
 #[cfg(test)]
@@ -154,7 +236,39 @@ impl CachedObject {
             url: Arc::from(url),
             tags: tags.iter().map(|t| Arc::from(*t)).collect(),
             stamp,
+            verified: Default::default(),
             stale: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_headers_keep_order_and_duplicates_and_own_their_bytes() {
+        // As hyper hands them over: values sliced out of one large read buffer.
+        let read_buffer = Bytes::from(format!("{}etag: \"v1\"\r\nvary: a\r\nvary: b\r\n", "x".repeat(16 << 10)));
+        let slice = |s: &str| {
+            let at = read_buffer.windows(s.len()).position(|w| w == s.as_bytes()).unwrap();
+            HeaderValue::from_maybe_shared(read_buffer.slice(at..at + s.len())).unwrap()
+        };
+        let mut map = HeaderMap::new();
+        map.append("etag", slice("\"v1\""));
+        map.append("vary", slice("a"));
+        map.append("vary", slice("b"));
+        map.append("x-empty", HeaderValue::from_static(""));
+        let stored = StoredHeaders::from_map(&map);
+        drop(map);
+        let round: Vec<(String, String)> =
+            stored.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string())).collect();
+        let want = [("etag", "\"v1\""), ("vary", "a"), ("vary", "b"), ("x-empty", "")];
+        assert_eq!(round, want.map(|(k, v)| (k.to_string(), v.to_string())));
+        let buffer = read_buffer.as_ptr_range();
+        for (_, v) in stored.iter() {
+            assert!(!buffer.contains(&v.as_bytes().as_ptr()), "a stored value must not pin the read buffer");
+        }
+        assert_eq!(stored.to_map().get_all("vary").iter().count(), 2);
     }
 }

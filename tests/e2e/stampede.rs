@@ -65,31 +65,6 @@ async fn uncacheable_answer_is_never_shared_between_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failed_leader_is_retried_once_for_all_waiters() {
-    let origin = Origin::start().await;
-    let first = Arc::new(AtomicBool::new(true));
-    origin.handle("/flaky", move |_| {
-        let slow = first.swap(false, Ordering::SeqCst);
-        Reply::ok("recovered").header("cache-control", "max-age=60").delay(if slow {
-            Duration::from_secs(3)
-        } else {
-            Duration::ZERO
-        })
-    });
-    let fresco = Fresco::start(&origin.url(), &["--first-byte-timeout", "500ms"]);
-    let url = fresco.url("/flaky");
-    let leader = tokio::spawn({
-        let u = url.clone();
-        async move { get(&u).await }
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let waiters = burst(&url, 30).await;
-    assert_eq!(leader.await.unwrap().status, 504, "the leader's own fetch timed out");
-    assert!(waiters.iter().all(|r| r.status == 200 && r.text() == "recovered"));
-    assert_eq!(origin.hits("/flaky"), 2, "one retry for all waiters");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc5861_stale_while_revalidate_answers_at_once_with_one_revalidation() {
     let origin = Origin::start().await;
     let version = Arc::new(AtomicUsize::new(1));
