@@ -1119,3 +1119,15 @@ fn model_history_private_field_and_a_coalesced_waiter() {
 fn model_history_authenticated_head_freshens_a_shared_object() {
     replay::<1>(vec![get(0, 0), head(0, 0, true), head(1, 0, false)]);
 }
+
+/// After the bus loses its storage, versions start again at 1: an
+/// invalidation accepted then must not share its id and version with one
+/// accepted before (its status would report the other's record).
+#[test]
+fn model_history_versions_after_the_bus_loses_its_storage() {
+    replay::<3>(vec![
+        Op::Purge { node: 0, target: Target::Path(0), soft: false, via: Via::Api },
+        Op::BusWiped,
+        Op::Purge { node: 1, target: Target::Path(1), soft: false, via: Via::Api },
+    ]);
+}
