@@ -17,6 +17,7 @@
 mod bus;
 mod oracle;
 mod origin;
+mod relay;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use crate::harness::{Fresco, Got, client};
 use bus::Bus;
 use oracle::{Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
+use relay::Relay;
 
 /// The host every request names; keys and URL selectors use it, so that
 /// every node of a cluster keys a path alike.
@@ -49,6 +51,10 @@ const GROUPS: usize = 2;
 /// requests start this far apart.
 const BURST_ORIGIN_DELAY: Duration = Duration::from_millis(300);
 const BURST_STAGGER: Duration = Duration::from_millis(30);
+/// How long after an invalidation is acknowledged a node cut off from the
+/// bus may still serve what it selects: the nodes run with
+/// `--max-log-silence 1s`, plus slack for a loaded machine.
+const PARTITION_BOUND: Duration = Duration::from_secs(3);
 /// Bound on a cluster with its bus up accepting an invalidation.
 const ACCEPT_BOUND: Duration = Duration::from_secs(10);
 /// Bound on waiting for an acknowledged invalidation to reach every node.
@@ -155,11 +161,22 @@ enum Op {
     /// The bus loses its storage: the stream is recreated and its
     /// sequence numbers (the versions) start again at 1.
     BusWiped,
+    /// The node alone loses (regains) its connection to the bus.
+    Cut {
+        node: usize,
+    },
+    Heal {
+        node: usize,
+    },
+    /// Time passes: past `max_log_silence` for a cut node.
+    Wait,
 }
 
 #[derive(Debug, Clone)]
 struct RefState {
     bus_up: bool,
+    /// Nodes cut off from the bus.
+    cut: Vec<bool>,
     /// What the origin sends for each path when the case starts.
     shapes: Vec<Shape>,
 }
@@ -190,7 +207,9 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
     type Transition = Op;
 
     fn init_state() -> BoxedStrategy<RefState> {
-        proptest::collection::vec(shape(), PATHS).prop_map(|shapes| RefState { bus_up: true, shapes }).boxed()
+        proptest::collection::vec(shape(), PATHS)
+            .prop_map(|shapes| RefState { bus_up: true, cut: vec![false; N], shapes })
+            .boxed()
     }
 
     fn transitions(state: &RefState) -> BoxedStrategy<Op> {
@@ -241,10 +260,23 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             1 => post,
             1 => restart,
         ];
-        match (N > 1, state.bus_up) {
-            (false, _) => common.boxed(),
-            (true, true) => prop_oneof![30 => common, 1 => Just(Op::BusDown), 1 => Just(Op::BusWiped)].boxed(),
-            (true, false) => prop_oneof![10 => common, 1 => Just(Op::BusUp)].boxed(),
+        if N == 1 {
+            return common.boxed();
+        }
+        let partition = if state.cut.iter().any(|c| *c) {
+            prop_oneof![
+                2 => (0..N).prop_map(|node| Op::Cut { node }),
+                3 => (0..N).prop_map(|node| Op::Heal { node }),
+                2 => Just(Op::Wait),
+            ]
+            .boxed()
+        } else {
+            (0..N).prop_map(|node| Op::Cut { node }).boxed()
+        };
+        if state.bus_up {
+            prop_oneof![30 => common, 1 => Just(Op::BusDown), 1 => Just(Op::BusWiped), 2 => partition].boxed()
+        } else {
+            prop_oneof![10 => common, 1 => Just(Op::BusUp)].boxed()
         }
     }
 
@@ -252,6 +284,8 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         match op {
             Op::BusDown => state.bus_up = false,
             Op::BusUp => state.bus_up = true,
+            Op::Cut { node } => state.cut[*node] = true,
+            Op::Heal { node } => state.cut[*node] = false,
             _ => {}
         }
         state
@@ -264,7 +298,10 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             Op::BusWiped => N > 1 && state.bus_up,
             // A node does not start without its bus (it cannot read the
             // log's head), so restarts happen while the bus is up.
-            Op::Restart { .. } => state.bus_up,
+            Op::Restart { node, .. } => state.bus_up && !state.cut[*node],
+            Op::Cut { node } => N > 1 && !state.cut[*node],
+            Op::Heal { node } => N > 1 && state.cut[*node],
+            Op::Wait => N > 1 && state.cut.iter().any(|c| *c),
             _ => true,
         }
     }
@@ -283,6 +320,8 @@ struct Env {
     origin: ModelOrigin,
     nodes: Vec<Node>,
     nats: Option<Bus>,
+    /// Each node's way to the bus (a cluster only).
+    relays: Vec<Relay>,
     config: PathBuf,
     /// The bus lost its storage during a case: the next case starts on a
     /// fresh cluster, so that it does not inherit that damage.
@@ -298,9 +337,9 @@ impl Env {
             .into_iter()
             .map(String::from)
             .collect();
-        if let Some(nats) = &self.nats {
-            args.extend(["--bus".into(), nats.url(), "--node-id".into(), self.nodes[i].id.clone()]);
-            args.extend(["--down-after".into(), "2s".into()]);
+        if let Some(relay) = self.relays.get(i) {
+            args.extend(["--bus".into(), relay.url(), "--node-id".into(), self.nodes[i].id.clone()]);
+            args.extend(["--down-after".into(), "2s".into(), "--max-log-silence".into(), "1s".into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let node = &mut self.nodes[i];
@@ -606,7 +645,7 @@ impl Case {
                 ),
             };
             let bus_up = match &self.env().nats {
-                Some(bus) if got.status == 503 => bus.is_up(),
+                Some(bus) if got.status == 503 => bus.is_up() && !self.is_cut(node),
                 _ => break (got, reason),
             };
             if !bus_up {
@@ -647,7 +686,8 @@ impl Case {
             );
         };
         let what = format!("{} {:?} via {via:?} (version {version})", if soft { "soft" } else { "hard" }, selects);
-        self.oracle.invalidations.push(Invalidation { what, epoch, hard: !soft, selects, node: None });
+        let not_before = self.partition_deadlines();
+        self.oracle.invalidations.push(Invalidation { what, epoch, hard: !soft, selects, node: None, not_before });
         self.acked.push((version, reason));
         self.wait_applied(op, version).await;
     }
@@ -655,9 +695,47 @@ impl Case {
     /// Every acknowledged invalidation is applied on every live node within
     /// a bound.
     async fn wait_applied(&self, op: &Op, version: u64) {
+        self.wait_applied_on(op, version, |i| !self.is_cut(i)).await;
+    }
+
+    fn is_cut(&self, node: usize) -> bool {
+        self.env().relays.get(node).is_some_and(Relay::is_cut)
+    }
+
+    /// For an invalidation acknowledged now: when each cut-off node must
+    /// stop serving what it selects although it cannot have applied it.
+    fn partition_deadlines(&self) -> Vec<(usize, Instant)> {
+        let at = Instant::now() + PARTITION_BOUND;
+        (0..self.env().nodes.len()).filter(|i| self.is_cut(*i)).map(|i| (i, at)).collect()
+    }
+
+    async fn partition(&mut self, op: &Op) {
+        match op {
+            Op::Cut { node } => self.env().relays[*node].cut(),
+            Op::Heal { node } => {
+                let node = *node;
+                self.env().relays[node].heal();
+                // Back on the bus, the node catches up with everything
+                // acknowledged meanwhile; from then on it has applied it.
+                let head = self.acked.iter().map(|(v, _)| *v).max().unwrap_or(0);
+                self.wait_applied_on(op, head, |i| i == node).await;
+                for inv in &mut self.oracle.invalidations {
+                    inv.not_before.retain(|(n, _)| *n != node);
+                }
+            }
+            _ => tokio::time::sleep(PARTITION_BOUND).await,
+        }
+    }
+
+    /// Waits, within a bound, until the nodes `which` selects have applied
+    /// `version`.
+    async fn wait_applied_on(&self, op: &Op, version: u64, which: impl Fn(usize) -> bool) {
         let deadline = Instant::now() + APPLY_BOUND;
         let env = self.env();
-        for node in &env.nodes {
+        for (i, node) in env.nodes.iter().enumerate() {
+            if !which(i) {
+                continue;
+            }
             let fresco = node.fresco.as_ref().expect("node running");
             loop {
                 let applied = applied_version(fresco).await;
@@ -707,6 +785,7 @@ impl Case {
             hard: true,
             selects: Selects::Path(asked.path.clone()),
             node: Some(node),
+            not_before: Vec::new(),
         });
         if let Some(g) = group {
             self.oracle.invalidations.push(Invalidation {
@@ -715,6 +794,7 @@ impl Case {
                 hard: true,
                 selects: Selects::Tag(self.group(g)),
                 node: None,
+                not_before: self.partition_deadlines(),
             });
             let accepted = applied_version(self.env().fresco(node)).await.unwrap_or(0);
             self.wait_applied(op, accepted).await;
@@ -765,6 +845,7 @@ impl Case {
                 Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
                 Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
                 Op::BusDown | Op::BusUp | Op::BusWiped => self.bus(op).await,
+                Op::Cut { .. } | Op::Heal { .. } | Op::Wait => self.partition(op).await,
             }
         });
     }
@@ -827,7 +908,11 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
             if env.damaged {
                 env.rebuild().await;
             }
-            // A failed case may have left the bus or a node down.
+            // A failed case may have left the bus or a node down, or a
+            // node cut off.
+            for relay in &env.relays {
+                relay.heal();
+            }
             if let Some(nats) = env.nats.as_mut()
                 && !nats.is_up()
             {
@@ -920,8 +1005,14 @@ fn start_env<const N: usize>() {
     let mut env = rt.block_on(async {
         let origin = ModelOrigin::start().await;
         let nats = if N > 1 { Some(Bus::start(model_dir("nats")).await) } else { None };
+        let mut relays = Vec::new();
+        if let Some(bus) = &nats {
+            for _ in 0..N {
+                relays.push(Relay::start(bus.port).await);
+            }
+        }
         let nodes = (0..N).map(|i| Node { id: format!("edge-{i}"), dir: model_dir("node"), fresco: None }).collect();
-        Env { origin, nodes, nats, config: config_file(), damaged: false, rt: rt.clone() }
+        Env { origin, nodes, nats, relays, config: config_file(), damaged: false, rt: rt.clone() }
     });
     for i in 0..N {
         env.start_node(i);
@@ -1003,7 +1094,7 @@ fn replay<const N: usize>(ops: Vec<Op>) {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ModelTest::<N>::test_sequential(
             Config::default(),
-            RefState { bus_up: true, shapes: vec![Shape::plain(); PATHS] },
+            RefState { bus_up: true, cut: vec![false; N], shapes: vec![Shape::plain(); PATHS] },
             ops.clone(),
             None,
         );
@@ -1145,5 +1236,21 @@ fn model_history_restart_after_the_bus_loses_its_storage() {
         Op::Restart { node: 0, kill: false },
         Op::Purge { node: 2, target: Target::Group(1), soft: true, via: Via::Api },
         Op::Purge { node: 2, target: Target::Group(0), soft: true, via: Via::Api },
+    ]);
+}
+
+/// Issue 8 item 10: a node cut off from the bus stops serving what an
+/// invalidation accepted meanwhile selects, once it has lost the log for
+/// longer than `max_log_silence`; healed, it applies what it missed.
+#[test]
+fn model_history_a_partitioned_node() {
+    replay::<3>(vec![
+        get_on(0, 0, 0),
+        Op::Cut { node: 0 },
+        Op::Purge { node: 1, target: Target::Path(0), soft: false, via: Via::Api },
+        Op::Wait,
+        get_on(0, 1, 0),
+        Op::Heal { node: 0 },
+        get_on(0, 2, 0),
     ]);
 }

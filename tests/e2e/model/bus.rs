@@ -21,10 +21,6 @@ impl Bus {
         bus
     }
 
-    pub(crate) fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
     pub(crate) fn is_up(&self) -> bool {
         self.child.is_some()
     }

@@ -7,6 +7,7 @@
 //! share), it is a violation only if every one of them breaks the invariant.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use http::Method;
 
@@ -33,6 +34,10 @@ pub(crate) struct Invalidation {
     /// `Some(node)` for RFC 9111 §4.4 invalidations, which only the node
     /// that forwarded the unsafe request applies.
     pub node: Option<usize>,
+    /// Nodes cut off from the bus when it was acknowledged, and from when
+    /// they must nevertheless stop serving what it selects (having lost
+    /// the log for longer than `max_log_silence`).
+    pub not_before: Vec<(usize, Instant)>,
 }
 
 /// A request as the test sent it.
@@ -160,7 +165,8 @@ impl Oracle {
     fn check_invalidations(&self, asked: &Asked, got: &Got, sources: &[Production]) -> Result<(), Violation> {
         let status = cache_status(got);
         for inv in &self.invalidations {
-            if inv.node.is_some_and(|n| n != asked.node) || !self.selects(inv, &asked.path) {
+            let pending = inv.not_before.iter().any(|(n, t)| *n == asked.node && Instant::now() < *t);
+            if pending || inv.node.is_some_and(|n| n != asked.node) || !self.selects(inv, &asked.path) {
                 continue;
             }
             if sources.iter().any(|p| p.epoch >= inv.epoch) {
