@@ -901,10 +901,22 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
     type Reference = Model<N>;
 
     fn init_test(state: &RefState) -> Case {
-        let mut env = ENV.with(|e| e.borrow_mut().take()).expect("model environment");
+        let env = ENV.with(|e| e.borrow_mut().take()).expect("model environment");
         let run = RUN.fetch_add(1, Ordering::SeqCst);
         let rt = env.rt.clone();
+        // The case holds the environment from here, so that a panic below
+        // still hands it back to the next case.
+        let mut case = Case {
+            env: Some(env),
+            run,
+            oracle: Oracle::default(),
+            etags: HashMap::new(),
+            next_rid: 0,
+            acked: Vec::new(),
+            steps: 0,
+        };
         rt.block_on(async {
+            let env = case.env_mut();
             if env.damaged {
                 env.rebuild().await;
             }
@@ -933,15 +945,6 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
                 }
             }
         });
-        let mut case = Case {
-            env: Some(env),
-            run,
-            oracle: Oracle::default(),
-            etags: HashMap::new(),
-            next_rid: 0,
-            acked: Vec::new(),
-            steps: 0,
-        };
         for i in 0..PATHS {
             let path = case.path(i);
             let tags = vec![case.tag(i)];
