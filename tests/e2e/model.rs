@@ -917,13 +917,13 @@ impl<const N: usize> StateMachineTest for ModelTest<N> {
         };
         rt.block_on(async {
             let env = case.env_mut();
-            if env.damaged {
-                env.rebuild().await;
-            }
-            // A failed case may have left the bus or a node down, or a
-            // node cut off.
+            // A failed case may have left a node cut off, the bus or a
+            // node down, or the bus without its storage.
             for relay in &env.relays {
                 relay.heal();
+            }
+            if env.damaged {
+                env.rebuild().await;
             }
             if let Some(nats) = env.nats.as_mut()
                 && !nats.is_up()
