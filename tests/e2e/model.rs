@@ -1257,3 +1257,16 @@ fn model_history_a_partitioned_node() {
         get_on(0, 2, 0),
     ]);
 }
+
+/// A soft purge is undone only by a validation: a HEAD whose response has
+/// no validator does not make the soft-purged content fresh again.
+#[test]
+fn model_history_head_after_soft_purge() {
+    replay::<1>(vec![
+        Op::Shape { path: 0, shape: shape_of(Cc::Fresh, false, Cookie::Never) },
+        get(0, 0),
+        Op::Purge { node: 0, target: Target::Tag(0), soft: true, via: Via::Api },
+        head(0, 0, false),
+        get(0, 0),
+    ]);
+}
