@@ -11,7 +11,8 @@
 //!
 //! `FRESCO_MODEL_CASES` (cases per test), `FRESCO_MODEL_SEED` (replay a
 //! run), `FRESCO_MODEL_STEPS` (longest history) and
-//! `FRESCO_MODEL_SHRINK_SECS` (time spent shrinking a failure) tune it;
+//! `FRESCO_MODEL_SHRINK_SECS` (time spent shrinking a failure) tune it,
+//! `FRESCO_MODEL_VERBOSE` reports what the crash operations caught;
 //! `scripts/soak.sh` runs many more cases.
 
 mod bus;
@@ -156,6 +157,14 @@ enum Op {
         node: usize,
         kill: bool,
     },
+    /// SIGKILL while `purges` invalidations are being sent to the node,
+    /// `after_ms` after the first; then a restart. Those acknowledged
+    /// before the crash must survive it.
+    CrashDuringPurges {
+        node: usize,
+        purges: usize,
+        after_ms: u8,
+    },
     BusDown,
     BusUp,
     /// The bus loses its storage: the stream is recreated and its
@@ -249,7 +258,12 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         });
         let post = (node.clone(), 0..CLIENTS, path(), proptest::option::weighted(0.6, 0..GROUPS))
             .prop_map(|(node, client, path, group)| Op::Post { node, client, path, group });
-        let restart = (node, any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
+        let restart = (node.clone(), any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
+        let crash = (node, 2..12usize, 0..40u8).prop_map(|(node, purges, after_ms)| Op::CrashDuringPurges {
+            node,
+            purges,
+            after_ms,
+        });
         let common = prop_oneof![
             10 => get,
             4 => head,
@@ -259,6 +273,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             4 => purge,
             1 => post,
             1 => restart,
+            1 => crash,
         ];
         if N == 1 {
             return common.boxed();
@@ -298,7 +313,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             Op::BusWiped => N > 1 && state.bus_up,
             // A node does not start without its bus (it cannot read the
             // log's head), so restarts happen while the bus is up.
-            Op::Restart { node, .. } => state.bus_up && !state.cut[*node],
+            Op::Restart { node, .. } | Op::CrashDuringPurges { node, .. } => state.bus_up && !state.cut[*node],
             Op::Cut { node } => N > 1 && !state.cut[*node],
             Op::Heal { node } => N > 1 && state.cut[*node],
             Op::Wait => N > 1 && state.cut.iter().any(|c| *c),
@@ -818,6 +833,52 @@ impl Case {
         self.env_mut().start_node(node);
     }
 
+    async fn crash_during_purges(&mut self, op: &Op, node: usize, purges: usize, after_ms: u8) {
+        let epoch = self.env().origin.bump_epoch();
+        let wanted: Vec<(String, String)> = (0..purges)
+            .map(|k| (self.tag(k % PATHS), format!("model m{} step {} crash {k}", self.run, self.steps)))
+            .collect();
+        let pid = self.env().fresco(node).pid().to_string();
+        let this = &*self;
+        // Each also names a tag of its own (selecting nothing): identical
+        // concurrent invalidations share one entry by design, and the log
+        // check wants each acknowledged one to be found under its reason.
+        let sends = futures_util::future::join_all(wanted.iter().enumerate().map(|(k, (tag, reason))| async move {
+            let own = format!("x-m{}-{}-{k}", this.run, this.steps);
+            let auth = [("authorization".to_string(), format!("Bearer {TOKEN}"))];
+            let body = json!({"tags": [tag, own], "mode": "hard", "reason": reason});
+            let url = this.env().fresco(node).admin_url("/api/v1/invalidations");
+            request("POST", &url, &auth, Bytes::from(body.to_string())).await
+        }));
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(u64::from(after_ms))).await;
+            let _ = tokio::process::Command::new("kill").args(["-KILL", &pid]).status().await;
+        };
+        let (answers, ()) = tokio::join!(sends, kill);
+        drop(self.env_mut().nodes[node].fresco.take());
+        self.env_mut().start_node(node);
+        let (mut head, before) = (0, self.acked.len());
+        for ((tag, reason), answer) in wanted.into_iter().zip(answers) {
+            let Ok(got) = answer else { continue };
+            let version = serde_json::from_slice::<Value>(&got.body).ok().and_then(|v| v["version"].as_u64());
+            if got.status != 202 {
+                continue;
+            }
+            let Some(version) = version else { continue };
+            let what = format!("hard tag {tag} (version {version}) acknowledged before a SIGKILL");
+            let selects = Selects::Tag(tag);
+            let not_before = self.partition_deadlines();
+            self.oracle.invalidations.push(Invalidation { what, epoch, hard: true, selects, node: None, not_before });
+            self.acked.push((version, Some(reason)));
+            head = head.max(version);
+        }
+        if std::env::var_os("FRESCO_MODEL_VERBOSE").is_some() {
+            let acked = self.acked.len() - before;
+            eprintln!("model: SIGKILL after {after_ms} ms: {acked} of {purges} invalidations acknowledged");
+        }
+        self.wait_applied(op, head).await;
+    }
+
     async fn bus(&mut self, op: &Op) {
         let env = self.env_mut();
         let nats = env.nats.as_mut().expect("a cluster has a bus");
@@ -844,6 +905,9 @@ impl Case {
                 Op::Purge { node, target, soft, via } => self.purge(op, *node, *target, *soft, *via).await,
                 Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
                 Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
+                Op::CrashDuringPurges { node, purges, after_ms } => {
+                    self.crash_during_purges(op, *node, *purges, *after_ms).await
+                }
                 Op::BusDown | Op::BusUp | Op::BusWiped => self.bus(op).await,
                 Op::Cut { .. } | Op::Heal { .. } | Op::Wait => self.partition(op).await,
             }
@@ -1267,6 +1331,22 @@ fn model_history_head_after_soft_purge() {
         get(0, 0),
         Op::Purge { node: 0, target: Target::Tag(0), soft: true, via: Via::Api },
         head(0, 0, false),
+        get(0, 0),
+    ]);
+}
+
+/// Issue 8 item 8: invalidations acknowledged before a SIGKILL survive
+/// it, each once and at its version, and still take effect.
+#[test]
+fn model_history_crash_during_purges() {
+    replay::<1>(vec![
+        get(0, 0),
+        get(0, 1),
+        Op::CrashDuringPurges { node: 0, purges: 10, after_ms: 5 },
+        get(0, 0),
+        get(0, 1),
+        Op::CrashDuringPurges { node: 0, purges: 10, after_ms: 0 },
+        Op::Restart { node: 0, kill: true },
         get(0, 0),
     ]);
 }
