@@ -1106,6 +1106,25 @@ fn format_history(ops: &[Op]) -> String {
     ops.iter().enumerate().map(|(i, op)| format!("  {:>2}. {op:?}", i + 1)).collect::<Vec<_>>().join("\n")
 }
 
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Silences (or not) panic reports from this thread only: the panic hook
+/// is global and the other tests run beside this one.
+fn quiet_panics(quiet: bool) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(|q| q.get()) {
+                default(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(quiet));
+}
+
 /// Runs `cases` random histories against `N` nodes; on failure, panics
 /// with the seed, the broken invariant and the shortest history found.
 fn run_model<const N: usize>(default_cases: u32) {
@@ -1128,14 +1147,13 @@ fn run_model<const N: usize>(default_cases: u32) {
     let mut runner = TestRunner::new(config.clone());
     // Every failing attempt while shrinking panics; keep their reports out
     // of the output and print the shortest one at the end.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
+    quiet_panics(true);
     let started = Instant::now();
     let result = runner.run(&Model::<N>::sequential_strategy(1..steps), |(init, ops, seen)| {
         ModelTest::<N>::test_sequential(config.clone(), init, ops, seen);
         Ok(())
     });
-    std::panic::set_hook(hook);
+    quiet_panics(false);
     let produced = ENV.with(|e| e.borrow().as_ref().map_or(0, |env| env.origin.produced()));
     stop_env(result.is_ok());
     match result {
