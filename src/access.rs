@@ -1,6 +1,6 @@
-//! Who may invalidate what: bearer tokens with names and scopes, compared
-//! in constant time and never logged, and a token-bucket rate limit per
-//! token.
+//! Who may invalidate what: bearer tokens with names and scopes, kept and
+//! compared as SHA-256 digests in constant time and never logged, and a
+//! token-bucket rate limit per token.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -44,15 +44,86 @@ impl Scope {
 }
 
 /// The authority of a normalised `scheme://host/...` URL.
-fn url_host(url: &str) -> Option<&str> {
+pub(crate) fn url_host(url: &str) -> Option<&str> {
     let rest = url.split_once("://")?.1;
     Some(rest.split(['/', '?']).next().unwrap_or(rest))
+}
+
+/// Does a prefix selector select everything on its host?
+fn whole_host(prefix: &str) -> bool {
+    let Some((_, rest)) = prefix.split_once("://") else { return false };
+    let path = rest.find(['/', '?']).map_or("", |i| &rest[i..]);
+    let path = path.split('?').next().unwrap_or(path);
+    path.is_empty() || path == "/"
+}
+
+/// The SHA-256 digest a token is kept and compared as.
+pub fn digest(secret: &str) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// A new secret: 32 random bytes from the system's generator, as hex.
+pub fn random_secret() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| "the system random generator failed".to_string())?;
+    Ok(hex(&bytes))
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a secret is too easy to guess, if it is: shorter than 16
+/// characters, under about 64 bits by its own character frequencies, or
+/// more than two thirds repeated or consecutive characters (`aaaa...`,
+/// `abcd...`, `1234...`).
+pub fn weak_secret(secret: &str) -> Option<String> {
+    let chars: Vec<char> = secret.chars().collect();
+    let n = chars.len();
+    if n < 16 {
+        return Some(format!("is {n} characters long; at least 16 are needed"));
+    }
+    let mut counts: std::collections::HashMap<char, usize> = std::collections::HashMap::new();
+    for c in &chars {
+        *counts.entry(*c).or_default() += 1;
+    }
+    let per_char: f64 = counts
+        .values()
+        .map(|&k| {
+            let p = k as f64 / n as f64;
+            -p * p.log2()
+        })
+        .sum();
+    let bits = per_char * n as f64;
+    if bits < 64.0 {
+        return Some(format!("has too little variety (about {bits:.0} bits by its character frequencies; 64 needed)"));
+    }
+    let patterned =
+        chars.windows(2).filter(|w| (i64::from(u32::from(w[1])) - i64::from(u32::from(w[0]))).abs() <= 1).count();
+    if patterned * 3 > (n - 1) * 2 {
+        return Some("is mostly repeated or consecutive characters".into());
+    }
+    None
+}
+
+/// RFC 9110 §11.4: `Bearer TOKEN`, the scheme matched case-insensitively
+/// (§11.1), one or more spaces before the credentials.
+fn bearer_credentials(authorization: &str) -> Option<&str> {
+    let (scheme, rest) = authorization.trim().split_once(' ')?;
+    let token = rest.trim_start_matches(' ');
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token.trim_end())
 }
 
 #[derive(Clone)]
 pub struct Token {
     pub name: String,
-    pub secret: String,
+    /// SHA-256 of the secret; the secret itself is not kept.
+    pub digest: [u8; 32],
     pub scopes: Vec<Scope>,
     /// Invalidations per second, sustained.
     pub rate: f64,
@@ -105,13 +176,13 @@ impl Access {
     /// The token named by an `Authorization: Bearer ...` value.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<&Token, Denied> {
         let presented = authorization
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
-            .map(str::trim)
+            .and_then(bearer_credentials)
             .ok_or(Denied::Unauthenticated("missing bearer token: send `Authorization: Bearer TOKEN`"))?;
+        let presented = digest(presented);
         // Compare with every token so timing does not tell which one nearly matched.
         let mut found = None;
         for t in &self.tokens {
-            if bool::from(t.secret.as_bytes().ct_eq(presented.as_bytes())) {
+            if bool::from(t.digest.ct_eq(&presented)) {
                 found = Some(t);
             }
         }
@@ -130,6 +201,16 @@ impl Access {
                         .into(),
                 ));
             }
+        }
+        // A prefix that selects a whole host is as drastic as "all" for
+        // that host: it needs the same explicit confirmation.
+        if !break_glass
+            && let Some(Selector::Prefix(p)) =
+                selectors.iter().find(|s| matches!(s, Selector::Prefix(p) if whole_host(p)))
+        {
+            return Err(Denied::Forbidden(format!(
+                "the prefix {p} selects everything on its host; that needs \"break_glass\": true (or --break-glass)"
+            )));
         }
         if !token.allows(selectors) {
             return Err(Denied::Forbidden(format!(
@@ -199,7 +280,7 @@ mod tests {
     fn token(scopes: &[&str]) -> Token {
         Token {
             name: "t".into(),
-            secret: "s3cret".into(),
+            digest: digest("s3cret"),
             scopes: scopes.iter().map(|s| Scope::parse(s).unwrap()).collect(),
             rate: 1.0,
             burst: 2.0,
@@ -225,6 +306,37 @@ mod tests {
     }
 
     #[test]
+    fn a_prefix_selecting_a_whole_host_needs_break_glass() {
+        let access = Access::new(vec![], vec![]);
+        let t = Token { burst: 100.0, ..token(&["host:shop.test"]) };
+        for root in ["http://shop.test", "http://shop.test/", "http://shop.test?x"] {
+            let sel = [Selector::Prefix(root.into())];
+            assert!(
+                matches!(access.authorize(&t, &sel, false), Err(Denied::Forbidden(m)) if m.contains("break_glass"))
+            );
+            assert!(access.authorize(&t, &sel, true).is_ok(), "{root}");
+        }
+        assert!(access.authorize(&t, &[Selector::Prefix("http://shop.test/a".into())], false).is_ok());
+    }
+
+    #[test]
+    fn weak_secrets_are_named_and_strong_ones_pass() {
+        for weak in
+            ["short", "aaaaaaaaaaaaaaaa", "abababababababababab", "0123456789abcdefghij", "abcdefghijklmnopqrstuvwxyz"]
+        {
+            assert!(weak_secret(weak).is_some(), "{weak} passed");
+        }
+        for strong in [
+            "9f8e2c41b07d5a36e1c9d402fb7a8e53",
+            "cms-secret-0123456789",
+            "Zq3-vT9_pL2xW8mK4nR7",
+            "cli-token-0123456789abcdef",
+        ] {
+            assert_eq!(weak_secret(strong), None, "{strong}");
+        }
+    }
+
+    #[test]
     fn tokens_are_rate_limited() {
         let access = Access::new(vec![], vec![]);
         let t = token(&["all"]);
@@ -238,9 +350,16 @@ mod tests {
     fn bearer_tokens_authenticate_and_unknown_ones_do_not() {
         let access = Access::new(vec![token(&["all"])], vec![]);
         assert_eq!(access.authenticate(Some("Bearer s3cret")).unwrap().name, "t");
+        // RFC 9110 §11.1: the scheme is case-insensitive.
+        for header in ["bearer s3cret", "BEARER s3cret", "BeArEr   s3cret"] {
+            assert_eq!(access.authenticate(Some(header)).unwrap().name, "t", "{header}");
+        }
+        assert!(access.authenticate(Some("Basic s3cret")).is_err());
+        assert!(access.authenticate(Some("Bearers3cret")).is_err());
         assert!(access.authenticate(Some("Bearer s3cre")).is_err());
         assert!(access.authenticate(None).is_err());
         assert!(!format!("{:?}", token(&["all"])).contains("s3cret"), "secrets are never printed");
+        assert_eq!(digest("abc")[..4], [0xba, 0x78, 0x16, 0xbf], "SHA-256");
     }
 
     #[test]

@@ -171,8 +171,10 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
         Ok(key) => key,
         Err(msg) => return error(StatusCode::BAD_REQUEST, msg),
     };
-    let submitted =
-        state.service.submit_keyed(bearer(&headers), selectors, mode, "invalidation event".into(), false, key).await;
+    let submitted = state
+        .service
+        .submit_keyed(bearer(&headers), selectors, mode, "invalidation event".into(), event.break_glass, key)
+        .await;
     let entry = match submitted {
         Ok(e) => e,
         Err(r) => return refusal(r),

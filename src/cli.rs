@@ -43,6 +43,13 @@ pub enum Command {
     Purge(crate::purge::PurgeArgs),
     /// Show the cluster: each node's applied version, lag, heartbeat, hit ratio.
     Status(crate::purge::StatusArgs),
+    /// Generate an API token: prints a random secret for the client and the
+    /// `[[token]]` table (with only its SHA-256) for the node's config.
+    Token {
+        /// The token's name in the printed table (and in the audit log).
+        #[arg(long, default_value = "api")]
+        name: String,
+    },
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -94,7 +101,21 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
+        Command::Token { name } => token(&name).map_err(CliError::Failed),
     }
+}
+
+/// `fresco token`: a random secret for the client, and the config table
+/// holding only its hash for the node.
+fn token(name: &str) -> Result<(), String> {
+    let secret = crate::access::random_secret()?;
+    let hash = crate::access::hex(&crate::access::digest(&secret));
+    println!("secret: {secret}");
+    println!("# give the secret to the client (Authorization: Bearer SECRET); the node keeps only its hash:");
+    println!(
+        "[[token]]\nname = {name:?}\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]   # or \"tag:PREFIX\", \"host:NAME\""
+    );
+    Ok(())
 }
 
 async fn serve(config: Option<PathBuf>, flags: RawConfig) -> Result<(), String> {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::access::{Scope, Token, parse_network};
 use crate::classes::{Classes, ContentClass};
+use crate::proxy::upstream::UpstreamSettings;
 
 /// Options as written in the file or on the command line, before defaults
 /// and validation. Every field is optional so the two sources can be merged.
@@ -116,6 +117,40 @@ pub struct RawConfig {
     #[arg(skip)]
     #[serde(rename = "class")]
     pub classes: Option<Vec<RawClass>>,
+    // Limits against hostile clients and overloaded upstreams.
+    /// Time from accept (or from the first byte of a request) to a complete request head [default: 10s]
+    #[arg(long)]
+    pub client_header_timeout: Option<String>,
+    /// How long an idle client connection is kept open between requests [default: 60s]
+    #[arg(long)]
+    pub client_idle_timeout: Option<String>,
+    /// Time limit for a client's TLS handshake [default: 10s]
+    #[arg(long)]
+    pub tls_handshake_timeout: Option<String>,
+    /// Open client connections; past it the longest-idle one is closed, or the new one if none is idle [default: 10000]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Header fields in a request head; more gets 431 [default: 100]
+    #[arg(long)]
+    pub max_headers: Option<usize>,
+    /// Longest request target; longer gets 414 [default: 8KiB]
+    #[arg(long)]
+    pub max_url_length: Option<String>,
+    /// Largest request body forwarded; larger gets 413 [default: 16MiB]
+    #[arg(long)]
+    pub max_request_body: Option<String>,
+    /// How long an idle upstream connection is kept; keep it below the origin's keep-alive timeout [default: 4s]
+    #[arg(long)]
+    pub upstream_idle_timeout: Option<String>,
+    /// Connections in use per upstream (origin or parent) [default: 256]
+    #[arg(long)]
+    pub upstream_max_connections: Option<usize>,
+    /// Requests waiting for an upstream connection, per upstream; past it 503 [default: 1024]
+    #[arg(long)]
+    pub upstream_queue: Option<usize>,
+    /// Host names clients reach this node by; URL and prefix invalidations must name one (repeat, or a list in the file) [default: any]
+    #[arg(long = "host")]
+    pub hosts: Option<Vec<String>>,
 }
 
 /// One `[[token]]` table.
@@ -125,8 +160,10 @@ pub struct RawToken {
     pub name: String,
     /// The secret itself, or
     pub secret: Option<String>,
-    /// the name of an environment variable holding it.
+    /// the name of an environment variable holding it, or
     pub secret_env: Option<String>,
+    /// its SHA-256 in hex (`fresco token` prints one), so the file holds no secret.
+    pub secret_sha256: Option<String>,
     pub scopes: Vec<String>,
     /// Invalidations per second [default: 50]
     pub rate: Option<f64>,
@@ -189,6 +226,17 @@ impl RawConfig {
             bus_retention: self.bus_retention.or(base.bus_retention),
             down_after: self.down_after.or(base.down_after),
             max_log_silence: self.max_log_silence.or(base.max_log_silence),
+            client_header_timeout: self.client_header_timeout.or(base.client_header_timeout),
+            client_idle_timeout: self.client_idle_timeout.or(base.client_idle_timeout),
+            tls_handshake_timeout: self.tls_handshake_timeout.or(base.tls_handshake_timeout),
+            max_connections: self.max_connections.or(base.max_connections),
+            max_headers: self.max_headers.or(base.max_headers),
+            max_url_length: self.max_url_length.or(base.max_url_length),
+            max_request_body: self.max_request_body.or(base.max_request_body),
+            upstream_idle_timeout: self.upstream_idle_timeout.or(base.upstream_idle_timeout),
+            upstream_max_connections: self.upstream_max_connections.or(base.upstream_max_connections),
+            upstream_queue: self.upstream_queue.or(base.upstream_queue),
+            hosts: self.hosts.or(base.hosts),
         }
     }
 
@@ -251,6 +299,24 @@ pub struct Config {
     pub bus_retention: Duration,
     pub down_after: Duration,
     pub max_log_silence: Duration,
+    pub limits: ClientLimits,
+    pub upstream: UpstreamSettings,
+    /// Host names (lower case, with a port if not the scheme's default)
+    /// clients use; empty: any.
+    pub hosts: Vec<String>,
+}
+
+/// What one client connection may take from the node.
+#[derive(Debug, Clone)]
+pub struct ClientLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_headers: usize,
+    pub max_header_size: usize,
+    pub max_url_length: usize,
+    pub max_request_body: u64,
 }
 
 impl Config {
@@ -359,15 +425,62 @@ impl Config {
             None if raw.bus.is_some() => default_node_id(listen.port()),
             None => node_name.clone(),
         };
+        let limits = ClientLimits {
+            header_timeout: duration("client_header_timeout", raw.client_header_timeout, "10s")?,
+            idle_timeout: duration("client_idle_timeout", raw.client_idle_timeout, "60s")?,
+            tls_handshake_timeout: duration("tls_handshake_timeout", raw.tls_handshake_timeout, "10s")?,
+            max_connections: match raw.max_connections.unwrap_or(10_000) {
+                n @ 1..=1_000_000 => n,
+                n => return Err(invalid("max_connections", &n.to_string(), "1 to 1000000")),
+            },
+            max_headers: match raw.max_headers.unwrap_or(100) {
+                n @ 8..=10_000 => n,
+                n => return Err(invalid("max_headers", &n.to_string(), "8 to 10000")),
+            },
+            max_header_size: max_header_size as usize,
+            max_url_length: match size("max_url_length", raw.max_url_length, "8KiB")? {
+                n @ 256..=65_535 => n as usize,
+                n => return Err(invalid("max_url_length", &n.to_string(), "between 256 and 65535 bytes")),
+            },
+            max_request_body: size("max_request_body", raw.max_request_body, "16MiB")?,
+        };
+        let first_byte_timeout = duration("first_byte_timeout", raw.first_byte_timeout, "30s")?;
+        let upstream = UpstreamSettings {
+            connect_timeout: duration("connect_timeout", raw.connect_timeout, "2s")?,
+            first_byte_timeout,
+            idle_timeout: duration("upstream_idle_timeout", raw.upstream_idle_timeout, "4s")?,
+            max_connections: match raw.upstream_max_connections.unwrap_or(256) {
+                n @ 1..=100_000 => n,
+                n => return Err(invalid("upstream_max_connections", &n.to_string(), "1 to 100000")),
+            },
+            queue: match raw.upstream_queue.unwrap_or(1024) {
+                n @ 0..=1_000_000 => n,
+                n => return Err(invalid("upstream_queue", &n.to_string(), "0 to 1000000")),
+            },
+        };
+        let hosts = raw
+            .hosts
+            .unwrap_or_default()
+            .iter()
+            .map(|h| {
+                h.parse::<http::uri::Authority>()
+                    .ok()
+                    .filter(|_| !h.contains('@'))
+                    .map(|a| a.as_str().to_ascii_lowercase())
+                    .ok_or_else(|| invalid("hosts", h, "host names such as shop.example or shop.example:8443"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Config {
+            limits,
+            hosts,
             listen,
             origin,
             admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
             memory,
             max_object_size: size("max_object_size", raw.max_object_size, "16MiB")?,
             max_header_size: max_header_size as usize,
-            connect_timeout: duration("connect_timeout", raw.connect_timeout, "2s")?,
-            first_byte_timeout: duration("first_byte_timeout", raw.first_byte_timeout, "30s")?,
+            connect_timeout: upstream.connect_timeout,
+            first_byte_timeout,
             total_timeout: duration("total_timeout", raw.total_timeout, "300s")?,
             tls,
             store_set_cookie: raw.store_set_cookie.unwrap_or(false),
@@ -398,6 +511,7 @@ impl Config {
             bus_retention: duration("bus_retention", raw.bus_retention, "24h")?,
             down_after: duration("down_after", raw.down_after, "5s")?,
             max_log_silence: duration("max_log_silence", raw.max_log_silence, "3s")?,
+            upstream,
         })
     }
 }
@@ -416,15 +530,32 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
     if t.name.is_empty() {
         return Err(ConfigError("a [[token]] has an empty `name`".into()));
     }
-    let secret = match (&t.secret, &t.secret_env) {
-        (Some(s), None) => s.clone(),
-        (None, Some(var)) => std::env::var(var)
-            .map_err(|_| ConfigError(format!("{}: environment variable {var} is not set", key("secret_env"))))?,
-        _ => return Err(ConfigError(format!("{}: give exactly one of `secret` and `secret_env`", key("secret")))),
+    let plain = |secret: String, from: &str| -> Result<[u8; 32], ConfigError> {
+        match crate::access::weak_secret(&secret) {
+            Some(why) => Err(ConfigError(format!("{}: the secret {why}; generate one with `fresco token`", key(from)))),
+            None => Ok(crate::access::digest(&secret)),
+        }
     };
-    if secret.len() < 16 {
-        return Err(ConfigError(format!("{}: secrets must be at least 16 characters", key("secret"))));
-    }
+    let digest = match (&t.secret, &t.secret_env, &t.secret_sha256) {
+        (Some(s), None, None) => plain(s.clone(), "secret")?,
+        (None, Some(var), None) => plain(
+            std::env::var(var)
+                .map_err(|_| ConfigError(format!("{}: environment variable {var} is not set", key("secret_env"))))?,
+            "secret_env",
+        )?,
+        (None, None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+            ConfigError(format!(
+                "{}: expected 64 hexadecimal digits (`fresco token` prints them)",
+                key("secret_sha256")
+            ))
+        })?,
+        _ => {
+            return Err(ConfigError(format!(
+                "{}: give exactly one of `secret`, `secret_env` and `secret_sha256`",
+                key("secret")
+            )));
+        }
+    };
     let scopes = t
         .scopes
         .iter()
@@ -438,7 +569,20 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
     if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {
         return Err(ConfigError(format!("{}: rate must be > 0 and burst >= 1", key("rate"))));
     }
-    Ok(Token { name: t.name, secret, scopes, rate, burst })
+    Ok(Token { name: t.name, digest, scopes, rate, burst })
+}
+
+/// 64 hex digits as 32 bytes.
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
 }
 
 /// Parses `512MiB`, `64KiB`, `1GB`, `100kb`, `1048576`.
@@ -540,6 +684,42 @@ mod tests {
         let bad = "origin = \"http://o:1\"\n[[class]]\nname = \"x\"\nstale_if_error = \"forever\"\n";
         let err = Config::from_raw(toml::from_str(bad).unwrap()).unwrap_err();
         assert!(err.0.contains("class.stale_if_error") && err.0.contains("forever"), "{err}");
+    }
+
+    #[test]
+    fn limits_have_defaults_and_bad_ones_are_named() {
+        let c = Config::from_raw(raw("http://o:1")).unwrap();
+        assert_eq!(c.limits.header_timeout, Duration::from_secs(10));
+        assert_eq!((c.limits.max_connections, c.limits.max_headers, c.limits.max_url_length), (10_000, 100, 8192));
+        assert_eq!(
+            (c.upstream.idle_timeout, c.upstream.max_connections, c.upstream.queue),
+            (Duration::from_secs(4), 256, 1024)
+        );
+        let err = Config::from_raw(RawConfig { max_connections: Some(0), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`max_connections`"), "{err}");
+        let err = Config::from_raw(RawConfig { max_url_length: Some("1MiB".into()), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`max_url_length`"), "{err}");
+        let err = Config::from_raw(RawConfig { hosts: Some(vec!["a@b".into()]), ..raw("http://o:1") }).unwrap_err();
+        assert!(err.0.contains("`hosts`") && err.0.contains("a@b"), "{err}");
+        let c = Config::from_raw(RawConfig { hosts: Some(vec!["Shop.Example".into()]), ..raw("http://o:1") }).unwrap();
+        assert_eq!(c.hosts, vec!["shop.example".to_string()]);
+    }
+
+    #[test]
+    fn token_secrets_must_be_hard_to_guess_or_given_as_a_hash() {
+        let cfg = |table: &str| {
+            Config::from_raw(toml::from_str(&format!("origin = \"http://o:1\"\n[[token]]\n{table}")).unwrap())
+        };
+        let err = cfg("name = \"t\"\nsecret = \"aaaaaaaaaaaaaaaa\"\nscopes = [\"all\"]").unwrap_err();
+        assert!(err.0.contains("token.secret") && err.0.contains("fresco token"), "{err}");
+        let hash = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let c = cfg(&format!("name = \"t\"\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]")).unwrap();
+        assert_eq!(c.tokens[0].digest, crate::access::digest("abc"));
+        let err = cfg("name = \"t\"\nsecret_sha256 = \"abc\"\nscopes = [\"all\"]").unwrap_err();
+        assert!(err.0.contains("64 hexadecimal"), "{err}");
+        let err =
+            cfg(&format!("name = \"t\"\nsecret = \"x\"\nsecret_sha256 = \"{hash}\"\nscopes = [\"all\"]")).unwrap_err();
+        assert!(err.0.contains("exactly one"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod classes;
 pub mod cli;
 pub mod config;
+mod connections;
 pub mod data_dir;
 pub mod demo;
 pub mod invalidation;

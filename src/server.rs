@@ -2,31 +2,26 @@
 //! the invalidation state and the proxy together, and shuts down gracefully
 //! on SIGINT / SIGTERM.
 
-use std::convert::Infallible;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::access::{Access, Scope, Token};
+use crate::access::{Access, Scope, Token, digest, random_secret, weak_secret};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::invalidation::cluster::Membership;
 use crate::invalidation::nats::{Alone, BusConfig, NatsBus, NodeCounters};
-use crate::invalidation::service::{KeyedLog, Service};
+use crate::invalidation::service::{KeyedLog, Served, Service};
 use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{Client, Proxy, ProxySettings};
+use crate::proxy::{Proxy, ProxySettings};
 use crate::store::MemoryStore;
 use crate::supervisor::{Role, Supervisor};
-use crate::{metrics, tls};
+use crate::{connections, metrics, tls};
 
 /// How long a node joining a cluster waits to apply the log before serving.
 const CATCH_UP: Duration = Duration::from_secs(10);
@@ -69,7 +64,7 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         );
     }
     settings.max_object_size = store.max_object_size() as usize;
-    let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), cfg.connect_timeout, cfg.first_byte_timeout);
+    let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), &cfg.upstream);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
     let counters = Arc::new(NodeCounters::default());
@@ -108,6 +103,11 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         access: Access::new(tokens, cfg.purge_allow.clone()),
         node: cfg.node_id.clone(),
         keys: settings.keys.clone(),
+        served: Served {
+            scheme: if cfg.tls.is_some() { "https" } else { "http" },
+            hosts: cfg.hosts.clone(),
+            origin: cfg.origin.authority().map_or_else(String::new, |a| a.as_str().to_ascii_lowercase()),
+        },
         membership,
         recent: Default::default(),
         key_prefix: format!("{}-{}", cfg.node_id, crate::invalidation::log::now_ms()),
@@ -123,13 +123,9 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
 fn local_admin_token(dir: &Path) -> Result<Token, String> {
     let path = dir.join("admin-token");
     let secret = match std::fs::read_to_string(&path) {
-        Ok(s) if s.trim().len() >= 16 => s.trim().to_string(),
+        Ok(s) if weak_secret(s.trim()).is_none() => s.trim().to_string(),
         _ => {
-            let mut bytes = [0u8; 24];
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
-                .map_err(|e| format!("cannot read random bytes for the admin token: {e}"))?;
-            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let secret = random_secret()?;
             let mut options = std::fs::OpenOptions::new();
             options.write(true).create(true).truncate(true);
             #[cfg(unix)]
@@ -142,12 +138,20 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
         }
     };
     tracing::info!(path = %path.display(), "no [[token]] configured: the local admin token (scope all) is in this file");
-    Ok(Token { name: "local-admin".into(), secret, scopes: vec![Scope::All], rate: 1000.0, burst: 10_000.0 })
+    // The same limits as a configured token's defaults: a leaked local
+    // token cannot flood the log either.
+    Ok(Token {
+        name: "local-admin".into(),
+        digest: digest(&secret),
+        scopes: vec![Scope::All],
+        rate: 50.0,
+        burst: 200.0,
+    })
 }
 
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
 /// the bound addresses once both listeners accept connections.
-pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), String> {
     // First, so that what start-up records (replay, catch-up) is counted.
     let metrics_handle = metrics::install();
     let Node { proxy, supervisor, bus } = build_node(&cfg, shutdown.clone()).await?;
@@ -176,62 +180,7 @@ pub async fn run(cfg: Config, mut shutdown: watch::Receiver<bool>) -> Result<(),
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
 
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
-        .max_buf_size(cfg.max_header_size.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(cfg.max_header_size as u32);
-    let builder = Arc::new(builder);
-    let graceful = GracefulShutdown::new();
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    loop {
-        tokio::select! {
-            accepted = data.accept() => {
-                let (stream, addr) = match accepted {
-                    Ok(x) => x,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let client = Client { addr, scheme };
-                let proxy = proxy.clone();
-                let svc = service_fn(move |req| {
-                    let proxy = proxy.clone();
-                    async move { Ok::<_, Infallible>(proxy.handle(req, client).await) }
-                });
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let result = match tls {
-                        None => watcher.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned()).await,
-                        Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(s) => watcher.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned()).await,
-                            Err(e) => {
-                                tracing::debug!(%addr, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                        },
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(%addr, error = %e, "connection ended with an error");
-                    }
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
-    drop(data);
-    tracing::info!("draining connections");
-    if tokio::time::timeout(DRAIN, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after {DRAIN:?}; closing");
-    }
+    connections::serve(data, proxy, tls, cfg.limits.clone(), shutdown).await;
     supervisor.join(DRAIN).await;
     if let Some(bus) = bus {
         bus.flush().await;

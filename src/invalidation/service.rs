@@ -59,6 +59,10 @@ pub struct Event {
     /// Remove (true) or mark invalid, to be validated before reuse (false).
     #[serde(default)]
     pub purge: bool,
+    /// Fresco's extension: confirms an `origin` event (or any selector that
+    /// covers a whole host), as `break_glass` does in the invalidation API.
+    #[serde(default)]
+    pub break_glass: bool,
 }
 
 /// What an event asks for, or why it cannot be done: `Err((true, msg))`
@@ -94,6 +98,7 @@ pub fn event_selectors(event: &Event, keys: &KeyPolicy) -> Result<(Vec<Selector>
                 if g.is_empty() || g.len() > MAX_TAG_LEN {
                     return Err(bad(format!("group {g:?} is empty or longer than {MAX_TAG_LEN} bytes")));
                 }
+                visible_text("group", g).map_err(bad)?;
                 out.push(Selector::Tag(g.clone()));
             }
             Ok(out)
@@ -221,6 +226,7 @@ pub fn selectors(req: &Request, keys: &KeyPolicy) -> Result<Vec<Selector>, Strin
     if req.reason.len() > MAX_REASON_LEN {
         return Err(format!("\"reason\" is {} bytes; at most {MAX_REASON_LEN}", req.reason.len()));
     }
+    visible_text("reason", &req.reason)?;
     let mut out = Vec::with_capacity(count);
     for u in &req.urls {
         out.push(Selector::Url(normalise_url("urls", u, keys)?));
@@ -229,12 +235,113 @@ pub fn selectors(req: &Request, keys: &KeyPolicy) -> Result<Vec<Selector>, Strin
         out.push(Selector::Prefix(normalise_url("prefixes", p, keys)?.trim_end_matches('/').to_string()));
     }
     for t in &req.tags {
-        if t.trim().is_empty() || t.len() > MAX_TAG_LEN || t.chars().any(char::is_control) {
-            return Err(format!("tag {t:?} is empty, has control characters or is longer than {MAX_TAG_LEN} bytes"));
+        if t.trim().is_empty() || t.len() > MAX_TAG_LEN {
+            return Err(format!("tag {t:?} is empty or longer than {MAX_TAG_LEN} bytes"));
         }
+        visible_text("tag", t)?;
         out.push(Selector::Tag(t.trim().to_string()));
     }
     Ok(out)
+}
+
+/// A character that makes text read differently from what it is: control
+/// characters, bidirectional-text controls (which reorder what a terminal
+/// or the audit shows, "Trojan Source") and invisible characters (which make
+/// two different tags look the same).
+fn deceptive(c: char) -> Option<&'static str> {
+    match c {
+        c if c.is_control() => Some("a control character"),
+        '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}' => {
+            Some("a bidirectional-text control")
+        }
+        '\u{200B}'..='\u{200D}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{FEFF}'
+        | '\u{00AD}'
+        | '\u{034F}'
+        | '\u{180E}'
+        | '\u{115F}'
+        | '\u{1160}'
+        | '\u{3164}'
+        | '\u{FFA0}'
+        | '\u{E0000}'..='\u{E007F}' => Some("an invisible character"),
+        _ => None,
+    }
+}
+
+/// Refuses text with a [`deceptive`] character, naming it by code point
+/// (printing it would reproduce the deception).
+fn visible_text(what: &str, text: &str) -> Result<(), String> {
+    match text.chars().find_map(|c| deceptive(c).map(|kind| (c, kind))) {
+        None => Ok(()),
+        Some((c, kind)) => {
+            let shown: String = text.chars().map(|c| if deceptive(c).is_some() { '?' } else { c }).collect();
+            Err(format!("{what} {shown:?} contains U+{:04X}, {kind}; only visible text is accepted", u32::from(c)))
+        }
+    }
+}
+
+/// The scheme and hosts this node's cache keys can have, so that a URL
+/// invalidation that could never match anything is refused instead of
+/// silently accepted. Keys are formed from the scheme of the data listener
+/// (`http`, or `https` with `tls_cert`) and the host the client asked for.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub scheme: &'static str,
+    /// Configured public hosts (lower case); empty: any host but the origin's.
+    pub hosts: Vec<String>,
+    /// The origin's authority: objects are never keyed by it unless listed.
+    pub origin: String,
+}
+
+impl Served {
+    /// Is `host` (a `Host` value or an authority) one of `hosts`? Case and
+    /// the scheme's default port do not matter. True when `hosts` is empty.
+    pub fn serves_host(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let bare = strip_default_port(&host, self.scheme);
+        self.hosts.is_empty() || self.hosts.iter().any(|h| strip_default_port(h, self.scheme) == bare)
+    }
+
+    /// Why `url` (a normalised URL or prefix selector) can match nothing here.
+    pub fn refuse(&self, url: &str) -> Option<String> {
+        let (scheme, _) = url.split_once("://")?;
+        let host = crate::access::url_host(url)?;
+        let example = self.hosts.first().map_or("HOST", String::as_str);
+        if scheme != self.scheme {
+            let why = if self.scheme == "http" {
+                "its data listener speaks plain HTTP (behind a TLS-terminating load balancer, say)"
+            } else {
+                "its data listener speaks TLS"
+            };
+            return Some(format!(
+                "{url} can match nothing: this node keys objects as {}://{example}/PATH because {why}",
+                self.scheme
+            ));
+        }
+        let bare = strip_default_port(host, scheme);
+        if !self.hosts.is_empty() {
+            if !self.serves_host(bare) {
+                return Some(format!(
+                    "{url} can match nothing: this node serves {} (`hosts`), keyed as {}://{example}/PATH",
+                    self.hosts.join(", "),
+                    self.scheme
+                ));
+            }
+        } else if bare == strip_default_port(&self.origin, "http") {
+            return Some(format!(
+                "{url} names the origin's address, which no object is keyed by: keys use the host clients ask \
+                 for, as {}://{example}/PATH (list the public hosts in `hosts`)",
+                self.scheme
+            ));
+        }
+        None
+    }
+}
+
+fn strip_default_port<'a>(host: &'a str, scheme: &str) -> &'a str {
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    host.strip_suffix(default).unwrap_or(host)
 }
 
 /// An absolute http(s) URL, normalised as cache keys are (RFC 3986 §6.2.2).
@@ -261,6 +368,8 @@ pub struct Service {
     pub access: Access,
     pub node: String,
     pub keys: KeyPolicy,
+    /// What URL selectors can match on this node.
+    pub served: Served,
     /// The nodes that must apply an invalidation for it to converge.
     pub membership: Arc<dyn super::cluster::Membership>,
     pub recent: Mutex<Recent>,
@@ -295,6 +404,15 @@ impl Service {
         key: Option<IdempotencyKey>,
     ) -> Result<Entry, Refused> {
         let token = self.access.authenticate(authorization).map_err(Refused::Denied)?;
+        // Every path (API, events, PURGE) passes here: a selector that can
+        // match nothing is an error, not a silent no-op.
+        for s in &selectors {
+            if let Selector::Url(u) | Selector::Prefix(u) = s
+                && let Some(why) = self.served.refuse(u)
+            {
+                return Err(Refused::Invalid(why));
+            }
+        }
         self.access.authorize(token, &selectors, break_glass).map_err(Refused::Denied)?;
         if selectors.contains(&Selector::All) {
             tracing::warn!(issuer = %token.name, %reason, "break-glass purge of everything");
@@ -434,6 +552,44 @@ mod tests {
         assert_eq!(s, vec![Selector::Tag("scripts".into())]);
         assert!(event(r#"{"type":"regex","selectors":["x"]}"#).unwrap_err().0, "unsupported: 501");
         assert!(!event(r#"{"type":"group","selectors":["https://a"]}"#).unwrap_err().0, "malformed: 400");
+    }
+
+    #[test]
+    fn tags_groups_and_reasons_with_deceptive_characters_are_refused() {
+        for bad in ["price\u{202E}gnp", "a\u{200B}b", "x\u{2066}y", "tab\there", "\u{FEFF}bom"] {
+            let err = parse_str(&json_tags(bad)).unwrap_err();
+            assert!(err.contains("U+") && err.contains("visible text"), "{bad:?}: {err}");
+            assert!(!err.contains(bad), "the message does not reproduce the character: {err}");
+        }
+        let err = parse_str(r#"{"tags":["ok"],"reason":"fine\u202ethen"}"#).unwrap_err();
+        assert!(err.contains("reason") && err.contains("U+202E"), "{err}");
+        let keys = KeyPolicy::default();
+        let event: Event =
+            serde_json::from_str(r#"{"type":"group","selectors":["https://a.test"],"groups":["g\u200d1"]}"#).unwrap();
+        assert!(event_selectors(&event, &keys).unwrap_err().1.contains("U+200D"));
+        assert!(parse_str(r#"{"tags":["caf\u00e9-42"]}"#).is_ok(), "visible non-ASCII text is fine");
+    }
+
+    fn json_tags(tag: &str) -> String {
+        serde_json::json!({ "tags": [tag] }).to_string()
+    }
+
+    #[test]
+    fn url_selectors_that_can_match_nothing_are_named() {
+        let open = Served { scheme: "http", hosts: vec![], origin: "10.0.0.5:8080".into() };
+        assert_eq!(open.refuse("http://shop.test/a"), None);
+        let why = open.refuse("https://shop.test/a").unwrap();
+        assert!(why.contains("http://HOST/PATH") && why.contains("plain HTTP"), "{why}");
+        let why = open.refuse("http://10.0.0.5:8080/a").unwrap();
+        assert!(why.contains("origin") && why.contains("`hosts`"), "{why}");
+        let listed =
+            Served { scheme: "https", hosts: vec!["shop.test".into(), "www.shop.test".into()], origin: "o:1".into() };
+        assert_eq!(listed.refuse("https://www.shop.test/a"), None);
+        assert_eq!(listed.refuse("https://shop.test"), None);
+        assert!(listed.serves_host("Shop.Test:443") && listed.serves_host("www.shop.test"));
+        assert!(!listed.serves_host("shop.test:8443") && !listed.serves_host("evil.test"));
+        let why = listed.refuse("https://other.test/a").unwrap();
+        assert!(why.contains("shop.test, www.shop.test") && why.contains("https://shop.test/PATH"), "{why}");
     }
 
     #[test]

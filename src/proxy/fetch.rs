@@ -401,7 +401,7 @@ impl Proxy {
         &self,
         fill: &Fill,
         job: &Job,
-        resp: Response<hyper::body::Incoming>,
+        resp: Response<super::upstream::ResponseBody>,
         stamp: Stamp,
         request_time: SystemTime,
         response_time: SystemTime,

@@ -4,7 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
@@ -12,7 +12,6 @@ use http::header::{CONTENT_LENGTH, HOST, HeaderName, HeaderValue, TRANSFER_ENCOD
 use http::request::Parts;
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 
 use super::fetch::Asked;
 use super::upstream::{BoxError, UpstreamBody};
@@ -57,6 +56,11 @@ pub(crate) const STEERING_FIELDS: [HeaderName; 20] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
+/// What became of the client's request body while it was forwarded.
+const BODY_OK: u8 = 0;
+const BODY_MALFORMED: u8 = 1;
+const BODY_TOO_LARGE: u8 = 2;
+
 pub(super) const CDN_LOOP: HeaderName = HeaderName::from_static("cdn-loop");
 
 impl Proxy {
@@ -142,20 +146,22 @@ impl Proxy {
     /// Location / Content-Location are invalidated (RFC 9111 §4.4).
     pub(super) async fn forward(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         target: &Target,
         client: Client,
         mut status: CacheStatus,
     ) -> Response<UpstreamBody> {
         let (parts, body) = req.into_parts();
         // A request body the client could not frame (a malformed chunk, a
-        // short Content-Length) is the client's error, not the origin's.
-        let client_body_failed = Arc::new(AtomicBool::new(false));
-        let flag = client_body_failed.clone();
+        // short Content-Length) or that outgrew `max_request_body` is the
+        // client's error, not the origin's.
+        let client_body = Arc::new(AtomicU8::new(BODY_OK));
+        let flag = client_body.clone();
         let body = body
-            .map_err(move |e| -> BoxError {
-                flag.store(true, Ordering::Release);
-                Box::new(e)
+            .map_err(move |e: BoxError| {
+                let why = if e.is::<http_body_util::LengthLimitError>() { BODY_TOO_LARGE } else { BODY_MALFORMED };
+                flag.store(why, Ordering::Release);
+                e
             })
             .boxed();
         let upstream_req = self.upstream_request(&parts.method, target, client, &parts.headers, None, body);
@@ -163,7 +169,15 @@ impl Proxy {
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req, &target.key.key).await {
             Ok(r) => r,
-            Err(_) if client_body_failed.load(Ordering::Acquire) => {
+            Err(_) if client_body.load(Ordering::Acquire) == BODY_TOO_LARGE => {
+                status.detail = Some("body-too-large".into());
+                return self.error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    status,
+                    "the request body exceeds max_request_body\n",
+                );
+            }
+            Err(_) if client_body.load(Ordering::Acquire) == BODY_MALFORMED => {
                 status.detail = Some("request-body".into());
                 return self.error(StatusCode::BAD_REQUEST, status, "the request body is malformed or incomplete\n");
             }
@@ -358,7 +372,7 @@ fn append_forwarded_for(h: &mut HeaderMap, ip: IpAddr) {
 }
 
 /// A pass-through body that fails once the total timeout passes.
-fn with_deadline(body: Incoming, deadline: tokio::time::Instant) -> UpstreamBody {
+fn with_deadline(body: super::upstream::ResponseBody, deadline: tokio::time::Instant) -> UpstreamBody {
     let stream = futures_util::stream::unfold(Some(body), move |state| async move {
         let mut body = state?;
         match tokio::time::timeout_at(deadline, body.frame()).await {

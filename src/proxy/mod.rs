@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use crate::classes::Classes;
 use crate::invalidation::nats::NodeCounters;
@@ -166,7 +165,7 @@ impl Proxy {
 
     /// Answers one client request. Never fails: every problem becomes a
     /// response with a status and a Cache-Status detail.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
+    pub async fn handle(self: Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
         let loop_ids: Vec<String> = req
             .headers()
@@ -196,7 +195,7 @@ impl Proxy {
         resp
     }
 
-    async fn dispatch(self: &Arc<Self>, req: Request<Incoming>, client: Client) -> Response<UpstreamBody> {
+    async fn dispatch(self: &Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let authority = match crate::key::request_authority(req.uri(), req.headers()) {
             Ok(a) => a,
             Err(e) => {
@@ -268,7 +267,7 @@ impl Proxy {
 
     async fn lookup(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<UpstreamBody>,
         target: Target,
         client: Client,
     ) -> Response<UpstreamBody> {

@@ -210,8 +210,15 @@ async fn a_full_disk_answers_503_and_loses_nothing_once_space_is_back() {
 async fn the_log_stays_bounded_across_thousands_of_purges_and_restarts() {
     let origin = Origin::start().await;
     let dir = temp_dir("compact");
-    let node = Fresco::start_in(&dir, &origin.url(), &[]);
-    let token = node.token();
+    // The generated local token is rate limited; a bulk job uses its own.
+    let token = "bulk-token-0123456789abcdef".to_string();
+    let cfg = dir.join("fresco.toml");
+    std::fs::create_dir_all(&dir).unwrap();
+    let table = format!(
+        "[[token]]\nname = \"bulk\"\nsecret = \"{token}\"\nscopes = [\"all\"]\nrate = 100000\nburst = 100000\n"
+    );
+    std::fs::write(&cfg, table).unwrap();
+    let node = Fresco::start_in(&dir, &origin.url(), &["--config", cfg.to_str().unwrap()]);
     const N: usize = 2_600;
     let mut acknowledged: Vec<(u64, String)> = Vec::with_capacity(N);
     let (node_ref, token) = (&node, token.as_str());

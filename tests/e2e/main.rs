@@ -10,6 +10,7 @@ mod log_durability;
 mod model;
 mod poisoning;
 mod proxying;
+mod security;
 mod stampede;
 mod store;
 mod trust;

@@ -277,3 +277,21 @@ async fn client_framing_errors_are_client_errors_and_unsafe_methods_are_not_forw
     let origin_errors = crate::harness::metric(&fresco, "fresco_origin_errors_total").await;
     assert_eq!(origin_errors, 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_request_body_past_max_request_body_gets_413() {
+    let origin = Origin::start().await;
+    origin.route("/upload", Reply::ok("stored"));
+    let fresco = Fresco::start(&origin.url(), &["--max-request-body", "1KiB"]);
+    let chunk = "x".repeat(1000);
+    let mut request =
+        String::from("POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    for _ in 0..4 {
+        request.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+    }
+    request.push_str("0\r\n\r\n");
+    let reply = raw(&fresco, request.as_bytes()).await;
+    assert!(status_line(&reply).contains("413"), "{reply}");
+    let small = crate::harness::send_body("POST", &fresco.url("/upload"), &[], Bytes::from_static(b"ok")).await;
+    assert_eq!(small.status, 200, "a body within the limit is forwarded");
+}
