@@ -122,6 +122,18 @@ pub fn head_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
     same(&ETAG) && same(&LAST_MODIFIED) && same(&CONTENT_LENGTH)
 }
 
+/// True when `head` carries a validator (a strong ETag, or Last-Modified)
+/// equal to the stored one: proof that it describes the stored content.
+pub fn validator_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
+    fn strong_tag(h: &HeaderMap) -> Option<EntityTag<'_>> {
+        h.get(ETAG).and_then(|v| v.to_str().ok()).and_then(parse_etag).filter(|t| !t.weak)
+    }
+    match (strong_tag(stored), strong_tag(head)) {
+        (Some(a), Some(b)) => a.opaque == b.opaque,
+        _ => head.get(LAST_MODIFIED).is_some_and(|lm| stored.get(LAST_MODIFIED) == Some(lm)),
+    }
+}
+
 /// §3.2: update stored header fields from a 304 or HEAD response. Every
 /// field in `update` replaces the stored one, except hop-by-hop fields,
 /// Content-Length (the stored content is unchanged), and fields the cache
@@ -152,6 +164,16 @@ mod tests {
 
     fn at(secs: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000 + secs)
+    }
+
+    #[test]
+    fn a_validator_match_needs_a_validator() {
+        let stored = headers(&[("etag", "\"v1\""), ("content-length", "2")]);
+        assert!(validator_matches(&stored, &headers(&[("etag", "\"v1\"")])));
+        assert!(!validator_matches(&stored, &headers(&[("etag", "\"v2\"")])));
+        assert!(!validator_matches(&stored, &headers(&[("content-length", "2")])), "a length proves nothing");
+        let lm = headers(&[("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")]);
+        assert!(validator_matches(&lm, &lm));
     }
 
     #[test]

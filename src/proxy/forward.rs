@@ -240,9 +240,14 @@ impl Proxy {
         let (resp_parts, _) = resp.into_parts();
         status.fwd_status = Some(resp_parts.status.as_u16());
         if resp_parts.status == StatusCode::OK
-            && let Candidate::Found(obj, _) = self.candidate(target, &parts.headers)
+            && let Candidate::Found(obj, state) = self.candidate(target, &parts.headers)
         {
-            if conditional::head_matches(&obj.headers.to_map(), &resp_parts.headers) {
+            let stored = obj.headers.to_map();
+            // A soft purge promises revalidation with validators: a HEAD
+            // that matches only by Content-Length proves nothing about the
+            // stored body.
+            let proven = !state.soft_invalidated || conditional::validator_matches(&stored, &resp_parts.headers);
+            if proven && conditional::head_matches(&stored, &resp_parts.headers) {
                 let rd = RequestDirectives::from_headers(&parts.headers);
                 let times = (request_time, response_time);
                 let asked = Asked { target, headers: &parts.headers, directives: &rd };
