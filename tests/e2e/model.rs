@@ -1368,3 +1368,25 @@ fn model_history_crash_during_purges() {
         get(0, 0),
     ]);
 }
+
+/// A hard purge accepted on a recreated stream is hard on every node, also
+/// for an object stored after the stream was lost.
+#[test]
+fn model_history_hard_purge_on_a_recreated_stream() {
+    replay::<3>(vec![
+        head(0, 0, false),
+        Op::BusWiped,
+        get_on(1, 0, 1),
+        Op::Purge { node: 2, target: Target::Prefix(0), soft: false, via: Via::Api },
+        Op::Get(Get {
+            node: 1,
+            client: 1,
+            path: 1,
+            auth: false,
+            cookie: false,
+            conditional: false,
+            range: None,
+            cc: ReqCc::MaxStale,
+        }),
+    ]);
+}
