@@ -282,6 +282,11 @@ impl Fresco {
         panic!("fresco did not exit within 15 s of SIGTERM");
     }
 
+    /// The process id, to signal the node while requests are in flight.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no flush.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

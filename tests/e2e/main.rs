@@ -7,6 +7,7 @@ mod cluster;
 mod http_caching;
 mod invalidation;
 mod log_durability;
+mod model;
 mod nginx_origin;
 mod poisoning;
 mod proxying;
