@@ -8,7 +8,7 @@
 use std::time::{Duration, SystemTime};
 
 use http::header::{AUTHORIZATION, COOKIE, EXPIRES, HeaderName, LAST_MODIFIED, SET_COOKIE};
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, StatusCode};
 
 use super::age;
 use super::cache_control::{self, CacheControl, FieldScope};
@@ -73,7 +73,6 @@ pub struct ResponsePolicy {
 /// Why a response was not stored; shown in `Cache-Status: detail=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStorable {
-    Method,
     Status,
     NoStoreResponse,
     NoStoreRequest,
@@ -104,7 +103,6 @@ impl NotStorable {
 
     pub fn as_str(self) -> &'static str {
         match self {
-            NotStorable::Method => "method",
             NotStorable::Status => "status",
             NotStorable::NoStoreResponse => "no-store",
             NotStorable::NoStoreRequest => "request-no-store",
@@ -252,7 +250,7 @@ pub fn admit(
     policy: &ResponsePolicy,
     cfg: &PolicyConfig,
 ) -> Result<HeaderMap, NotStorable> {
-    storable(&Method::GET, request, request_headers, status, headers, policy, cfg)?;
+    storable(request, request_headers, status, headers, policy, cfg)?;
     let mut kept = headers.clone();
     super::headers::remove_private_fields(&mut kept, policy.directives.private.as_ref());
     // Even where a class allows storing Set-Cookie responses, the cookie
@@ -261,9 +259,9 @@ pub fn admit(
     Ok(kept)
 }
 
-/// §3: may a shared cache store this response to this request?
+/// §3: may a shared cache store this response to a GET request? (Fresco
+/// stores GET responses only; a HEAD is answered from them, §4.3.5.)
 fn storable(
-    method: &Method,
     request: &RequestDirectives,
     request_headers: &HeaderMap,
     status: StatusCode,
@@ -272,10 +270,6 @@ fn storable(
     cfg: &PolicyConfig,
 ) -> Result<(), NotStorable> {
     let d = &policy.directives;
-    // Fresco stores GET responses; a HEAD is answered from them (§4.3.5).
-    if method != Method::GET {
-        return Err(NotStorable::Method);
-    }
     if status.is_informational() || status == StatusCode::NOT_MODIFIED || status == StatusCode::PARTIAL_CONTENT {
         return Err(NotStorable::Status);
     }
@@ -356,7 +350,7 @@ mod tests {
     fn can_store_for(status: u16, h: &HeaderMap, req: &HeaderMap) -> Result<(), NotStorable> {
         let p = analyse(status, h);
         let rd = RequestDirectives::from_headers(req);
-        storable(&Method::GET, &rd, req, StatusCode::from_u16(status).unwrap(), h, &p, &PolicyConfig::default())
+        storable(&rd, req, StatusCode::from_u16(status).unwrap(), h, &p, &PolicyConfig::default())
     }
 
     fn admit_for(h: &HeaderMap, cfg: &PolicyConfig) -> Result<HeaderMap, NotStorable> {

@@ -427,6 +427,22 @@ pub async fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: 
     Got { status, headers, body }
 }
 
+/// `n` concurrent GETs of `url`, each on its own connection, answers in
+/// request order.
+pub async fn burst(url: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> Vec<Got> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let u = url.to_string();
+            tokio::spawn(async move { send("GET", &u, headers).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
 pub async fn get(url: &str) -> Got {
     send("GET", url, &[]).await
 }

@@ -6,25 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::harness::{Fresco, Got, Origin, Reply, eventually, get, metric, send, temp_dir, wait_until_stale};
-
-async fn burst(url: &str, n: usize) -> Vec<Got> {
-    burst_with(url, n, &[]).await
-}
-
-async fn burst_with(url: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> Vec<Got> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let u = url.to_string();
-            tokio::spawn(async move { send("GET", &u, headers).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
-}
+use crate::harness::{Fresco, Origin, Reply, burst, eventually, get, metric, send, temp_dir, wait_until_stale};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_cold_requests_cause_one_origin_request() {
@@ -32,7 +14,7 @@ async fn five_hundred_cold_requests_cause_one_origin_request() {
     let body: String = (0..20_000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
     origin.route("/cold", Reply::ok(&body).header("cache-control", "max-age=60").delay(Duration::from_millis(300)));
     let fresco = Fresco::start(&origin.url(), &[]);
-    let responses = burst(&fresco.url("/cold"), 500).await;
+    let responses = burst(&fresco.url("/cold"), 500, &[]).await;
     for r in &responses {
         assert_eq!(r.status, 200);
         assert_eq!(r.text(), body, "every client gets the full, correct body");
@@ -55,7 +37,7 @@ async fn uncacheable_answer_is_never_shared_between_clients() {
         Reply::ok(&format!("user-{i}")).header("cache-control", "private, max-age=60").delay(Duration::from_millis(300))
     });
     let fresco = Fresco::start(&origin.url(), &[]);
-    let responses = burst(&fresco.url("/me"), 40).await;
+    let responses = burst(&fresco.url("/me"), 40, &[]).await;
     let bodies: HashSet<String> = responses.iter().map(|r| r.text()).collect();
     assert_eq!(bodies.len(), 40, "no client got another client's private response");
     assert_eq!(origin.hits("/me"), 40);
@@ -87,7 +69,7 @@ async fn rfc5861_stale_while_revalidate_answers_at_once_with_one_revalidation() 
     assert_eq!(stored.text(), "v1");
     version.store(2, Ordering::SeqCst);
     wait_until_stale(&fresco, "/swr", &stored).await;
-    let responses = burst(&fresco.url("/swr"), 50).await;
+    let responses = burst(&fresco.url("/swr"), 50, &[]).await;
     assert!(!finished.load(Ordering::SeqCst), "every client was answered before the revalidation finished");
     for r in &responses {
         assert_eq!(r.text(), "v1");
@@ -180,7 +162,7 @@ async fn origin_shield_coalesces_children() {
     let (url_a, url_b) = (a.url("/shared"), b.url("/shared"));
     // Clients reach every edge under the site's one host name.
     const SITE: &[(&str, &str)] = &[("host", "shop.test")];
-    let (ra, rb) = tokio::join!(burst_with(&url_a, 20, SITE), burst_with(&url_b, 20, SITE));
+    let (ra, rb) = tokio::join!(burst(&url_a, 20, SITE), burst(&url_b, 20, SITE));
     for r in ra.iter().chain(rb.iter()) {
         assert_eq!(r.text(), "from origin");
         assert_eq!(r.header("cdn-cache-control"), None, "targeted field not sent to clients");
@@ -225,7 +207,7 @@ async fn a_class_may_store_set_cookie_responses_but_never_replays_the_cookie() {
     std::fs::write(&file, "[[class]]\nname = \"landing\"\npath_prefix = \"/landing\"\nstore_set_cookie = true\n")
         .unwrap();
     let fresco = Fresco::start(&origin.url(), &["--config", file.to_str().unwrap()]);
-    let responses = burst(&fresco.url("/landing"), 20).await;
+    let responses = burst(&fresco.url("/landing"), 20, &[]).await;
     let with_cookie = responses.iter().filter(|r| r.header("set-cookie").is_some()).count();
     assert_eq!(with_cookie, 1, "only the client whose request fetched it gets the cookie");
     assert!(responses.iter().all(|r| r.text() == "landing page"));

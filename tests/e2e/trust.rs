@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde_json::json;
 
-use crate::harness::{Fresco, Got, Origin, Reply, get, send, send_body};
+use crate::harness::{Fresco, Origin, Reply, burst, get, send, send_body};
 
 fn client_of(seen: &crate::harness::Seen) -> String {
     seen.headers.get("x-client").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_string()
@@ -21,20 +21,6 @@ async fn hard_purge_url(fresco: &Fresco, url: &str) {
     let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
     let r = send_body("POST", &fresco.admin_url("/api/v1/invalidations"), &headers, Bytes::from(body)).await;
     assert_eq!(r.status, 202, "{}", r.text());
-}
-
-async fn burst(url: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> Vec<Got> {
-    let tasks: Vec<_> = (0..n)
-        .map(|_| {
-            let u = url.to_string();
-            tokio::spawn(async move { send("GET", &u, headers).await })
-        })
-        .collect();
-    let mut out = Vec::with_capacity(n);
-    for t in tasks {
-        out.push(t.await.unwrap());
-    }
-    out
 }
 
 /// The first answer is stored and already stale (it has a validator), so
