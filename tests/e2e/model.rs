@@ -37,7 +37,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Fresco, Got, client};
 use bus::Bus;
-use oracle::{Asked, Invalidation, Oracle, Selects, Violation};
+use oracle::{ATTACKER, Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
 use relay::Relay;
 
@@ -115,9 +115,57 @@ enum Via {
     Events,
 }
 
+/// A field origins act on but the key ignores (issue 9 item 3).
+#[derive(Debug, Clone, Copy)]
+enum Steering {
+    ForwardedHost,
+    ForwardedProto,
+    OriginalUrl,
+    MethodOverride,
+    Forwarded,
+}
+
+impl Steering {
+    fn field(self) -> (&'static str, &'static str) {
+        match self {
+            Steering::ForwardedHost => ("x-forwarded-host", "evil.example"),
+            Steering::ForwardedProto => ("x-forwarded-proto", "evil"),
+            Steering::OriginalUrl => ("x-original-url", "/evil"),
+            Steering::MethodOverride => ("x-http-method-override", "evil"),
+            Steering::Forwarded => ("forwarded", "host=evil.example"),
+        }
+    }
+}
+
+/// One of issue 9's poisoning techniques, each carrying the marker the
+/// origin reflects (`evil`, or the attacker's session).
+#[derive(Debug, Clone, Copy)]
+enum Attack {
+    Steer(Steering),
+    /// `Cache-Control: no-cache` (a forced validation) with a steering field.
+    NoCacheSteer(Steering),
+    /// A GET whose body is itself a request line (item 1).
+    GetWithBody,
+    /// `GET http://evil.example/<path>` with `Host: <fresco>` (item 2).
+    AbsoluteForm,
+    /// `/<case>/evil/%2e%2e/<rest of path>` (item 2).
+    DotSegments,
+    /// The attacker's session cookie on a path the origin answers with
+    /// only Last-Modified (item 5, cache deception).
+    CookieDeception,
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Get(Get),
+    /// An attacker's request, then a plain GET of the same path by `victim`
+    /// (issue 9).
+    Attack {
+        node: usize,
+        path: usize,
+        attack: Attack,
+        victim: usize,
+    },
     Head {
         node: usize,
         client: usize,
@@ -258,6 +306,29 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         });
         let post = (node.clone(), 0..CLIENTS, path(), proptest::option::weighted(0.6, 0..GROUPS))
             .prop_map(|(node, client, path, group)| Op::Post { node, client, path, group });
+        let steering = || {
+            prop_oneof![
+                Just(Steering::ForwardedHost),
+                Just(Steering::ForwardedProto),
+                Just(Steering::OriginalUrl),
+                Just(Steering::MethodOverride),
+                Just(Steering::Forwarded),
+            ]
+        };
+        let attack = prop_oneof![
+            steering().prop_map(Attack::Steer),
+            steering().prop_map(Attack::NoCacheSteer),
+            Just(Attack::GetWithBody),
+            Just(Attack::AbsoluteForm),
+            Just(Attack::DotSegments),
+            Just(Attack::CookieDeception),
+        ];
+        let attack = (node.clone(), path(), attack, 0..CLIENTS).prop_map(|(node, path, attack, victim)| Op::Attack {
+            node,
+            path,
+            attack,
+            victim,
+        });
         let restart = (node.clone(), any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
         let crash = (node, 2..12usize, 0..40u8).prop_map(|(node, purges, after_ms)| Op::CrashDuringPurges {
             node,
@@ -266,6 +337,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         });
         let common = prop_oneof![
             10 => get,
+            3 => attack,
             4 => head,
             2 => burst,
             4 => (path(), shape()).prop_map(|(path, shape)| Op::Shape { path, shape }),
@@ -472,6 +544,25 @@ async fn request(method: &str, url: &str, headers: &[(String, String)], body: By
         .map_err(|_| format!("{method} {url}: no response within 30 s"))?
 }
 
+/// One request on a connection of its own, sent as built (an
+/// absolute-form target stays absolute; a GET body goes with its
+/// Content-Length).
+async fn raw_exchange(addr: std::net::SocketAddr, req: Request<Full<Bytes>>) -> Result<Got, String> {
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        tokio::spawn(conn);
+        let resp = send.send_request(req).await.map_err(|e| format!("{e:?}"))?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+        Ok(Got { status, headers, body })
+    };
+    tokio::time::timeout(Duration::from_secs(30), exchange).await.map_err(|_| "no response within 30 s".to_string())?
+}
+
 fn describe(got: &Got) -> String {
     let mut out = format!("response {}:", got.status);
     for (k, v) in &got.headers {
@@ -574,6 +665,86 @@ impl Case {
         let asked = self.asked(node, client, path, Method::HEAD, auth);
         let h = Self::headers(&asked);
         self.exchange(op, &asked, &h).await;
+    }
+
+    /// Sends the attacker's request over its own TCP connection (HTTP/1.1
+    /// written by hyper, so the target and framing are exactly as built
+    /// here), then a victim's plain GET; the oracle checks both.
+    async fn attack(&mut self, op: &Op, node: usize, path: usize, attack: Attack, victim: usize) {
+        let p = self.path(path);
+        let rid = self.rid();
+        let asked = Asked {
+            node,
+            client: ATTACKER.to_string(),
+            rid: rid.clone(),
+            method: Method::GET,
+            path: p.clone(),
+            auth: false,
+            max_stale: false,
+        };
+        let addr = self.env().fresco(node).data;
+        let mut target = p.clone();
+        let mut host = HOST.to_string();
+        let mut body = Bytes::new();
+        let mut h = vec![("x-client", ATTACKER.to_string()), ("x-request-id", rid)];
+        match attack {
+            Attack::Steer(s) => h.push((s.field().0, s.field().1.to_string())),
+            Attack::NoCacheSteer(s) => {
+                h.push(("cache-control", "no-cache".into()));
+                h.push((s.field().0, s.field().1.to_string()));
+            }
+            Attack::GetWithBody => {
+                body = Bytes::from(format!("GET /evil{p} HTTP/1.1\r\nHost: evil.example\r\n\r\n"));
+                h.push(("connection", "close".into()));
+            }
+            Attack::AbsoluteForm => {
+                target = format!("http://evil.example{p}");
+                host = addr.to_string();
+                h.push(("connection", "close".into()));
+            }
+            Attack::DotSegments => {
+                let case = format!("/m{}", self.run);
+                target = format!("{case}/evil/%2e%2e{}", &p[case.len()..]);
+            }
+            Attack::CookieDeception => {
+                let heuristic = Shape {
+                    cc: Cc::Heuristic,
+                    etag: false,
+                    last_modified: true,
+                    cookie: Cookie::Never,
+                    stale_if_error: false,
+                };
+                self.env().origin.set_shape(&p, heuristic);
+                h.push(("cookie", origin::ATTACKER_SESSION.into()));
+            }
+        }
+        h.push(("host", host));
+        let mut req = Request::builder().method("GET").uri(&target);
+        for (k, v) in &h {
+            req = req.header(*k, v.as_str());
+        }
+        let req = req.body(Full::new(body)).expect("attack request");
+        let got = match raw_exchange(addr, req).await {
+            Ok(g) => g,
+            Err(e) => {
+                self.fail(op, Violation { invariant: "every request to a live node gets a response", detail: e }, "")
+            }
+        };
+        if let Some(v) = self.oracle.check(&self.env().origin, &asked, &got).into_iter().find(|v| !ignored(v.invariant))
+        {
+            self.fail(op, v, &format!("attack GET {target} {h:?}\n  {}", describe(&got)));
+        }
+        let g = Get {
+            node,
+            client: victim,
+            path,
+            auth: false,
+            cookie: false,
+            conditional: false,
+            range: None,
+            cc: ReqCc::Plain,
+        };
+        self.get(op, &g).await;
     }
 
     async fn burst(&mut self, op: &Op, node: usize, path: usize, who: &[(usize, bool)]) {
@@ -902,6 +1073,7 @@ impl Case {
         rt.block_on(async {
             match op {
                 Op::Get(g) => self.get(op, g).await,
+                Op::Attack { node, path, attack, victim } => self.attack(op, *node, *path, *attack, *victim).await,
                 Op::Head { node, client, path, auth } => self.head(op, *node, *client, *path, *auth).await,
                 Op::Burst { node, path, who } => self.burst(op, *node, *path, who).await,
                 Op::Shape { path, shape } => self.env().origin.set_shape(&self.path(*path), *shape),
@@ -1401,4 +1573,32 @@ fn model_history_hard_purge_on_a_recreated_stream() {
             cc: ReqCc::MaxStale,
         }),
     ]);
+}
+
+/// Issue 9: each poisoning technique, on a stored and on a missing object,
+/// and then a victim: nobody but the attacker sees what it shaped.
+#[test]
+fn model_history_attackers() {
+    let steering = [
+        Steering::ForwardedHost,
+        Steering::ForwardedProto,
+        Steering::OriginalUrl,
+        Steering::MethodOverride,
+        Steering::Forwarded,
+    ];
+    let mut attacks: Vec<Attack> =
+        steering.iter().flat_map(|s| [Attack::Steer(*s), Attack::NoCacheSteer(*s)]).collect();
+    attacks.extend([Attack::GetWithBody, Attack::AbsoluteForm, Attack::DotSegments, Attack::CookieDeception]);
+    let mut ops = Vec::new();
+    for attack in attacks {
+        // Path 0 holds a stored object; path 1 is purged first, so the
+        // attacker's request is the one that fills it.
+        ops.push(get(0, 0));
+        ops.push(Op::Purge { node: 0, target: Target::Path(1), soft: false, via: Via::Api });
+        for path in [0, 1] {
+            ops.push(Op::Attack { node: 0, path, attack, victim: 1 });
+            ops.push(get(2, path));
+        }
+    }
+    replay::<1>(ops);
 }

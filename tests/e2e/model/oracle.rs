@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use http::Method;
 
-use super::origin::{ModelOrigin, Production};
+use super::origin::{MARKER, ModelOrigin, Production};
 use crate::harness::Got;
 
 /// What an invalidation selects, in the model's terms.
@@ -39,6 +39,9 @@ pub(crate) struct Invalidation {
     /// the log for longer than `max_log_silence`).
     pub not_before: Vec<(usize, Instant)>,
 }
+
+/// The `X-Client` of the attacker's requests (issue 9).
+pub(crate) const ATTACKER: &str = "attacker";
 
 /// A request as the test sent it.
 #[derive(Debug, Clone)]
@@ -145,14 +148,36 @@ impl Oracle {
 
     /// Checks one response against every invariant.
     pub(crate) fn check(&self, origin: &ModelOrigin, asked: &Asked, got: &Got) -> Vec<Violation> {
+        if asked.client == ATTACKER {
+            return self.check_attacker(origin, asked, got);
+        }
         let mut found = Vec::new();
         match Self::sources(origin, asked, got) {
             Ok(Some(sources)) => {
                 found.extend(self.check_invalidations(asked, got, &sources).err());
                 found.extend(check_private(asked, &sources).err());
+                found.extend(check_not_attacker_shaped(&sources).err());
             }
             Ok(None) => {}
             Err(v) => found.push(v),
+        }
+        found.extend(self.check_cookies(origin, asked, got).err());
+        found.extend(check_private_field(origin, asked, got).err());
+        found.extend(check_no_marker(origin, got).err());
+        found
+    }
+
+    /// The attacker may get anything for its own requests (a refusal, its
+    /// own steered content, content stored under another key), but nothing
+    /// that is personal to another client.
+    fn check_attacker(&self, origin: &ModelOrigin, asked: &Asked, got: &Got) -> Vec<Violation> {
+        let mut found = Vec::new();
+        let serial = got.text().trim_end().rsplit("n=").next().and_then(|n| n.parse::<u64>().ok());
+        if got.status == 200
+            && let Some(p) = serial.and_then(|n| origin.production(n))
+            && p.body.as_deref() == Some(&got.body[..])
+        {
+            found.extend(check_private(asked, &[p]).err());
         }
         found.extend(self.check_cookies(origin, asked, got).err());
         found.extend(check_private_field(origin, asked, got).err());
@@ -282,6 +307,47 @@ fn check_private_field(origin: &ModelOrigin, asked: &Asked, got: &Got) -> Result
             }
             None => return Err(violation("every X-Secret comes from the origin", format!("X-Secret {v:?}"))),
         }
+    }
+    Ok(())
+}
+
+/// Issue 9: no other client gets content the origin produced for a request
+/// an attacker shaped (a steering field, a body, a host or target it chose,
+/// its own session's page), whatever the store did with it.
+fn check_not_attacker_shaped(sources: &[Production]) -> Result<(), Violation> {
+    if sources.iter().all(|p| p.steered || p.attacker_page) {
+        let p = &sources[0];
+        return Err(violation(
+            "no client gets a response an attacker's request shaped",
+            format!(
+                "production {} for {} ({}) shape {:?}: steered={} attacker_page={}",
+                p.serial, p.client, p.rid, p.shape.cc, p.steered, p.attacker_page
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Issue 9: nothing a client other than the attacker gets carries the
+/// attacker's marker, nor header fields of a production the attacker
+/// steered (a 304 merged into a stored response, say).
+fn check_no_marker(origin: &ModelOrigin, got: &Got) -> Result<(), Violation> {
+    const INVARIANT: &str = "no client gets a response an attacker's request shaped";
+    let marked = |bytes: &[u8]| bytes.windows(MARKER.len()).any(|w| w.eq_ignore_ascii_case(MARKER.as_bytes()));
+    if marked(&got.body) {
+        return Err(violation(INVARIANT, format!("the attacker's marker in the body {:?}", got.text())));
+    }
+    for (name, value) in &got.headers {
+        if marked(value.as_bytes()) {
+            return Err(violation(INVARIANT, format!("the attacker's marker in {name}: {value:?}")));
+        }
+    }
+    let by_header = got.header("x-serial").and_then(|s| s.parse().ok()).and_then(|n| origin.production(n));
+    if let Some(p) = by_header.filter(|p| p.steered) {
+        return Err(violation(
+            INVARIANT,
+            format!("header fields of production {} steered by {} ({})", p.serial, p.client, p.rid),
+        ));
     }
     Ok(())
 }

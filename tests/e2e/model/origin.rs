@@ -7,6 +7,12 @@
 //! shape, any cookie or private field it carried) so the oracle can tell
 //! where any byte a client receives came from.
 //!
+//! Like the origins web cache poisoning targets, it *reflects* what shapes
+//! a response: the body echoes the Host, the raw request target, the
+//! steering fields (`X-Forwarded-Host`, `Forwarded`, ...), the cookie and
+//! any request body it received, and a production whose request carried
+//! an attacker's marker is recorded as such (`steered`, `attacker_page`).
+//!
 //! The *epoch* is bumped by the test just before it sends an invalidation
 //! (and by the origin itself when it answers a POST), so "content produced
 //! before the invalidation was sent" is exactly "epoch below the
@@ -154,7 +160,29 @@ pub(crate) struct Production {
     pub auth: bool,
     /// The body of a GET 200.
     pub body: Option<Bytes>,
+    /// The request the origin received carried the attacker's marker
+    /// ([`MARKER`]) in something it reflects: everything it produced
+    /// (body and header fields) was shaped by the attacker.
+    pub steered: bool,
+    /// The body is the attacker's own page: the request carried the
+    /// attacker's session cookie and the response has only heuristic
+    /// freshness (the cache-deception case).
+    pub attacker_page: bool,
 }
+
+/// What every attacker request puts in whatever it uses to steer the
+/// origin (a host, a scheme, a path, a method, a body).
+pub(crate) const MARKER: &str = "evil";
+/// The attacker's session cookie value.
+pub(crate) const ATTACKER_SESSION: &str = "session=attacker";
+
+/// Request fields the origin acts on (and so reflects) although a cache
+/// key does not include them.
+const STEERING: [&str; 5] =
+    ["x-forwarded-host", "x-forwarded-proto", "x-original-url", "x-http-method-override", "forwarded"];
+/// The echo is padded to this width, so that every legitimate body of a
+/// path has the same length (see `produce`).
+const ECHO_WIDTH: usize = 160;
 
 #[derive(Debug, Clone)]
 struct PathState {
@@ -290,7 +318,7 @@ fn etag(path: &str, version: u32, epoch: u64) -> String {
     format!("\"{}-v{version}-e{epoch}\"", path.trim_start_matches('/').replace('/', "."))
 }
 
-fn header<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
+fn header<'a, B>(req: &'a Request<B>, name: &str) -> &'a str {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
@@ -299,8 +327,54 @@ fn none_match(list: &str, tag: &str) -> bool {
     list.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == tag)
 }
 
+/// Keeps a reflected value on one line of visible ASCII without spaces.
+fn visible(value: &[u8]) -> String {
+    value.iter().map(|b| if b.is_ascii_graphic() { char::from(*b) } else { '_' }).collect()
+}
+
+/// The path as an origin that resolves it would look it up: `%2e` decoded
+/// and dot segments removed (RFC 3986 §5.2.4), so that a target Fresco
+/// forwarded unnormalised would still find the content it names.
+fn resolve(path: &str) -> String {
+    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let mut out: Vec<&str> = Vec::new();
+    for seg in decoded.split('/').skip(1) {
+        match seg {
+            "." => {}
+            ".." => {
+                out.pop();
+            }
+            s => out.push(s),
+        }
+    }
+    format!("/{}", out.join("/"))
+}
+
+/// What the origin reflects of a request: everything that may shape the
+/// response besides the path it names.
+fn echo(req: &Request<()>, body: &[u8]) -> String {
+    let mut e = format!(
+        "host={};target={}",
+        visible(header(req, "host").as_bytes()),
+        visible(req.uri().to_string().as_bytes())
+    );
+    for name in STEERING {
+        for v in req.headers().get_all(name) {
+            e.push_str(&format!(";{name}={}", visible(v.as_bytes())));
+        }
+    }
+    if let Some(c) = req.headers().get(http::header::COOKIE) {
+        e.push_str(&format!(";cookie={}", visible(c.as_bytes())));
+    }
+    if !body.is_empty() {
+        e.push_str(&format!(";body={}", visible(body)));
+    }
+    format!("{e:.<ECHO_WIDTH$}")
+}
+
 async fn answer(st: &Mutex<State>, base: SystemTime, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    let path = req.uri().path().to_string();
+    let path = resolve(req.uri().path());
+    let attacker_session = header(&req, "cookie").contains(ATTACKER_SESSION);
     let method = req.method().clone();
     let client = header(&req, "x-client").to_string();
     let rid = header(&req, "x-request-id").to_string();
@@ -313,15 +387,23 @@ async fn answer(st: &Mutex<State>, base: SystemTime, req: Request<Incoming>) -> 
         .and_then(|v| httpdate::parse_http_date(v).ok());
     let invalidate_group = header(&req, "x-invalidate-group").to_string();
     let (parts, body) = req.into_parts();
-    let _ = body.collect().await;
-    drop(parts);
+    let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let req = Request::from_parts(parts, ());
+    let echo = echo(&req, &body);
+    let from = Reflected { echo, attacker_session };
 
     let (resp, delay) =
-        produce(&mut st.lock().unwrap(), base, method, path, client, rid, auth, inm, ims, invalidate_group);
+        produce(&mut st.lock().unwrap(), base, method, path, client, rid, auth, inm, ims, invalidate_group, from);
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     resp
+}
+
+/// What the origin took from a request besides its path and validators.
+struct Reflected {
+    echo: String,
+    attacker_session: bool,
 }
 
 /// The response for a request, recorded as a production.
@@ -337,6 +419,7 @@ fn produce(
     inm: Option<String>,
     ims: Option<SystemTime>,
     invalidate_group: String,
+    from: Reflected,
 ) -> (Response<Full<Bytes>>, Duration) {
     if method == Method::POST {
         // A POST changes the resource: what was produced before is old.
@@ -370,13 +453,17 @@ fn produce(
         _ => None,
     };
     let secret = (shape.cc == Cc::PrivateField).then(|| format!("{client}-{serial}"));
-    // Fixed-width numbers: every body of a path has the same length, so
-    // Content-Length alone never tells two productions apart (§4.3.5).
+    // Fixed-width numbers and a padded echo: every legitimate body of a
+    // path has the same length, so Content-Length alone never tells two
+    // productions apart (§4.3.5).
     let text = format!(
-        "path={path} v={:04} e={epoch:06} client={client} rid={rid} auth={} n={serial:08}\n",
+        "path={path} v={:04} e={epoch:06} client={client} rid={rid} auth={} echo={} n={serial:08}\n",
         ps.version,
-        u8::from(auth)
+        u8::from(auth),
+        from.echo
     );
+    let steered = from.echo.contains(MARKER);
+    let attacker_page = from.attacker_session && shape.cc == Cc::Heuristic;
     let body = Bytes::from(text);
     let mut resp =
         Response::new(Full::new(if status == 200 && method == Method::GET { body.clone() } else { Bytes::new() }));
@@ -413,6 +500,10 @@ fn produce(
     if let Some(s) = &secret {
         add("x-secret", s.clone());
     }
+    if steered {
+        // Like a reflected Link or Location field.
+        add("x-echo", from.echo.clone());
+    }
     if method == Method::HEAD && status == 200 {
         // The length the GET would have (§9.3.2).
         add("content-length", body.len().to_string());
@@ -427,6 +518,8 @@ fn produce(
         shape,
         auth,
         body: (status == 200 && method == Method::GET).then_some(body),
+        steered,
+        attacker_page,
     });
     st.by_path.entry(path).or_default().push(serial);
     (resp, ps.delay)
