@@ -127,12 +127,10 @@ pub fn reuse(
         return Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
     }
     let staleness = stored.staleness(now);
-    // A client's max-stale only reaches responses the origin declared
-    // cacheable for some time. One stale on arrival (no freshness, or
-    // max-age=0) was kept only to be revalidated: it may have been
-    // personalised for the client that caused it, so nobody else gets it
-    // without validation.
-    let client_may_accept = !stored.lifetime.is_zero();
+    // A response stale on arrival (no freshness, or max-age=0) to a request
+    // with credentials may have been personalised for that client: it was
+    // kept only to be revalidated, so a client's max-stale does not reach it.
+    let client_may_accept = !stored.only_revalidated();
     let accepted = client_may_accept
         && match req.cc.max_stale {
             Some(MaxStale::Any) => true,
@@ -170,7 +168,7 @@ pub fn stale_if_error(
         return true;
     }
     let staleness = stored.staleness(now);
-    let client = if stored.lifetime.is_zero() {
+    let client = if stored.only_revalidated() {
         None
     } else {
         match (req.cc.stale_if_error, req.cc.max_stale) {
@@ -251,6 +249,22 @@ mod tests {
     fn rfc9111_5_2_1_3_request_min_fresh() {
         assert_eq!(decide("min-fresh=30", "max-age=60", 30), Reuse::Fresh);
         assert_eq!(decide("min-fresh=30", "max-age=60", 31), BY_REQUEST);
+    }
+
+    #[test]
+    fn max_stale_never_reaches_a_never_fresh_response_fetched_with_credentials() {
+        assert_eq!(decide("max-stale", "max-age=0", 10), Reuse::StaleAccepted, "anonymous: RFC 9111 §5.2.1.2");
+        let mut personal = stored("max-age=0");
+        personal.credentialed = true;
+        let r = reuse(&req("max-stale"), &personal, ObjectState::default(), StaleDefaults::default(), at(10));
+        assert_eq!(r, STALE, "only revalidated");
+        assert!(!stale_if_error(
+            &req("max-stale"),
+            &personal,
+            ObjectState::default(),
+            StaleDefaults::default(),
+            at(10)
+        ));
     }
 
     #[test]

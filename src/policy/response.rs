@@ -68,6 +68,9 @@ pub struct ResponsePolicy {
     pub request_time: SystemTime,
     pub response_time: SystemTime,
     pub corrected_initial_age: Duration,
+    /// The request that fetched it carried `Cookie` or `Authorization`, so
+    /// the response may have been personalised for that client.
+    pub credentialed: bool,
 }
 
 /// Why a response was not stored; shown in `Cache-Status: detail=`.
@@ -144,7 +147,16 @@ impl ResponsePolicy {
         let (directives, source) = governing_directives(headers, cfg);
         let corrected_initial_age = age::corrected_initial_age(headers, request_time, response_time);
         let (lifetime, heuristic) = freshness_lifetime(status, headers, &directives, &source, response_time, cfg);
-        ResponsePolicy { directives, source, lifetime, heuristic, request_time, response_time, corrected_initial_age }
+        ResponsePolicy {
+            directives,
+            source,
+            lifetime,
+            heuristic,
+            request_time,
+            response_time,
+            corrected_initial_age,
+            credentialed: false,
+        }
     }
 
     /// `current_age` (§4.2.3) at `now`.
@@ -167,6 +179,13 @@ impl ResponsePolicy {
     pub fn shareable_with_authorization(&self) -> bool {
         let d = &self.directives;
         d.public || d.must_revalidate || d.s_maxage.is_some()
+    }
+
+    /// A response stale on arrival that was fetched with credentials was
+    /// kept only to be revalidated: a client's own max-stale or
+    /// stale-if-error may not hand it to anyone else.
+    pub fn only_revalidated(&self) -> bool {
+        self.lifetime.is_zero() && self.credentialed
     }
 
     /// True when a directive forbids serving this response stale: §4.2.4,

@@ -478,7 +478,9 @@ impl Proxy {
         if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
             cfg.to_mut().store_set_cookie = store_set_cookie;
         }
-        let policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
+        let mut policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
+        policy.credentialed = request_headers.contains_key(http::header::COOKIE)
+            || request_headers.contains_key(http::header::AUTHORIZATION);
         let content_type = hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
         let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg);
         let admitted = admitted.and_then(|kept| match self.settings.classes.refuses(path, content_type) {
