@@ -55,6 +55,11 @@ const QUEUE: usize = 10_000;
 const BATCH: usize = 1_000;
 /// How long to keep trying to set up the stream at start.
 const SETUP: Duration = Duration::from_secs(30);
+/// How long a node tries to reach its bus at start-up before it starts
+/// without it.
+const OFFLINE_START: Duration = Duration::from_secs(3);
+/// Bound on setting up the log consumer; past it the setup starts over.
+const CONSUMER_SETUP: Duration = Duration::from_secs(5);
 /// How often a node acknowledges what it applied: the acknowledgements
 /// fan out to every node, so they are batched rather than sent per entry.
 const REPORT_EVERY: Duration = Duration::from_millis(5);
@@ -258,25 +263,39 @@ impl NatsBus {
         };
         // A NATS cluster that has just started needs a few seconds to elect
         // its JetStream leader.
-        let setup_deadline = tokio::time::Instant::now() + SETUP;
+        let path = cfg.data_dir.join(POSITION_FILE);
+        let persisted = match std::fs::read_to_string(&path) {
+            Ok(text) => Position::parse(&text)
+                .ok_or_else(|| format!("{} is damaged: {text:?}; remove it to start over", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Position::fresh(String::new()),
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        };
+        let started = tokio::time::Instant::now();
         let info = loop {
             match js.get_or_create_stream(stream_config.clone()).await {
-                Ok(s) => break s.cached_info().clone(),
-                Err(e) if tokio::time::Instant::now() < setup_deadline => {
+                Ok(s) => break Some(s.cached_info().clone()),
+                // An edge restarted during a bus outage comes up anyway:
+                // it serves from the origin, trusts nothing it stores, and
+                // reports not ready until it has reached and applied the
+                // log. A bus that answers but whose JetStream is still
+                // electing a leader is waited for.
+                Err(e)
+                    if client.connection_state() != async_nats::connection::State::Connected
+                        && started.elapsed() > OFFLINE_START =>
+                {
+                    tracing::warn!(bus = %cfg.url, error = %e, "the bus is out of reach: starting without it; stored objects are not trusted and the node is not ready until the log is reached");
+                    break None;
+                }
+                Err(e) if started.elapsed() < SETUP => {
                     tracing::debug!(error = %e, "waiting for JetStream");
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Err(e) => return Err(format!("cannot set up the invalidation stream on {}: {e}", cfg.url)),
             }
         };
-        let stream_id = identity(&info);
-        let head = info.state.last_sequence;
-        let path = cfg.data_dir.join(POSITION_FILE);
-        let persisted = match std::fs::read_to_string(&path) {
-            Ok(text) => Position::parse(&text)
-                .ok_or_else(|| format!("{} is damaged: {text:?}; remove it to start over", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Position::fresh(stream_id.clone()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        let (stream_id, head) = match &info {
+            Some(info) => (identity(info), info.state.last_sequence),
+            None => (persisted.stream.clone(), persisted.applied),
         };
         let same = (persisted.stream == stream_id || persisted.stream.is_empty()) && head >= persisted.applied;
         let pos = if same {
@@ -308,7 +327,15 @@ impl NatsBus {
             counters,
             health: supervisor.health.clone(),
             following: Mutex::new(Following { pos, offset: 0, generation: 0 }),
-            contact: Mutex::new(Contact { last: now, head, progress: (0, now), silent: false, stalled: false }),
+            // Started without the bus: the log has never been reached, so
+            // the trust judge distrusts the store from the first tick.
+            contact: Mutex::new(Contact {
+                last: if info.is_some() { now } else { now.checked_sub(cfg.max_log_silence * 2).unwrap_or(now) },
+                head,
+                progress: (0, now),
+                silent: false,
+                stalled: false,
+            }),
             restart: Notify::new(),
             last_applied_ms: AtomicU64::new(0),
             persisting: Arc::default(),
@@ -469,19 +496,20 @@ impl NatsBus {
                 let f = self.lock_following();
                 (f.generation, f.pos.applied + 1)
             };
-            let consumer = match self.js.get_stream(STREAM).await {
-                Ok(stream) => {
-                    let config = consumer::pull::OrderedConfig {
-                        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
-                        ..Default::default()
-                    };
-                    stream.create_consumer(config).await.map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
+            let setup = async {
+                let stream = self.js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+                let config = consumer::pull::OrderedConfig {
+                    deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                    ..Default::default()
+                };
+                let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+                consumer.messages().await.map_err(|e| e.to_string())
             };
-            let messages = match consumer {
-                Ok(c) => c.messages().await.map_err(|e| e.to_string()),
-                Err(e) => Err(e),
+            // A request the bus never answers (it went away mid-setup) must
+            // not leave the node without a consumer for good.
+            let messages = match tokio::time::timeout(CONSUMER_SETUP, setup).await {
+                Ok(m) => m,
+                Err(_) => Err("the bus did not answer in time".to_string()),
             };
             let mut messages = match messages {
                 Ok(m) => m,
@@ -584,7 +612,11 @@ impl NatsBus {
         let id = identity(info);
         let head = info.state.last_sequence;
         let mut f = self.lock_following();
-        if f.pos.stream != id || head < applied_before.min(f.pos.applied) {
+        if f.pos.stream.is_empty() {
+            // First contact of a node that started without the bus and had
+            // never followed a stream: this one is its stream.
+            f.pos.stream = id;
+        } else if f.pos.stream != id || head < applied_before.min(f.pos.applied) {
             self.follow_new_stream(&mut f, id, head);
         }
         let offset = f.offset;

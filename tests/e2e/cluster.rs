@@ -770,3 +770,30 @@ async fn an_unreadable_entry_purges_everything_instead_of_being_skipped() {
     let r = get(&a.url("/u")).await;
     assert!(!r.is_hit() && r.cache_status().contains("detail=invalidated"), "{}", r.cache_status());
 }
+
+/// An edge restarted during a bus outage comes up anyway: it answers from
+/// the origin, trusts nothing it stores and is not ready; once the bus is
+/// back it follows the log and serves hits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_the_bus_is_down_serves_from_the_origin_until_it_reaches_the_log() {
+    let origin = Origin::start().await;
+    origin.route("/page", Reply::ok("page").header("cache-control", "max-age=600"));
+    let mut nats = Nats::start().await;
+    nats.stop();
+    let cfg = config();
+    let edge = node(&origin, &nats.url(), "offline", &temp_dir("offline-start"), &cfg);
+    for _ in 0..3 {
+        let r = get(&edge.url("/page")).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "page"));
+        assert!(!r.is_hit(), "nothing stored is trusted without the log: {}", r.cache_status());
+    }
+    assert_eq!(get(&edge.admin_url("/readyz")).await.status, 503);
+    nats.restart().await;
+    eventually("the node reaches the log and is ready", async || get(&edge.admin_url("/readyz")).await.status == 200)
+        .await;
+    get(&edge.url("/page")).await;
+    assert!(get(&edge.url("/page")).await.is_hit());
+    let accepted = post(&edge, json!({"urls": [format!("http://{}/page", edge.data)]})).await;
+    assert_eq!(accepted.status, 202, "{}", accepted.text());
+    eventually("the purge applies once the log is reached", async || !get(&edge.url("/page")).await.is_hit()).await;
+}

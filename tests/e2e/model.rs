@@ -387,8 +387,9 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             // FRESCO_MODEL_WIPES=1 (scripts/soak.sh sets it), so that CI
             // checks every other history.
             Op::BusWiped => N > 1 && state.bus_up && wipes_enabled(),
-            // A node does not start without its bus (it cannot read the
-            // log's head), so restarts happen while the bus is up.
+            // A node started without its bus comes up only after trying for
+            // a while, not ready (tests/e2e/cluster.rs covers that), so
+            // restarts here happen while the bus is up.
             Op::Restart { node, .. } | Op::CrashDuringPurges { node, .. } => state.bus_up && !state.cut[*node],
             Op::Cut { node } => N > 1 && !state.cut[*node],
             Op::Heal { node } => N > 1 && state.cut[*node],
