@@ -80,7 +80,8 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
-    let body = crate::metrics::render(&state.metrics, state.proxy.store.as_ref(), &state.proxy.invalidations);
+    let position = state.service.membership.position();
+    let body = crate::metrics::render(&state.metrics, state.proxy.store.as_ref(), &state.proxy.invalidations, position);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

@@ -78,7 +78,8 @@ pub fn local_invalidation() {
 }
 
 /// Renders all metrics, with the store's figures as gauges.
-pub fn render(handle: &PrometheusHandle, store: &dyn Store, invalidations: &Invalidations) -> String {
+/// `position` is the version applied in the log the node follows.
+pub fn render(handle: &PrometheusHandle, store: &dyn Store, invalidations: &Invalidations, position: u64) -> String {
     let s = store.stats();
     let mut out = handle.render();
     let gauges = [
@@ -86,7 +87,7 @@ pub fn render(handle: &PrometheusHandle, store: &dyn Store, invalidations: &Inva
         ("fresco_store_keys", "Cache keys in the store.", s.keys),
         ("fresco_store_bytes", "Bytes accounted in the store.", s.bytes),
         ("fresco_store_capacity_bytes", "The store's byte budget.", s.capacity),
-        ("fresco_invalidation_applied_version", "Highest invalidation log version applied.", invalidations.applied()),
+        ("fresco_invalidation_applied_version", "Version applied in the invalidation log this node follows.", position),
         ("fresco_invalidation_records", "Selector records held.", invalidations.records() as u64),
     ];
     for (name, help, value) in gauges {

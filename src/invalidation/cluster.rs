@@ -61,4 +61,7 @@ pub trait Membership: Send + Sync + 'static {
     fn view(&self) -> Nodes<'_>;
     /// The log-side readiness checks of this node.
     fn readiness(&self) -> Vec<Check>;
+    /// The version this node has applied in the log it follows, in the
+    /// numbering the API's versions use (a stream sequence with a bus).
+    fn position(&self) -> u64;
 }

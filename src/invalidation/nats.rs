@@ -816,6 +816,10 @@ impl KeyedLog for NatsBus {
 }
 
 impl Membership for NatsBus {
+    fn position(&self) -> u64 {
+        self.lock_following().pos.applied
+    }
+
     fn view(&self) -> Nodes<'_> {
         Box::pin(async move {
             let mut nodes: Vec<NodeInfo> = {
@@ -899,6 +903,10 @@ pub struct Alone {
 }
 
 impl Membership for Alone {
+    fn position(&self) -> u64 {
+        self.invalidations.applied()
+    }
+
     fn view(&self) -> Nodes<'_> {
         Box::pin(async move {
             let applied = self.invalidations.applied();

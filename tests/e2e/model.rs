@@ -383,7 +383,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             Op::BusDown => N > 1 && state.bus_up,
             Op::BusUp => N > 1 && !state.bus_up,
             // The bus losing its storage (the stream recreated) still has
-            // open findings (F9, F10, F12 in the README): generated only when
+            // open findings (F9, F10 in the README): generated only when
             // FRESCO_MODEL_WIPES=1 (scripts/soak.sh sets it), so that CI
             // checks every other history.
             Op::BusWiped => N > 1 && state.bus_up && wipes_enabled(),
@@ -1556,7 +1556,6 @@ fn model_history_crash_during_purges() {
 /// A hard purge accepted on a recreated stream is hard on every node, also
 /// for an object stored after the stream was lost.
 #[test]
-#[ignore = "open finding F12: a hard purge on a recreated stream may be only soft on a node that has not noticed the new stream"]
 fn model_history_hard_purge_on_a_recreated_stream() {
     replay::<3>(vec![
         head(0, 0, false),
