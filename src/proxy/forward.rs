@@ -1,6 +1,7 @@
 //! Requests Fresco does not answer from its store: unsafe methods (with the
-//! invalidation RFC 9111 §4.4 requires), authenticated requests, and HEAD
-//! requests that miss (with the freshening of §4.3.5).
+//! invalidation RFC 9111 §4.4 requires), GET and HEAD requests with content,
+//! HEAD requests that miss (with the freshening of §4.3.5), and `PURGE`;
+//! and the one place that builds every request sent upstream.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -34,7 +35,7 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 /// poisoning research found reflected into cacheable responses. Removed
 /// from GET and HEAD requests unless named in `key_headers`; Fresco sets
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` itself.
-pub(crate) const STEERING_FIELDS: [HeaderName; 20] = [
+const STEERING_FIELDS: [HeaderName; 20] = [
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
     HeaderName::from_static("x-forwarded-server"),
@@ -56,6 +57,7 @@ pub(crate) const STEERING_FIELDS: [HeaderName; 20] = [
     HeaderName::from_static("x-http-method"),
     HeaderName::from_static("x-method-override"),
 ];
+
 /// What became of the client's request body while it was forwarded.
 const BODY_OK: u8 = 0;
 const BODY_MALFORMED: u8 = 1;
