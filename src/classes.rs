@@ -27,10 +27,7 @@ impl Classes {
     pub fn classify(&self, path: &str, content_type: Option<&str>) -> Option<&ContentClass> {
         self.0.iter().find(|c| {
             c.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
-                && c.content_type.as_deref().is_none_or(|want| {
-                    content_type
-                        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
-                })
+                && c.content_type.as_deref().is_none_or(|want| type_matches(want, content_type))
         })
     }
 }
@@ -43,12 +40,15 @@ impl Classes {
     pub fn refuses(&self, path: &str, content_type: Option<&str>) -> bool {
         self.0.iter().any(|c| {
             c.path_prefix.as_deref().is_some_and(|p| path.starts_with(p))
-                && c.content_type.as_deref().is_some_and(|want| {
-                    !content_type
-                        .is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
-                })
+                && c.content_type.as_deref().is_some_and(|want| !type_matches(want, content_type))
         })
     }
+}
+
+/// Does a response's Content-Type start with a class's `content_type`
+/// (case-insensitively)? No Content-Type matches nothing.
+fn type_matches(want: &str, content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
 }
 
 /// Builds a class's stale defaults from its configured windows.

@@ -166,15 +166,22 @@ impl KeyPolicy {
 /// Lowercase scheme and host, default port removed (RFC 3986 §6.2.2.1, §6.2.3).
 pub fn normalise_origin(scheme: &str, authority: &str) -> String {
     let scheme = scheme.to_ascii_lowercase();
+    format!("{scheme}://{}", normalise_host(&scheme, authority))
+}
+
+/// An authority as keys hold it: userinfo dropped, lowercase, the scheme's
+/// default port (or an empty one) removed. Whatever compares hosts with
+/// keys (the hosts a node serves, purge URLs) goes through this.
+pub fn normalise_host(scheme: &str, authority: &str) -> String {
     let mut host = authority.rsplit('@').next().unwrap_or(authority).to_ascii_lowercase();
-    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let default_port = if scheme.eq_ignore_ascii_case("https") { ":443" } else { ":80" };
     if host.ends_with(default_port) {
         host.truncate(host.len() - default_port.len());
     } else if host.ends_with(':') {
         // An empty port is the default one (RFC 3986 §6.2.3).
         host.pop();
     }
-    format!("{scheme}://{host}")
+    host
 }
 
 /// An empty path is `/`; percent-encodings normalised; dot segments removed

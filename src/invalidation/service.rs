@@ -15,7 +15,7 @@ use super::audit::Audit;
 use super::log::{APPEND_TIMEOUT, Accepting, EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
 use super::selectors::{Invalidations, Mode, Selector};
 use crate::access::{Access, Denied};
-use crate::key::KeyPolicy;
+use crate::key::{KeyPolicy, normalise_host};
 use crate::policy::tags::MAX_TAG_LEN;
 
 /// Most selectors in one request.
@@ -298,9 +298,8 @@ impl Served {
     /// Is `host` (a `Host` value or an authority) one of `hosts`? Case and
     /// the scheme's default port do not matter. True when `hosts` is empty.
     pub fn serves_host(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
-        let bare = strip_default_port(&host, self.scheme);
-        self.hosts.is_empty() || self.hosts.iter().any(|h| strip_default_port(h, self.scheme) == bare)
+        let bare = normalise_host(self.scheme, host.trim());
+        self.hosts.is_empty() || self.hosts.iter().any(|h| normalise_host(self.scheme, h) == bare)
     }
 
     /// Why `url` (a normalised URL or prefix selector) can match nothing here.
@@ -319,16 +318,16 @@ impl Served {
                 self.scheme
             ));
         }
-        let bare = strip_default_port(host, scheme);
+        let bare = normalise_host(scheme, host);
         if !self.hosts.is_empty() {
-            if !self.serves_host(bare) {
+            if !self.serves_host(&bare) {
                 return Some(format!(
                     "{url} can match nothing: this node serves {} (`hosts`), keyed as {}://{example}/PATH",
                     self.hosts.join(", "),
                     self.scheme
                 ));
             }
-        } else if bare == strip_default_port(&self.origin, "http") {
+        } else if bare == normalise_host("http", &self.origin) {
             return Some(format!(
                 "{url} names the origin's address, which no object is keyed by: keys use the host clients ask \
                  for, as {}://{example}/PATH (list the public hosts in `hosts`)",
@@ -337,11 +336,6 @@ impl Served {
         }
         None
     }
-}
-
-fn strip_default_port<'a>(host: &'a str, scheme: &str) -> &'a str {
-    let default = if scheme == "https" { ":443" } else { ":80" };
-    host.strip_suffix(default).unwrap_or(host)
 }
 
 /// An absolute http(s) URL, normalised as cache keys are (RFC 3986 §6.2.2).
