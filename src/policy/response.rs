@@ -254,6 +254,12 @@ fn freshness_lifetime(
     (Duration::ZERO, false)
 }
 
+/// Did the request carry credentials or cookies, so that its response may
+/// be personalised for that client?
+pub fn carries_credentials(request_headers: &HeaderMap) -> bool {
+    request_headers.contains_key(AUTHORIZATION) || request_headers.contains_key(COOKIE)
+}
+
 /// The one admission rule for everything that enters the store: a fresh
 /// fill, a 304 merged into a stored response (§4.3.4), a HEAD response
 /// merged into one (§4.3.5). It applies §3 (with §3.5 and the Set-Cookie
@@ -332,8 +338,7 @@ fn storable(
     // credentials or cookies may be that client's own page (cache
     // deception: /account/settings.css), so only the origin's explicit
     // word (public, s-maxage) shares it.
-    let credentials = request_headers.contains_key(AUTHORIZATION) || request_headers.contains_key(COOKIE);
-    if policy.heuristic && credentials && !d.public && d.s_maxage.is_none() {
+    if policy.heuristic && carries_credentials(request_headers) && !d.public && d.s_maxage.is_none() {
         return Err(NotStorable::Personalised);
     }
     // A response stale on arrival is stored only to be revalidated (a

@@ -473,19 +473,16 @@ impl Proxy {
     ) -> (ResponsePolicy, Result<Arc<CachedObject>, NotStorable>) {
         let Asked { target, headers: request_headers, directives: rd } = asked;
         let path = target.path_and_query.split('?').next().unwrap_or("/");
-        let class = self.settings.classes.classify(path, hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()));
+        let content_type = hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
+        let class = self.settings.classes.classify(path, content_type);
         let mut cfg = std::borrow::Cow::Borrowed(&self.settings.policy);
         if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
             cfg.to_mut().store_set_cookie = store_set_cookie;
         }
         let mut policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
-        policy.credentialed = request_headers.contains_key(http::header::COOKIE)
-            || request_headers.contains_key(http::header::AUTHORIZATION);
-        let content_type = hdrs.get(CONTENT_TYPE).and_then(|v| v.to_str().ok());
-        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg);
-        let admitted = admitted.and_then(|kept| match self.settings.classes.refuses(path, content_type) {
-            true => Err(NotStorable::ContentType),
-            false => Ok(kept),
+        policy.credentialed = response::carries_credentials(request_headers);
+        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg).and_then(|kept| {
+            if self.settings.classes.refuses(path, content_type) { Err(NotStorable::ContentType) } else { Ok(kept) }
         });
         let admitted = admitted.map(|kept| {
             let names = vary::vary_names(&kept).unwrap_or_default();
@@ -518,21 +515,20 @@ impl Proxy {
         times: (SystemTime, SystemTime),
         stamp: Stamp,
     ) -> (Arc<CachedObject>, Option<Arc<CachedObject>>) {
-        let mut update = update.clone();
-        headers::remove_hop_by_hop(&mut update);
         let mut hdrs = old.headers.to_map();
-        conditional::freshen(&mut hdrs, &update);
+        // `freshen` leaves out hop-by-hop fields itself.
+        conditional::freshen(&mut hdrs, update);
+        // The stored Date described the old response: an update without
+        // one gets the time it arrived (RFC 9110 §6.6.1).
+        if !update.contains_key(DATE) {
+            hdrs.remove(DATE);
+        }
         add_date(&mut hdrs, times.1);
         let (policy, admitted) = self.admit(asked, old.status, &hdrs, times, stamp);
         let shared =
             admitted.ok().map(|template| Arc::new(CachedObject { body: old.body.clone(), ..(*template).clone() }));
-        let own = Arc::new(CachedObject {
-            headers: StoredHeaders::from_map(&hdrs),
-            policy,
-            tags: tags::tags(&hdrs).into_iter().map(Arc::from).collect(),
-            stamp,
-            ..old.clone()
-        });
+        // The requester's own copy is served, never stored: no tags needed.
+        let own = Arc::new(CachedObject { headers: StoredHeaders::from_map(&hdrs), policy, stamp, ..old.clone() });
         (own, shared)
     }
 
