@@ -33,14 +33,7 @@ fn node(origin: &Origin, bus: &str, id: &str, dir: &std::path::Path, cfg: &std::
 }
 
 async fn post(fresco: &Fresco, body: Value) -> crate::harness::Got {
-    let auth = format!("Bearer {TOKEN}");
-    send_body(
-        "POST",
-        &fresco.admin_url("/api/v1/invalidations"),
-        &[("authorization", &auth)],
-        Bytes::from(body.to_string()),
-    )
-    .await
+    crate::harness::invalidate(fresco, TOKEN, body.to_string()).await
 }
 
 async fn post_keyed(fresco: &Fresco, key: &str, body: Value) -> crate::harness::Got {

@@ -427,6 +427,13 @@ pub async fn send_body(method: &str, url: &str, headers: &[(&str, &str)], body: 
     Got { status, headers, body }
 }
 
+/// POSTs an invalidation (the admin API's JSON body) with a bearer token.
+pub async fn invalidate(fresco: &Fresco, token: &str, body: String) -> Got {
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "application/json")];
+    send_body("POST", &fresco.admin_url("/api/v1/invalidations"), &headers, Bytes::from(body)).await
+}
+
 /// `n` concurrent GETs of `url`, each on its own connection, answers in
 /// request order.
 pub async fn burst(url: &str, n: usize, headers: &'static [(&'static str, &'static str)]) -> Vec<Got> {

@@ -7,22 +7,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Got, Nats, Origin, free_port, metric, send, send_body, temp_dir};
+use crate::harness::{Fresco, Got, Nats, Origin, free_port, metric, send, temp_dir};
 
 const LOG: &str = "invalidations.log";
 
 async fn post(fresco: &Fresco, token: &str, body: Value) -> Got {
-    let auth = format!("Bearer {token}");
-    send_body(
-        "POST",
-        &fresco.admin_url("/api/v1/invalidations"),
-        &[("authorization", &auth)],
-        Bytes::from(body.to_string()),
-    )
-    .await
+    crate::harness::invalidate(fresco, token, body.to_string()).await
 }
 
 /// Purges `tag` and returns its version; the answer must be 202.

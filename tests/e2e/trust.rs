@@ -6,20 +6,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::json;
 
-use crate::harness::{Fresco, Origin, Reply, burst, get, send, send_body};
+use crate::harness::{Fresco, Origin, Reply, burst, get, send};
 
 fn client_of(seen: &crate::harness::Seen) -> String {
     seen.headers.get("x-client").and_then(|v| v.to_str().ok()).unwrap_or("anonymous").to_string()
 }
 
 async fn hard_purge_url(fresco: &Fresco, url: &str) {
-    let auth = format!("Bearer {}", fresco.token());
     let body = json!({"urls": [url], "mode": "hard"}).to_string();
-    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
-    let r = send_body("POST", &fresco.admin_url("/api/v1/invalidations"), &headers, Bytes::from(body)).await;
+    let r = crate::harness::invalidate(fresco, &fresco.token(), body).await;
     assert_eq!(r.status, 202, "{}", r.text());
 }
 
@@ -168,10 +165,8 @@ async fn rfc9211_a_soft_purged_object_served_to_max_stale_says_it_is_stale() {
     origin.route("/soft", Reply::ok("old").header("cache-control", "max-age=600").header("etag", "\"1\""));
     let fresco = Fresco::start(&origin.url(), &[]);
     get(&fresco.url("/soft")).await;
-    let auth = format!("Bearer {}", fresco.token());
     let body = json!({"urls": [format!("http://{}/soft", fresco.data)], "mode": "soft"}).to_string();
-    let headers = [("content-type", "application/json"), ("authorization", auth.as_str())];
-    let r = send_body("POST", &fresco.admin_url("/api/v1/invalidations"), &headers, Bytes::from(body)).await;
+    let r = crate::harness::invalidate(&fresco, &fresco.token(), body).await;
     assert_eq!(r.status, 202);
     let stale = send("GET", &fresco.url("/soft"), &[("cache-control", "max-stale")]).await;
     let cs = stale.cache_status();
