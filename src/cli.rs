@@ -133,6 +133,8 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Resu
         listen: Some(listen.to_string()),
         admin: Some(admin.to_string()),
         origin: Some(format!("http://{origin_addr}")),
+        // The demo shows restarts keeping the cache.
+        disk: Some("256MiB".into()),
         ..Default::default()
     };
     let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;

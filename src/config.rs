@@ -31,6 +31,9 @@ pub struct RawConfig {
     /// Cache memory budget, e.g. 512MiB [default: 256MiB]
     #[arg(long)]
     pub memory: Option<String>,
+    /// Disk tier budget under DATA_DIR/disk, e.g. 10GiB [default: off]
+    #[arg(long)]
+    pub disk: Option<String>,
     /// Largest response body that is stored; larger ones stream through [default: 16MiB]
     #[arg(long)]
     pub max_object_size: Option<String>,
@@ -198,6 +201,7 @@ impl RawConfig {
             origin: self.origin.or(base.origin),
             admin: self.admin.or(base.admin),
             memory: self.memory.or(base.memory),
+            disk: self.disk.or(base.disk),
             max_object_size: self.max_object_size.or(base.max_object_size),
             max_header_size: self.max_header_size.or(base.max_header_size),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
@@ -271,6 +275,8 @@ pub struct Config {
     pub origin: Uri,
     pub admin: SocketAddr,
     pub memory: u64,
+    /// Disk tier budget; None: no disk tier.
+    pub disk: Option<u64>,
     pub max_object_size: u64,
     pub max_header_size: usize,
     pub connect_timeout: Duration,
@@ -402,6 +408,14 @@ impl Config {
         if memory < 1 << 20 {
             return Err(invalid("memory", &memory.to_string(), "at least 1MiB"));
         }
+        let disk = match raw.disk {
+            Some(text) => match size("disk", Some(text), "")? {
+                0 => None,
+                d if d < 4 << 20 => return Err(invalid("disk", &d.to_string(), "at least 4MiB, or 0 for none")),
+                d => Some(d),
+            },
+            None => None,
+        };
         let max_header_size = size("max_header_size", raw.max_header_size, "64KiB")?;
         if !(8192..=1 << 24).contains(&max_header_size) {
             return Err(invalid("max_header_size", &max_header_size.to_string(), "between 8KiB and 16MiB"));
@@ -477,6 +491,7 @@ impl Config {
             origin,
             admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
             memory,
+            disk,
             max_object_size: size("max_object_size", raw.max_object_size, "16MiB")?,
             max_header_size: max_header_size as usize,
             connect_timeout: upstream.connect_timeout,

@@ -19,7 +19,7 @@ use crate::invalidation::{Audit, EmbeddedLog, Invalidations, sweeper};
 use crate::key::KeyPolicy;
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{Proxy, ProxySettings};
-use crate::store::MemoryStore;
+use crate::store::{DiskStore, MemoryStore, TieredStore};
 use crate::supervisor::{Role, Supervisor};
 use crate::{connections, metrics, tls};
 
@@ -54,16 +54,16 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
-    let store = Arc::new(MemoryStore::new(cfg.memory, cfg.max_object_size));
-    if store.max_object_size() < cfg.max_object_size {
+    let memory = MemoryStore::new(cfg.memory, cfg.max_object_size);
+    if memory.max_object_size() < cfg.max_object_size {
         tracing::warn!(
             max_object_size = cfg.max_object_size,
             memory = cfg.memory,
-            clamped_to = store.max_object_size(),
+            clamped_to = memory.max_object_size(),
             "max_object_size is larger than the memory budget can hold in one entry; larger responses stream through uncached"
         );
     }
-    settings.max_object_size = store.max_object_size() as usize;
+    settings.max_object_size = memory.max_object_size() as usize;
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), &cfg.upstream);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
@@ -113,8 +113,39 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         key_prefix: format!("{}-{}", cfg.node_id, crate::invalidation::log::now_ms()),
         key_counter: Default::default(),
     });
+    // Opened after the log: the data directory is locked, and every
+    // invalidation the node had applied is applied again before a disk
+    // object can be served.
+    let disk = match cfg.disk {
+        Some(budget) => Some(open_disk(cfg, budget, &settings)?),
+        None => None,
+    };
+    let store = Arc::new(TieredStore::new(memory, disk));
     let proxy = Arc::new(Proxy::new(settings, store, invalidations, upstream, service, counters));
     Ok(Node { proxy, supervisor, bus })
+}
+
+/// Opens the disk tier under `DATA_DIR/disk`. On one node the embedded
+/// log replays every invalidation ever made (its snapshot folds, never
+/// drops, selector records), so each object kept is judged against all of
+/// them. A node on the bus resumes the stream after the position it had
+/// applied and does not hold the records before it, which objects fetched
+/// earlier may need: it starts with an empty disk tier.
+fn open_disk(cfg: &Config, budget: u64, settings: &ProxySettings) -> Result<DiskStore, String> {
+    let keep = cfg.bus.is_none();
+    let (disk, recovered) = DiskStore::open(&cfg.data_dir.join("disk"), budget, settings.policy.clone(), keep)?;
+    tracing::info!(
+        dir = %disk.dir().display(),
+        budget,
+        objects = recovered.objects,
+        keys = recovered.keys,
+        bytes = recovered.bytes,
+        damaged_segments = recovered.damaged_segments,
+        recovery_ms = recovered.took.as_millis() as u64,
+        emptied = !keep,
+        "disk tier recovered"
+    );
+    Ok(disk)
 }
 
 /// With no `[[token]]` configured, an `all`-scoped token for the local

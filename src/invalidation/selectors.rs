@@ -65,11 +65,22 @@ pub enum Validity {
 /// the soft verdict, so the records below can be dropped without changing
 /// its verdict. Atomics, so the sweeper re-stamps an object in place while
 /// requests read it.
+///
+/// The state is shared by the copies of one object in the store's tiers
+/// (the memory object, its disk index entry, a copy read back from disk;
+/// see [`Verified::share`]): the sweeper visits any one of them and the
+/// re-stamp holds for all, so a record that compaction drops was needed by
+/// none. A hard verdict is kept too (`condemned`), so a copy the sweeper
+/// judged hard stays hard after the record that made it so is dropped.
 #[derive(Debug, Default)]
-pub struct Verified {
+pub struct Verified(Arc<VerifiedState>);
+
+#[derive(Debug, Default)]
+struct VerifiedState {
     log: AtomicU64,
     local: AtomicU64,
     soft: AtomicBool,
+    condemned: AtomicBool,
 }
 
 /// A copy of a stored object is a different object (freshened, re-tagged)
@@ -82,23 +93,41 @@ impl Clone for Verified {
 }
 
 impl Verified {
+    /// The same state, not a copy: raising one raises the other. For the
+    /// copies of one object in different tiers.
+    pub fn share(&self) -> Verified {
+        Verified(self.0.clone())
+    }
+
+    /// Records that the sweeper judged the object hard-invalidated.
+    pub fn condemn(&self) {
+        self.0.condemned.store(true, Ordering::Release);
+    }
+
     /// Records that the object's verdict against every record up to `to`
     /// is `verdict` (Valid or Soft). The flag is set before the stamp moves,
     /// so a reader that sees the new stamp sees the flag.
     fn raise(&self, to: Stamp, verdict: Validity) {
         debug_assert!(verdict != Validity::Hard, "a hard-invalidated object is freed, not re-stamped");
         if verdict == Validity::Soft {
-            self.soft.store(true, Ordering::Release);
+            self.0.soft.store(true, Ordering::Release);
         }
-        self.log.fetch_max(to.log, Ordering::Release);
-        self.local.fetch_max(to.local, Ordering::Release);
+        self.0.log.fetch_max(to.log, Ordering::Release);
+        self.0.local.fetch_max(to.local, Ordering::Release);
     }
 
     /// The stamp to judge an object fetched at `fetched` by, and the
     /// verdict it carries from earlier checks.
     fn effective(&self, fetched: Stamp) -> (Stamp, Validity) {
-        let stamp = Stamp { log: self.log.load(Ordering::Acquire), local: self.local.load(Ordering::Acquire) };
-        let carried = if self.soft.load(Ordering::Acquire) { Validity::Soft } else { Validity::Valid };
+        let s = &self.0;
+        let stamp = Stamp { log: s.log.load(Ordering::Acquire), local: s.local.load(Ordering::Acquire) };
+        let carried = if s.condemned.load(Ordering::Acquire) {
+            Validity::Hard
+        } else if s.soft.load(Ordering::Acquire) {
+            Validity::Soft
+        } else {
+            Validity::Valid
+        };
         (fetched.max(stamp), carried)
     }
 }

@@ -1,10 +1,12 @@
 //! Where cached responses live.
 //!
-//! [`Store`] is the seam for tiers: the in-memory [`MemoryStore`] today, a
-//! disk tier later behind the same interface. A key maps to the set of
-//! variants stored for one URL (one per distinct `Vary` selection, §4.1), so
-//! a URL invalidation reaches all of them and a lookup is one map access.
+//! [`Store`] is the seam for tiers: [`TieredStore`] puts the in-memory
+//! [`MemoryStore`] over an optional [`DiskStore`] behind the same
+//! interface. A key maps to the set of variants stored for one URL (one per
+//! distinct `Vary` selection, §4.1), so a URL invalidation reaches all of
+//! them and a lookup is one map access.
 
+mod disk;
 mod memory;
 
 use std::sync::Arc;
@@ -15,6 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use crate::policy::response::ResponsePolicy;
 use crate::policy::vary::VaryKey;
 
+pub use disk::{DiskStore, Recovered};
 pub use memory::MemoryStore;
 
 /// One stored response.
@@ -220,6 +223,89 @@ pub trait Store: Send + Sync + 'static {
     /// the number of keys left unswept because they kept changing. For
     /// background sweeping, never on the request path.
     fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>) -> usize;
+}
+
+/// The memory tier over an optional disk tier.
+///
+/// - A memory hit admits the set to disk (queued, written by the disk's
+///   writer thread) unless that very set is there: an object goes to disk
+///   on its second request, so one-hit wonders never cost a write.
+/// - A memory miss reads the disk; what it finds is promoted to memory
+///   (whose own admission decides whether it stays) and served.
+/// - A replacement or removal forgets the key on disk too, so an older
+///   response never comes back after a newer one was stored or refused.
+pub struct TieredStore {
+    memory: MemoryStore,
+    disk: Option<DiskStore>,
+}
+
+impl TieredStore {
+    pub fn new(memory: MemoryStore, disk: Option<DiskStore>) -> TieredStore {
+        TieredStore { memory, disk }
+    }
+
+    pub fn memory(&self) -> &MemoryStore {
+        &self.memory
+    }
+
+    pub fn disk(&self) -> Option<&DiskStore> {
+        self.disk.as_ref()
+    }
+}
+
+impl Store for TieredStore {
+    fn get(&self, key: &str) -> Option<Arc<Variants>> {
+        if let Some(found) = self.memory.get(key) {
+            if let Some(disk) = &self.disk {
+                disk.admit(key, &found);
+            }
+            return Some(found);
+        }
+        let found = self.disk.as_ref()?.load(key)?;
+        // Refused or evicted again at once: served this time all the same.
+        let _ = self.memory.put(Arc::from(key), found.clone());
+        Some(Arc::new(found))
+    }
+
+    fn put(&self, key: Arc<str>, variants: Variants) -> Put {
+        if let Some(disk) = &self.disk {
+            disk.forget_unless(&key, &variants);
+        }
+        self.memory.put(key, variants)
+    }
+
+    fn remove(&self, key: &str) {
+        self.memory.remove(key);
+        if let Some(disk) = &self.disk {
+            disk.forget(key);
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.memory.stats()
+    }
+
+    /// The memory tier first, then the disk tier (see [`DiskStore::sweep`]).
+    /// A variant `f` drops is condemned in every tier: the copies share
+    /// their verification state, so none of them is served again.
+    fn sweep(&self, f: &mut dyn FnMut(&str, &Variants) -> Option<Variants>) -> usize {
+        let mut condemning = |key: &str, variants: &Variants| {
+            let kept = f(key, variants);
+            if let Some(kept) = &kept {
+                for o in &variants.objects {
+                    if !kept.objects.iter().any(|k| Arc::ptr_eq(k, o)) {
+                        o.verified.condemn();
+                    }
+                }
+            }
+            kept
+        };
+        let unswept = self.memory.sweep(&mut condemning);
+        if let Some(disk) = &self.disk {
+            disk.sweep(&mut condemning);
+        }
+        unswept
+    }
 }
 
 #[cfg(test)]
