@@ -197,6 +197,17 @@ impl DiskStore {
         };
         writer.publish();
         metrics::gauge!("fresco_disk_capacity_bytes").set(budget as f64);
+        // Exported from the start, so that a scrape tells 0 from absent.
+        for name in [
+            "fresco_disk_writes_total",
+            "fresco_disk_write_failures_total",
+            "fresco_disk_hits_total",
+            "fresco_disk_corrupt_total",
+            "fresco_disk_read_failures_total",
+            "fresco_disk_evictions_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         std::thread::Builder::new()
             .name("fresco-disk-writer".into())
             .spawn(move || writer.run(rx))
