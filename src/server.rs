@@ -117,7 +117,11 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     // invalidation the node had applied is applied again before a disk
     // object can be served.
     let disk = match cfg.disk {
-        Some(budget) => Some(open_disk(cfg, budget, &settings)?),
+        Some(budget) => {
+            let disk = open_disk(cfg, budget, &settings)?;
+            invalidations.on_local_invalidation(disk.local_invalidation_hook());
+            Some(disk)
+        }
         None => None,
     };
     let store = Arc::new(TieredStore::new(memory, disk));

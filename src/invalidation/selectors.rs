@@ -185,7 +185,13 @@ pub struct Invalidations {
     /// Log stamps of fetches in flight, so compaction never drops a record
     /// that an object still being fetched must be checked against.
     inflight: std::sync::Mutex<BTreeMap<(u64, u64), usize>>,
+    /// Told of each local invalidation before it is recorded: local
+    /// invalidations are not logged, and a disk tier must outlive neither
+    /// them nor a restart.
+    local_listener: std::sync::OnceLock<LocalListener>,
 }
+
+type LocalListener = Box<dyn Fn(&str) + Send + Sync>;
 
 /// Registration of a fetch in flight; unregisters when dropped.
 pub struct FetchGuard<'a> {
@@ -333,6 +339,9 @@ impl Invalidations {
 
     /// RFC 9111 §4.4: this node saw a successful unsafe request for `url`.
     pub fn invalidate_local(&self, url: &str) {
+        if let Some(listener) = self.local_listener.get() {
+            listener(url);
+        }
         let mut urls = self.urls.write().unwrap_or_else(|e| e.into_inner());
         // As with log versions, the counter moves only once the record is
         // in place: a stamp (a fetch's, or one the sweeper re-stamps an
@@ -343,6 +352,12 @@ impl Invalidations {
         self.local.store(seq, Ordering::Release);
         drop(urls);
         self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Sets the listener of local invalidations (once; later calls are
+    /// ignored).
+    pub fn on_local_invalidation(&self, listener: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.local_listener.set(Box::new(listener));
     }
 
     fn record(&self, table: &Table, key: &str, f: impl FnOnce(&mut Mark)) {

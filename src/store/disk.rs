@@ -43,6 +43,10 @@ use crate::policy::response::{PolicyConfig, ResponsePolicy};
 use crate::policy::vary::VaryKey;
 
 const MAGIC: &[u8; 4] = b"FRS1";
+/// Local (RFC 9111 §4.4) invalidations, one `NANOS URL` line each: they are
+/// not in the invalidation log, and disk objects fetched before one must
+/// not come back after a restart.
+const LOCAL: &str = "local-invalidations";
 const HEAD_LEN: usize = 40;
 /// Segments per budget: eviction frees one segment, so this is the
 /// granularity of the budget (1/16 of it may be dead space).
@@ -104,6 +108,8 @@ pub struct DiskStore {
     /// Skeletons of entries evicted since the sweeper last looked.
     evicted: Evicted,
     queued_bytes: Arc<AtomicU64>,
+    /// The file of local invalidations, appended to synchronously.
+    local: Arc<Mutex<File>>,
     policy: PolicyConfig,
     segment_size: u64,
 }
@@ -173,9 +179,11 @@ impl DiskStore {
             index.bytes += bytes;
             index.segments.insert(*id, Segment { file: Arc::new(file), bytes, keys });
         }
+        recovered.bytes = index.bytes;
+        let local_path = dir.join(LOCAL);
+        let dropped = if keep { apply_local_invalidations(&local_path, &mut index)? } else { Vec::new() };
         recovered.keys = index.entries.len() as u64;
         recovered.objects = index.entries.values().map(|e| e.skeleton.objects.len() as u64).sum();
-        recovered.bytes = index.bytes;
         let next = ids.last().map_or(0, |l| l + 1);
         let index = Arc::new(RwLock::new(index));
         let queued: Queued = Default::default();
@@ -195,6 +203,21 @@ impl DiskStore {
             failures_unreported: 0,
             last_warning: None,
         };
+        let mut writer = writer;
+        // Tombstones for what local invalidations removed, before the file
+        // that lists them is emptied.
+        let mut kept_all = true;
+        for key in &dropped {
+            kept_all &= writer.append(key, &encode_record(key, &Variants::default())).is_some();
+        }
+        let local = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&local_path)
+            .map_err(|e| format!("cannot open {}: {e}", local_path.display()))?;
+        if kept_all {
+            local.set_len(0).map_err(|e| format!("cannot empty {}: {e}", local_path.display()))?;
+        }
         writer.publish();
         metrics::gauge!("fresco_disk_capacity_bytes").set(budget as f64);
         // Exported from the start, so that a scrape tells 0 from absent.
@@ -220,10 +243,26 @@ impl DiskStore {
             queued,
             evicted,
             queued_bytes,
+            local: Arc::new(Mutex::new(local)),
             policy,
             segment_size,
         };
         Ok((store, recovered))
+    }
+
+    /// What to call on each local invalidation (RFC 9111 §4.4): appends it
+    /// to the file the next start-up applies, before the invalidation is
+    /// acknowledged (no fsync: it is for process crashes).
+    pub fn local_invalidation_hook(&self) -> impl Fn(&str) + Send + Sync + 'static {
+        let file = self.local.clone();
+        move |url: &str| {
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+            let line = format!("{nanos} {url}\n");
+            if let Err(e) = file.lock().unwrap_or_else(|e| e.into_inner()).write_all(line.as_bytes()) {
+                metrics::counter!("fresco_disk_write_failures_total").increment(1);
+                tracing::warn!(error = %e, url, "cannot record a local invalidation for the disk tier");
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -389,6 +428,44 @@ impl DiskStore {
     pub fn keys(&self) -> usize {
         self.index.read().unwrap_or_else(|e| e.into_inner()).entries.len()
     }
+}
+
+/// Drops from `index` every key with a variant fetched before a local
+/// invalidation of its URL was recorded; returns the keys dropped.
+fn apply_local_invalidations(path: &Path, index: &mut Index) -> Result<Vec<Arc<str>>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let mut latest: HashMap<&str, u128> = HashMap::new();
+    // A torn last line (a crash mid-write) is ignored: the request that
+    // wrote it was never answered.
+    for line in text.lines() {
+        if let Some((nanos, url)) = line.split_once(' ')
+            && let Ok(nanos) = nanos.parse::<u128>()
+        {
+            let t = latest.entry(url).or_default();
+            *t = (*t).max(nanos);
+        }
+    }
+    if latest.is_empty() {
+        return Ok(Vec::new());
+    }
+    let fetched_before = |o: &CachedObject| {
+        let fetched = o.policy.request_time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+        latest.get(&*o.url).is_some_and(|t| fetched <= *t)
+    };
+    let dropped: Vec<Arc<str>> = index
+        .entries
+        .iter()
+        .filter(|(_, e)| e.skeleton.objects.iter().any(|o| fetched_before(o)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    for key in &dropped {
+        index.entries.remove(key);
+    }
+    Ok(dropped)
 }
 
 fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -699,6 +776,8 @@ fn decode_meta(
             None => StoredHeaders::default(),
         };
         let mut policy = base(status, &headers, request_time, response_time);
+        policy.request_time = request_time;
+        policy.response_time = response_time;
         policy.lifetime = lifetime;
         policy.corrected_initial_age = corrected_initial_age;
         policy.heuristic = flags & 1 != 0;
@@ -1052,6 +1131,32 @@ mod tests {
         assert_eq!(&a.objects[0].body[..], b"a");
         assert_eq!(a.objects[0].stamp, Stamp { log: 7, local: 0 });
         assert!(store.load("http://h/b").is_none(), "a tombstoned key stays removed after a restart");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn rfc9111_4_4_a_local_invalidation_outlives_a_restart_and_spares_later_fetches() {
+        let d = dir("local");
+        {
+            let (store, _) = DiskStore::open(&d, 64 << 20, PolicyConfig::default(), true).unwrap();
+            store.admit("http://h/old", &variants("http://h/old", b"old"));
+            assert!(written(&store, "http://h/old"));
+            let hook = store.local_invalidation_hook();
+            hook("http://h/old");
+            hook("http://h/new");
+            // Fetched after the invalidation of its URL.
+            store.admit("http://h/new", &variants("http://h/new", b"new"));
+            assert!(written(&store, "http://h/new"));
+        }
+        let (store, recovered) = DiskStore::open(&d, 64 << 20, PolicyConfig::default(), true).unwrap();
+        assert_eq!(recovered.keys, 1, "{recovered:?}");
+        assert!(store.load("http://h/old").is_none());
+        assert!(store.load("http://h/new").is_some());
+        drop(store);
+        // Applied once, through tombstones: the list is emptied.
+        assert_eq!(std::fs::metadata(d.join(LOCAL)).unwrap().len(), 0);
+        let (_, recovered) = DiskStore::open(&d, 64 << 20, PolicyConfig::default(), true).unwrap();
+        assert_eq!(recovered.keys, 1, "{recovered:?}");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -205,6 +205,16 @@ enum Op {
         node: usize,
         kill: bool,
     },
+    /// The node stops (SIGKILL or SIGTERM), an invalidation is made through
+    /// another node while it is down, and it starts again: with a disk
+    /// tier, its disk copies must not outlive the invalidation.
+    PurgeWhileDown {
+        down: usize,
+        kill: bool,
+        via: usize,
+        target: Target,
+        soft: bool,
+    },
     /// SIGKILL while `purges` invalidations are being sent to the node,
     /// `after_ms` after the first; then a restart. Those acknowledged
     /// before the crash must survive it.
@@ -330,7 +340,7 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             victim,
         });
         let restart = (node.clone(), any::<bool>()).prop_map(|(node, kill)| Op::Restart { node, kill });
-        let crash = (node, 2..12usize, 0..40u8).prop_map(|(node, purges, after_ms)| Op::CrashDuringPurges {
+        let crash = (node.clone(), 2..12usize, 0..40u8).prop_map(|(node, purges, after_ms)| Op::CrashDuringPurges {
             node,
             purges,
             after_ms,
@@ -350,6 +360,15 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         if N == 1 {
             return common.boxed();
         }
+        let target = prop_oneof![
+            path().prop_map(Target::Path),
+            (0..PATHS.div_ceil(2)).prop_map(Target::Prefix),
+            path().prop_map(Target::Tag),
+            (0..GROUPS).prop_map(Target::Group),
+        ];
+        let purge_while_down = (node.clone(), any::<bool>(), node, target, any::<bool>())
+            .prop_map(|(down, kill, via, target, soft)| Op::PurgeWhileDown { down, kill, via, target, soft });
+        let common = prop_oneof![20 => common, 1 => purge_while_down];
         let partition = if state.cut.iter().any(|c| *c) {
             prop_oneof![
                 2 => (0..N).prop_map(|node| Op::Cut { node }),
@@ -391,6 +410,9 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
             // a while, not ready (tests/e2e/cluster.rs covers that), so
             // restarts here happen while the bus is up.
             Op::Restart { node, .. } | Op::CrashDuringPurges { node, .. } => state.bus_up && !state.cut[*node],
+            Op::PurgeWhileDown { down, via, .. } => {
+                N > 1 && down != via && state.bus_up && !state.cut[*down] && !state.cut[*via]
+            }
             Op::Cut { node } => N > 1 && !state.cut[*node],
             Op::Heal { node } => N > 1 && state.cut[*node],
             Op::Wait => N > 1 && state.cut.iter().any(|c| *c),
@@ -418,6 +440,9 @@ struct Env {
     /// The bus lost its storage during a case: the next case starts on a
     /// fresh cluster, so that it does not inherit that damage.
     damaged: bool,
+    /// Nodes run with a disk tier (`--disk`), so stored objects survive
+    /// their restarts.
+    disk: bool,
     /// Runs the origin and every exchange; dropped last.
     rt: Arc<tokio::runtime::Runtime>,
 }
@@ -429,6 +454,9 @@ impl Env {
             .into_iter()
             .map(String::from)
             .collect();
+        if self.disk {
+            args.extend(["--disk".into(), "16MiB".into()]);
+        }
         if let Some(relay) = self.relays.get(i) {
             args.extend(["--bus".into(), relay.url(), "--node-id".into(), self.nodes[i].id.clone()]);
             args.extend(["--down-after".into(), "2s".into(), "--max-log-silence".into(), "1s".into()]);
@@ -924,10 +952,8 @@ impl Case {
         let deadline = Instant::now() + APPLY_BOUND;
         let env = self.env();
         for (i, node) in env.nodes.iter().enumerate() {
-            if !which(i) {
-                continue;
-            }
-            let fresco = node.fresco.as_ref().expect("node running");
+            // A node that is down applies the invalidation when it starts.
+            let Some(fresco) = node.fresco.as_ref().filter(|_| which(i)) else { continue };
             loop {
                 let applied = applied_version(fresco).await;
                 if applied.is_some_and(|a| a >= version) {
@@ -992,7 +1018,21 @@ impl Case {
         }
     }
 
+    async fn purge_while_down(&mut self, op: &Op, down: usize, kill: bool, via: usize, target: Target, soft: bool) {
+        self.stop(op, down, kill).await;
+        self.purge(op, via, target, soft, Via::Api).await;
+        self.env_mut().start_node(down);
+        // Before it may serve, the restarted node applies what it missed.
+        let head = self.acked.iter().map(|(v, _)| *v).max().unwrap_or(0);
+        self.wait_applied_on(op, head, |i| i == down).await;
+    }
+
     async fn restart(&mut self, op: &Op, node: usize, kill: bool) {
+        self.stop(op, node, kill).await;
+        self.env_mut().start_node(node);
+    }
+
+    async fn stop(&mut self, op: &Op, node: usize, kill: bool) {
         let old = self.env_mut().nodes[node].fresco.take().expect("node running");
         if kill {
             old.kill9();
@@ -1006,7 +1046,6 @@ impl Case {
                 );
             }
         }
-        self.env_mut().start_node(node);
     }
 
     async fn crash_during_purges(&mut self, op: &Op, node: usize, purges: usize, after_ms: u8) {
@@ -1082,6 +1121,9 @@ impl Case {
                 Op::Purge { node, target, soft, via } => self.purge(op, *node, *target, *soft, *via).await,
                 Op::Post { node, client, path, group } => self.post(op, *node, *client, *path, *group).await,
                 Op::Restart { node, kill } => self.restart(op, *node, *kill).await,
+                Op::PurgeWhileDown { down, kill, via, target, soft } => {
+                    self.purge_while_down(op, *down, *kill, *via, *target, *soft).await
+                }
                 Op::CrashDuringPurges { node, purges, after_ms } => {
                     self.crash_during_purges(op, *node, *purges, *after_ms).await
                 }
@@ -1243,7 +1285,7 @@ fn config_file() -> PathBuf {
 
 /// Starts the origin, `N` nodes and (for a cluster) NATS, and installs
 /// them for the cases run on this thread.
-fn start_env<const N: usize>() {
+fn start_env<const N: usize>(disk: bool) {
     let rt =
         Arc::new(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime"));
     let mut env = rt.block_on(async {
@@ -1256,7 +1298,7 @@ fn start_env<const N: usize>() {
             }
         }
         let nodes = (0..N).map(|i| Node { id: format!("edge-{i}"), dir: model_dir("node"), fresco: None }).collect();
-        Env { origin, nodes, nats, relays, config: config_file(), damaged: false, rt: rt.clone() }
+        Env { origin, nodes, nats, relays, config: config_file(), damaged: false, disk, rt: rt.clone() }
     });
     for i in 0..N {
         env.start_node(i);
@@ -1304,15 +1346,17 @@ fn quiet_panics(quiet: bool) {
 
 /// Runs `cases` random histories against `N` nodes; on failure, panics
 /// with the seed, the broken invariant and the shortest history found.
-fn run_model<const N: usize>(default_cases: u32) {
+fn run_model<const N: usize>(default_cases: u32, disk: bool) {
     let cases = env_u64("FRESCO_MODEL_CASES", u64::from(default_cases)) as u32;
     let steps = env_u64("FRESCO_MODEL_STEPS", 30) as usize;
     let seed = env_u64(
         "FRESCO_MODEL_SEED",
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64,
     );
-    eprintln!("model test, {N} node(s): {cases} cases of up to {steps} steps, FRESCO_MODEL_SEED={seed}");
-    start_env::<N>();
+    eprintln!(
+        "model test, {N} node(s), disk tier {disk}: {cases} cases of up to {steps} steps, FRESCO_MODEL_SEED={seed}"
+    );
+    start_env::<N>(disk);
     let config = Config {
         cases,
         rng_seed: RngSeed::Fixed(seed),
@@ -1352,7 +1396,7 @@ fn run_model<const N: usize>(default_cases: u32) {
 /// Runs one fixed history (a shrunk failure the random runs found) on a
 /// fresh node, checked by the same oracle.
 fn replay<const N: usize>(ops: Vec<Op>) {
-    start_env::<N>();
+    start_env::<N>(false);
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         ModelTest::<N>::test_sequential(
             Config::default(),
@@ -1372,7 +1416,15 @@ fn replay<const N: usize>(ops: Vec<Op>) {
 // when everything passes. scripts/soak.sh runs many more.
 #[test]
 fn model_single_node() {
-    run_model::<1>(100);
+    run_model::<1>(100, false);
+}
+
+/// Issue 10: restarts (SIGKILL included) and purges a node's disk never saw
+/// (acknowledged just before a SIGKILL), with objects kept on disk across
+/// them. Fewer cases: the histories are those of `model_single_node`.
+#[test]
+fn model_single_node_with_disk_tier() {
+    run_model::<1>(30, true);
 }
 
 /// Whether random cluster histories include the bus losing its storage.
@@ -1382,7 +1434,14 @@ fn wipes_enabled() -> bool {
 
 #[test]
 fn model_three_nodes_on_jetstream() {
-    run_model::<3>(50);
+    run_model::<3>(50, false);
+}
+
+/// Issue 10: cluster nodes with a disk tier, restarted and purged through
+/// another node while down.
+#[test]
+fn model_three_nodes_on_jetstream_with_disk_tier() {
+    run_model::<3>(12, true);
 }
 
 fn get(client: usize, path: usize) -> Op {
