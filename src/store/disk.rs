@@ -88,6 +88,13 @@ enum Job {
     Tombstone(Arc<str>),
 }
 
+/// Where a record was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    segment: u64,
+    offset: u64,
+}
+
 /// What recovery found, for the start-up log line.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Recovered {
@@ -332,7 +339,7 @@ impl DiskStore {
     /// Reads `key`'s variants back: one read of the record into one
     /// buffer, which the bodies are slices of. A record whose checksums do
     /// not match is dropped and counted.
-    pub fn load(&self, key: &str) -> Option<Variants> {
+    pub fn load(&self, key: &str) -> Option<(Variants, Location)> {
         let (file, segment, offset, len, skeleton) = {
             let index = self.index.read().unwrap_or_else(|e| e.into_inner());
             let e = index.entries.get(key)?;
@@ -360,7 +367,7 @@ impl DiskStore {
                         Arc::new(o)
                     })
                     .collect();
-                Some(Variants { objects })
+                Some((Variants { objects }, Location { segment, offset }))
             }
             Ok(_) | Err(_) => {
                 metrics::counter!("fresco_disk_corrupt_total").increment(1);
@@ -374,6 +381,13 @@ impl DiskStore {
                 None
             }
         }
+    }
+
+    /// Whether `key`'s entry is still the record at `at` (not forgotten,
+    /// rewritten or evicted since it was read).
+    pub fn holds(&self, key: &str, at: Location) -> bool {
+        let index = self.index.read().unwrap_or_else(|e| e.into_inner());
+        index.entries.get(key).is_some_and(|e| e.segment == at.segment && e.offset == at.offset)
     }
 
     fn drop_if_current(&self, key: &str, segment: u64, offset: u64) {
@@ -1127,7 +1141,7 @@ mod tests {
         }
         let (store, recovered) = DiskStore::open(&d, 64 << 20, PolicyConfig::default(), true).unwrap();
         assert_eq!(recovered.keys, 2, "{recovered:?}");
-        let a = store.load("http://h/a").expect("kept");
+        let (a, _) = store.load("http://h/a").expect("kept");
         assert_eq!(&a.objects[0].body[..], b"a");
         assert_eq!(a.objects[0].stamp, Stamp { log: 7, local: 0 });
         assert!(store.load("http://h/b").is_none(), "a tombstoned key stays removed after a restart");

@@ -123,22 +123,21 @@ impl MemoryStore {
         self.cache.num_shards()
     }
 
-    fn refuse(&self, why: Refusal) -> Put {
-        let i = Refusal::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
-        self.refused[i].fetch_add(1, Ordering::Relaxed);
-        Put::Refused(why)
-    }
-}
-
-impl Store for MemoryStore {
-    fn get(&self, key: &str) -> Option<Arc<Variants>> {
-        self.cache.get(key)
+    /// Removes `key` if it still holds `variants` (that very set).
+    pub fn remove_if_same(&self, key: &Arc<str>, variants: &Arc<Variants>) {
+        let outcome = self.cache.entry(key, Some(Duration::ZERO), |_, v| {
+            if Arc::ptr_eq(v, variants) { EntryAction::Remove } else { EntryAction::Retain(false) }
+        });
+        if let EntryResult::Removed(_, v) = outcome {
+            self.objects.fetch_sub(v.objects.len() as u64, Ordering::Relaxed);
+        }
     }
 
-    fn put(&self, key: Arc<str>, mut variants: Variants) -> Put {
+    /// [`Store::put`], also returning the set as stored (when it was).
+    pub fn put_shared(&self, key: Arc<str>, mut variants: Variants) -> (Put, Option<Arc<Variants>>) {
         if variants.objects.is_empty() {
             self.remove(&key);
-            return Put::Removed;
+            return (Put::Removed, None);
         }
         // The newest variant is the one being stored; older ones give way
         // when the key as a whole would not fit a shard.
@@ -150,7 +149,7 @@ impl Store for MemoryStore {
             // itself would do): never serve the older response after a
             // newer one was refused.
             self.remove(&key);
-            return self.refuse(Refusal::TooLarge);
+            return (self.refuse(Refusal::TooLarge), None);
         }
         let new = Arc::new(variants);
         // Counted before it becomes visible, so a concurrent removal never
@@ -167,7 +166,24 @@ impl Store for MemoryStore {
             }
             // Otherwise `v` is what the new set replaced: not an eviction.
         }
-        result
+        let stored = (result == Put::Stored).then_some(new);
+        (result, stored)
+    }
+
+    fn refuse(&self, why: Refusal) -> Put {
+        let i = Refusal::ALL.iter().position(|r| *r == why).expect("ALL lists every reason");
+        self.refused[i].fetch_add(1, Ordering::Relaxed);
+        Put::Refused(why)
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &str) -> Option<Arc<Variants>> {
+        self.cache.get(key)
+    }
+
+    fn put(&self, key: Arc<str>, variants: Variants) -> Put {
+        self.put_shared(key, variants).0
     }
 
     fn remove(&self, key: &str) {

@@ -261,10 +261,20 @@ impl Store for TieredStore {
             }
             return Some(found);
         }
-        let found = self.disk.as_ref()?.load(key)?;
+        let disk = self.disk.as_ref()?;
+        let (found, at) = disk.load(key)?;
         // Refused or evicted again at once: served this time all the same.
-        let _ = self.memory.put(Arc::from(key), found.clone());
-        Some(Arc::new(found))
+        let key: Arc<str> = Arc::from(key);
+        let (_, promoted) = self.memory.put_shared(key.clone(), found.clone());
+        if let Some(promoted) = &promoted
+            && !disk.holds(&key, at)
+        {
+            // Replaced or removed meanwhile: the older set must not come
+            // back through this promotion.
+            self.memory.remove_if_same(&key, promoted);
+            return None;
+        }
+        Some(promoted.unwrap_or_else(|| Arc::new(found)))
     }
 
     fn put(&self, key: Arc<str>, variants: Variants) -> Put {
