@@ -124,14 +124,18 @@ pub struct DiskStore {
 /// Identifies the response a variant set holds (which fetch, when it
 /// arrived, how long), so a set already on disk is not written again.
 pub fn fingerprint(variants: &Variants) -> u64 {
-    let mut words = Vec::with_capacity(1 + variants.objects.len() * 5);
-    words.push(variants.objects.len() as u64);
-    for o in &variants.objects {
+    // Computed on every memory hit: no allocation.
+    variants.objects.iter().fold(variants.objects.len() as u64, |h, o| {
         let t = o.policy.response_time.duration_since(UNIX_EPOCH).unwrap_or_default();
-        words.extend([o.stamp.log, o.stamp.local, t.as_secs(), u64::from(t.subsec_nanos()), o.body.len() as u64]);
-    }
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    rapidhash::v3::rapidhash_v3(&bytes)
+        let mut words = [0u8; 40];
+        for (i, w) in [o.stamp.log, o.stamp.local, t.as_secs(), u64::from(t.subsec_nanos()), o.body.len() as u64]
+            .into_iter()
+            .enumerate()
+        {
+            words[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        h.rotate_left(17) ^ rapidhash::v3::rapidhash_v3(&words)
+    })
 }
 
 fn check(bytes: &[u8]) -> u64 {
