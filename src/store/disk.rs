@@ -54,6 +54,9 @@ const SEGMENTS: u64 = 16;
 /// Writes queued and not yet written, in bytes, beyond which new ones are
 /// skipped: a disk slower than the traffic sheds writes, not memory.
 const MAX_QUEUED: u64 = 64 << 20;
+/// One slot of the recently-stored filter per this much of the budget
+/// (objects are rarely smaller on average).
+const SEEN_BYTES_PER_SLOT: u64 = 16 << 10;
 /// At most one warning per this interval for failed writes.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -117,6 +120,10 @@ pub struct DiskStore {
     queued_bytes: Arc<AtomicU64>,
     /// The file of local invalidations, appended to synchronously.
     local: Arc<Mutex<File>>,
+    /// Hashes of keys stored recently, one per slot (a newer key takes
+    /// the slot): a key stored again while its hash is still here was
+    /// asked for twice, however long the memory tier kept it.
+    seen: Box<[AtomicU64]>,
     policy: PolicyConfig,
     segment_size: u64,
 }
@@ -255,6 +262,9 @@ impl DiskStore {
             evicted,
             queued_bytes,
             local: Arc::new(Mutex::new(local)),
+            seen: (0..(budget / SEEN_BYTES_PER_SLOT).clamp(4096, 1 << 22).next_power_of_two())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             policy,
             segment_size,
         };
@@ -306,6 +316,13 @@ impl DiskStore {
             self.queued_bytes.fetch_add(size, Ordering::Relaxed);
             self.send(Job::Write(key, variants.clone(), size));
         }
+    }
+
+    /// Whether `key` was stored recently before (see `seen`); records it.
+    pub fn stored_before(&self, key: &str) -> bool {
+        let h = check(key.as_bytes()) | 1;
+        let slot = (h as usize) & (self.seen.len() - 1);
+        self.seen[slot].swap(h, Ordering::Relaxed) == h
     }
 
     /// Forgets `key` (removed, or replaced by a set not written yet), now

@@ -228,8 +228,10 @@ pub trait Store: Send + Sync + 'static {
 /// The memory tier over an optional disk tier.
 ///
 /// - A memory hit admits the set to disk (queued, written by the disk's
-///   writer thread) unless that very set is there: an object goes to disk
-///   on its second request, so one-hit wonders never cost a write.
+///   writer thread) unless that very set is there, and so does storing a
+///   key stored recently before (evicted from memory in between): an
+///   object goes to disk on its second request, so one-hit wonders never
+///   cost a write.
 /// - A memory miss reads the disk; what it finds is promoted to memory
 ///   (whose own admission decides whether it stays) and served.
 /// - A replacement or removal forgets the key on disk too, so an older
@@ -278,10 +280,16 @@ impl Store for TieredStore {
     }
 
     fn put(&self, key: Arc<str>, variants: Variants) -> Put {
-        if let Some(disk) = &self.disk {
-            disk.forget_unless(&key, &variants);
+        let Some(disk) = &self.disk else { return self.memory.put(key, variants) };
+        disk.forget_unless(&key, &variants);
+        let again = disk.stored_before(&key);
+        let (put, stored) = self.memory.put_shared(key.clone(), variants);
+        // Fetched again after the memory tier let it go: its second
+        // request as much as a memory hit is.
+        if again && let Some(stored) = &stored {
+            disk.admit(&key, stored);
         }
-        self.memory.put(key, variants)
+        put
     }
 
     fn remove(&self, key: &str) {
@@ -341,6 +349,34 @@ impl CachedObject {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_stored_again_after_memory_let_it_go_is_written_to_disk() {
+        let dir = std::env::temp_dir().join(format!("fresco-tiered-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let policy = crate::policy::response::PolicyConfig::default();
+        let (disk, _) = DiskStore::open(&dir, 64 << 20, policy, true).unwrap();
+        let store = TieredStore::new(MemoryStore::new(1 << 20, 64 << 10), Some(disk));
+        let put = |url: &str| {
+            let mut o = CachedObject::for_test(url, &[], Default::default());
+            o.body = Bytes::from(vec![b'x'; 50_000]);
+            let _ = store.put(Arc::from(url), Variants::default().with(Arc::new(o), 4));
+        };
+        put("http://h/first");
+        for i in 0..100 {
+            put(&format!("http://h/{i}"));
+        }
+        assert!(store.memory().get("http://h/first").is_none(), "evicted from memory");
+        let disk = store.disk().unwrap();
+        assert_eq!(disk.keys(), 0, "one-hit wonders are not written");
+        put("http://h/first");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while disk.keys() == 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(disk.keys(), 1, "its second request wrote it");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn stored_headers_keep_order_and_duplicates_and_own_their_bytes() {
