@@ -133,7 +133,8 @@ impl MemoryStore {
         }
     }
 
-    /// [`Store::put`], also returning the set as stored (when it was).
+    /// [`Store::put`], also returning the set it tried to store (None when
+    /// it was too large or empty).
     pub fn put_shared(&self, key: Arc<str>, mut variants: Variants) -> (Put, Option<Arc<Variants>>) {
         if variants.objects.is_empty() {
             self.remove(&key);
@@ -166,8 +167,7 @@ impl MemoryStore {
             }
             // Otherwise `v` is what the new set replaced: not an eviction.
         }
-        let stored = (result == Put::Stored).then_some(new);
-        (result, stored)
+        (result, Some(new))
     }
 
     fn refuse(&self, why: Refusal) -> Put {

@@ -267,8 +267,8 @@ impl Store for TieredStore {
         let (found, at) = disk.load(key)?;
         // Refused or evicted again at once: served this time all the same.
         let key: Arc<str> = Arc::from(key);
-        let (_, promoted) = self.memory.put_shared(key.clone(), found.clone());
-        if let Some(promoted) = &promoted
+        let (put, promoted) = self.memory.put_shared(key.clone(), found.clone());
+        if let Some(promoted) = promoted.as_ref().filter(|_| put == Put::Stored)
             && !disk.holds(&key, at)
         {
             // Replaced or removed meanwhile: the older set must not come
@@ -285,7 +285,8 @@ impl Store for TieredStore {
         let again = disk.stored_before(&key);
         let (put, stored) = self.memory.put_shared(key.clone(), variants);
         // Fetched again after the memory tier let it go: its second
-        // request as much as a memory hit is.
+        // request as much as a memory hit is. Kept on disk even when the
+        // memory tier's own admission turned it away at once (NoRoom).
         if again && let Some(stored) = &stored {
             disk.admit(&key, stored);
         }
