@@ -24,6 +24,9 @@ CONNS=${CONNS:-32}
 KEYS=${KEYS:-2000}
 MANY=${MANY:-1000000}
 CLIENTS=${CLIENTS:-4}
+# The cache key has the request's host: a fixed one, so that a node
+# restarted on another port finds its objects.
+HOST=bench.example
 want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 if [ "$(id -u)" = 0 ]; then
@@ -150,7 +153,9 @@ if want restart; then
   EMPTY_RSS=$(rss_kib "$PID")
   kill "$PID"; wait "$PID" 2>/dev/null || true
 
-  start_fresco many 64MiB 4GiB
+  # Filled with a memory tier that holds them all: each object's second
+  # request is a memory hit, which writes it to disk.
+  start_fresco many 1GiB 4GiB
   started=$(date +%s)
   per=$(( (MANY + CLIENTS - 1) / CLIENTS ))
   for pass in 1 2 3 4; do
@@ -159,7 +164,7 @@ if want restart; then
     for c in $(seq 0 $((CLIENTS - 1))); do
       lo=$((c * per + 1)); hi=$(( (c + 1) * per < MANY ? (c + 1) * per : MANY ))
       [ "$lo" -le "$hi" ] || continue
-      taskset -c 1 curl -s -o /dev/null "http://127.0.0.1:$PORT/small/o[$lo-$hi]" & fills+=($!)
+      taskset -c 1 curl -s -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$PORT/small/o[$lo-$hi]" & fills+=($!)
     done
     for p in "${fills[@]}"; do wait "$p"; done
   done
@@ -169,13 +174,13 @@ if want restart; then
 
   recovery() { grep "disk tier recovered" "$WORK/many.log" | tail -1 | sed 's/\x1b\[[0-9;]*m//g' | grep -o 'objects=[0-9]*\|recovery_ms=[0-9]*' | tr '\n' ' '; }
   start_fresco many 64MiB 4GiB
-  first=$(curl -s -o /dev/null -w '%{http_code} %header{cache-status}' "http://127.0.0.1:$PORT/small/o1")
+  first=$(curl -s -o /dev/null -H "Host: $HOST" -w '%{http_code} %header{cache-status}' "http://127.0.0.1:$PORT/small/o1")
   echo "  after a clean stop: ready in $READY_MS ms ($(recovery)); first request: $first"
   RSS=$(rss_kib "$PID"); KEPT=$(metric "$ADMIN" fresco_disk_objects)
   python3 -c "print(f'  disk index: {($RSS - $EMPTY_RSS) * 1024 / $KEPT:.0f} B resident per object on disk ({($RSS - $EMPTY_RSS) / 1024:.0f} MiB for $KEPT objects over a node with an empty disk tier)')"
   kill -9 "$PID"; wait "$PID" 2>/dev/null || true
   start_fresco many 64MiB 4GiB
-  first=$(curl -s -o /dev/null -w '%{http_code} %header{cache-status}' "http://127.0.0.1:$PORT/small/o$MANY")
+  first=$(curl -s -o /dev/null -H "Host: $HOST" -w '%{http_code} %header{cache-status}' "http://127.0.0.1:$PORT/small/o$MANY")
   echo "  after SIGKILL: ready in $READY_MS ms ($(recovery)); first request: $first"
   kill "$PID"; wait "$PID" 2>/dev/null || true
 fi

@@ -57,6 +57,8 @@ const MAX_QUEUED: u64 = 64 << 20;
 /// One slot of the recently-stored filter per this much of the budget
 /// (objects are rarely smaller on average).
 const SEEN_BYTES_PER_SLOT: u64 = 16 << 10;
+/// How often the writer refreshes the objects and bytes gauges.
+const PUBLISH_EVERY: Duration = Duration::from_millis(100);
 /// At most one warning per this interval for failed writes.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -914,7 +916,22 @@ enum WriteFailure {
 
 impl Writer {
     fn run(mut self, jobs: Receiver<Job>) {
-        while let Ok(job) = jobs.recv() {
+        // The gauges walk the index: at most every PUBLISH_EVERY, and once
+        // the queue is drained.
+        let mut published = Instant::now();
+        let mut dirty = false;
+        loop {
+            let job = match jobs.recv_timeout(PUBLISH_EVERY) {
+                Ok(job) => job,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if dirty {
+                        self.publish();
+                        (published, dirty) = (Instant::now(), false);
+                    }
+                    continue;
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+            };
             match job {
                 Job::Write(key, variants, size) => {
                     self.write(&key, &variants);
@@ -924,7 +941,11 @@ impl Writer {
                     self.append(&key, &encode_record(&key, &Variants::default()));
                 }
             }
-            self.publish();
+            dirty = true;
+            if published.elapsed() >= PUBLISH_EVERY {
+                self.publish();
+                (published, dirty) = (Instant::now(), false);
+            }
         }
     }
 
