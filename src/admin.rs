@@ -348,7 +348,7 @@ mod tests {
     }
 
     fn view(nodes: Vec<NodeInfo>) -> ClusterView {
-        ClusterView { stream: "s2".into(), head: Some(10), nodes }
+        ClusterView { stream: "s2".into(), base: 0, head: Some(10), nodes }
     }
 
     #[test]

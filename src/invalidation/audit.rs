@@ -60,12 +60,6 @@ impl Audit {
         }
     }
 
-    /// Forgets every record: after the cluster's log was replaced, its
-    /// versions name other invalidations.
-    pub fn clear(&self) {
-        self.records.write().unwrap_or_else(|e| e.into_inner()).clear();
-    }
-
     pub fn get(&self, version: u64) -> Option<AuditRecord> {
         self.records.read().unwrap_or_else(|e| e.into_inner()).get(&version).cloned()
     }
