@@ -38,8 +38,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::audit::Audit;
 use super::log_file;
-use super::service::{IDEMPOTENCY_WINDOW, MAX_KEYS};
 use super::selectors::{Invalidations, Mode, Selector};
+use super::service::{IDEMPOTENCY_WINDOW, MAX_KEYS};
 use crate::data_dir::{self, DataDirLock};
 
 /// An invalidation as requested, before it has a version.

@@ -272,8 +272,11 @@ mod tests {
 
     #[test]
     fn a_version_that_does_not_increase_is_damage() {
-        let content =
-            format!("{}{}", encode(&entry(5, "a", Mode::Hard), None).unwrap(), encode(&entry(5, "b", Mode::Hard), None).unwrap());
+        let content = format!(
+            "{}{}",
+            encode(&entry(5, "a", Mode::Hard), None).unwrap(),
+            encode(&entry(5, "b", Mode::Hard), None).unwrap()
+        );
         let err = read_log(&file("reused", content.as_bytes())).unwrap_err();
         assert!(err.contains("version 5 after version 5"), "{err}");
     }

@@ -964,7 +964,9 @@ impl Membership for NatsBus {
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
             let stream = self.lock_following().pos.stream.clone();
             let head = match self.js.get_stream(STREAM).await {
-                Ok(s) if identity(s.cached_info()) == stream => Some(base(&stream) + s.cached_info().state.last_sequence),
+                Ok(s) if identity(s.cached_info()) == stream => {
+                    Some(base(&stream) + s.cached_info().state.last_sequence)
+                }
                 _ => None,
             };
             ClusterView { base: base(&stream), stream, head, nodes }
