@@ -61,6 +61,9 @@ pub struct RawConfig {
     /// Keep Surrogate-Key / Cache-Tag / Cache-Groups on client responses [default: false]
     #[arg(long)]
     pub expose_tag_headers: Option<bool>,
+    /// Remove CDN-Cache-Control from client responses (it is forwarded for downstream CDNs, RFC 9213 §2.1) [default: false]
+    #[arg(long)]
+    pub strip_cdn_cache_control: Option<bool>,
     /// Parent node to fetch through (origin shield); repeat for several, chosen per object by rendezvous hashing
     #[arg(long = "parent")]
     pub parent: Option<Vec<String>>,
@@ -208,6 +211,7 @@ impl RawConfig {
             store_set_cookie: self.store_set_cookie.or(base.store_set_cookie),
             sort_query: self.sort_query.or(base.sort_query),
             expose_tag_headers: self.expose_tag_headers.or(base.expose_tag_headers),
+            strip_cdn_cache_control: self.strip_cdn_cache_control.or(base.strip_cdn_cache_control),
             node_name: self.node_name.or(base.node_name),
             ignore_query_params: self.ignore_query_params.or(base.ignore_query_params),
             key_headers: self.key_headers.or(base.key_headers),
@@ -280,6 +284,7 @@ pub struct Config {
     pub store_set_cookie: bool,
     pub sort_query: bool,
     pub expose_tag_headers: bool,
+    pub strip_cdn_cache_control: bool,
     pub node_name: String,
     pub ignore_query_params: Vec<String>,
     pub key_headers: Vec<http::HeaderName>,
@@ -486,6 +491,7 @@ impl Config {
             store_set_cookie: raw.store_set_cookie.unwrap_or(false),
             sort_query: raw.sort_query.unwrap_or(false),
             expose_tag_headers: raw.expose_tag_headers.unwrap_or(false),
+            strip_cdn_cache_control: raw.strip_cdn_cache_control.unwrap_or(false),
             node_name,
             ignore_query_params: raw.ignore_query_params.unwrap_or_default(),
             key_headers,

@@ -51,6 +51,7 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     };
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
+    settings.strip_cdn_cache_control = cfg.strip_cdn_cache_control;
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
