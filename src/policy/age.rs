@@ -84,7 +84,7 @@ fn small_number(text: &str, width: usize) -> Option<u64> {
 /// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
 /// (H. Hinnant's algorithm); `None` for a day the month does not have.
 fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
     let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
     if day > month_days[(month - 1) as usize] {
         return None;

@@ -227,8 +227,9 @@ mod tests {
             ("lm", headers(&[("last-modified", &t), ("date", &date)])),
             ("date", headers(&[("date", &date)])),
         ];
-        // (request, expected 304 for each stored kind in the order above)
-        let cases: Vec<(Vec<(&str, &str)>, [bool; 4])> = vec![
+        // The request's fields, and whether each stored kind above answers 304.
+        type Case<'a> = (Vec<(&'a str, &'a str)>, [bool; 4]);
+        let cases: Vec<Case> = vec![
             (vec![], [false; 4]),
             (vec![("if-none-match", "\"a\"")], [true, true, false, false]),
             (vec![("if-none-match", "W/\"a\"")], [true, true, false, false]),
