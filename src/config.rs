@@ -104,6 +104,10 @@ pub struct RawConfig {
     #[arg(skip)]
     #[serde(rename = "token")]
     pub tokens: Option<Vec<RawToken>>,
+    /// Other cache layers invalidations are forwarded to (file only: `[[layer]]` tables)
+    #[arg(skip)]
+    #[serde(rename = "layer")]
+    pub layers: Option<Vec<RawLayer>>,
     /// Name of this cache in Cache-Status and Via [default: fresco]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -180,6 +184,23 @@ impl std::fmt::Debug for RawToken {
     }
 }
 
+/// One `[[layer]]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLayer {
+    pub name: String,
+    /// `varnish` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    /// What it is told about, as token scopes [default: ["all"]]
+    pub scopes: Option<Vec<String>>,
+    /// Entries it may fall behind before it is owed a gap [default: 10000]
+    pub backlog: Option<usize>,
+    /// Redis: the prefix of the application's tag and URL sets [default: "fresco:"]
+    pub key_prefix: Option<String>,
+}
+
 /// One `[[class]]` table.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +245,7 @@ impl RawConfig {
             sweep_interval: self.sweep_interval.or(base.sweep_interval),
             purge_allow: self.purge_allow.or(base.purge_allow),
             tokens: self.tokens.or(base.tokens),
+            layers: self.layers.or(base.layers),
             bus: self.bus.or(base.bus),
             node_id: self.node_id.or(base.node_id),
             bus_replicas: self.bus_replicas.or(base.bus_replicas),
@@ -298,6 +320,7 @@ pub struct Config {
     pub purge_allow: Vec<(std::net::IpAddr, u8)>,
     /// Configured tokens; empty means a local admin token is generated.
     pub tokens: Vec<Token>,
+    pub layers: Vec<crate::layers::LayerConfig>,
     pub bus: Option<String>,
     pub node_id: String,
     pub bus_replicas: usize,
@@ -393,6 +416,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tokens = raw.tokens.unwrap_or_default().into_iter().map(token).collect::<Result<Vec<_>, _>>()?;
+        let layers = raw.layers.unwrap_or_default().into_iter().map(layer).collect::<Result<Vec<_>, _>>()?;
+        if let Some(twice) = layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| layers[..i].iter().any(|other| other.name == l.name).then_some(&l.name))
+        {
+            return Err(ConfigError(format!("two [[layer]] tables are named `{twice}`; names must differ")));
+        }
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -504,6 +535,7 @@ impl Config {
             sweep_interval: duration("sweep_interval", raw.sweep_interval, "10s")?,
             purge_allow,
             tokens,
+            layers,
             node_id,
             bus: match raw.bus {
                 Some(url) if url.split(',').all(|u| u.trim().starts_with("nats://")) => Some(url),
@@ -528,6 +560,47 @@ fn default_node_id(port: u16) -> String {
     let host: String =
         host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     format!("{host}-{port}")
+}
+
+/// Validates one `[[layer]]`.
+fn layer(l: RawLayer) -> Result<crate::layers::LayerConfig, ConfigError> {
+    use crate::layers::Kind;
+    let key = |k: &str| format!("layer.{k} (layer `{}`)", l.name);
+    let safe_name = !l.name.is_empty()
+        && l.name.len() <= 64
+        && l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !safe_name {
+        return Err(ConfigError(format!(
+            "layer name {:?}: 1 to 64 letters, digits, `-` or `_` (it names a file in the data directory)",
+            l.name
+        )));
+    }
+    let kind = match l.kind.as_str() {
+        "varnish" => Kind::Varnish,
+        "redis" => Kind::Redis,
+        other => return Err(invalid(&key("type"), other, "`varnish` or `redis`")),
+    };
+    let scopes = l
+        .scopes
+        .unwrap_or_else(|| vec!["all".into()])
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scopes.is_empty() {
+        return Err(ConfigError(format!("{}: a layer needs at least one scope", key("scopes"))));
+    }
+    let backlog = l.backlog.unwrap_or(10_000);
+    if backlog == 0 {
+        return Err(ConfigError(format!("{}: must be at least 1", key("backlog"))));
+    }
+    Ok(crate::layers::LayerConfig {
+        name: l.name,
+        kind,
+        url: l.url,
+        scopes,
+        backlog,
+        key_prefix: l.key_prefix.unwrap_or_else(|| "fresco:".into()),
+    })
 }
 
 /// Validates one `[[token]]`.

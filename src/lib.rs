@@ -12,6 +12,7 @@ pub mod data_dir;
 pub mod demo;
 pub mod invalidation;
 pub mod key;
+pub mod layers;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -97,9 +97,11 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         }
     };
     let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
+    let layers = crate::layers::start(&cfg.layers, &cfg.data_dir, audit.clone(), &supervisor)?;
     let service = Arc::new(Service {
         log,
         audit,
+        layers,
         invalidations: invalidations.clone(),
         access: Access::new(tokens, cfg.purge_allow.clone()),
         node: cfg.node_id.clone(),

@@ -50,6 +50,9 @@ pub struct ClusterView {
     pub base: u64,
     pub head: Option<u64>,
     pub nodes: Vec<NodeInfo>,
+    /// Other cache layers this node forwards invalidations to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<crate::layers::LayerInfo>,
 }
 
 /// One readiness check, named for `/readyz`.

@@ -271,6 +271,8 @@ impl Writer {
         }
         let last = scan.entries.last().map_or(snapshot.version, |e| e.version.max(snapshot.version));
         let next = snapshot.next.max(last + 1);
+        // Entries folded into the snapshot are not in the audit.
+        audit.complete_from(scan.entries.first().map_or(next, |e| e.version));
         if last > 0 {
             tracing::info!(
                 snapshot_version = snapshot.version,

@@ -336,6 +336,8 @@ impl NatsBus {
             Position::fresh(stream_id)
         };
         invalidations.advance(pos.applied);
+        // Entries applied before this start are not in the audit.
+        audit.complete_from(base(&pos.stream) + pos.applied + 1);
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let now = Instant::now();
@@ -643,6 +645,7 @@ impl NatsBus {
             self.invalidations.apply(&[Selector::All], Mode::Soft, f.offset + seq - 1);
             metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
             f.pos.from = seq;
+            self.audit.complete_from(base(&f.pos.stream) + seq);
         }
         let version = f.offset + seq;
         let public = base(&f.pos.stream) + seq;
@@ -756,6 +759,7 @@ impl NatsBus {
         let base = self.invalidations.applied() + 1;
         self.invalidations.apply(&[Selector::All], Mode::Soft, base);
         f.offset = base;
+        self.audit.complete_from(self::base(&id) + 1);
         f.pos = Position::fresh(id);
         f.generation += 1;
         self.invalidations.catch_up_to(base + head);
@@ -969,7 +973,7 @@ impl Membership for NatsBus {
                 }
                 _ => None,
             };
-            ClusterView { base: base(&stream), stream, head, nodes }
+            ClusterView { base: base(&stream), stream, head, nodes, layers: Vec::new() }
         })
     }
 
@@ -1044,6 +1048,7 @@ impl Membership for Alone {
                     hits: self.counters.hits.load(Ordering::Relaxed),
                     requests: self.counters.requests.load(Ordering::Relaxed),
                 }],
+                layers: Vec::new(),
             }
         })
     }

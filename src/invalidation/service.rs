@@ -358,6 +358,8 @@ pub fn normalise_url(field: &str, text: &str, keys: &KeyPolicy) -> Result<String
 pub struct Service {
     pub log: Arc<dyn KeyedLog>,
     pub audit: Arc<Audit>,
+    /// Other cache layers this node forwards invalidations to.
+    pub layers: Arc<crate::layers::Layers>,
     pub invalidations: Arc<Invalidations>,
     pub access: Access,
     pub node: String,

@@ -6,6 +6,7 @@ mod harness;
 mod cluster;
 mod http_caching;
 mod invalidation;
+mod layers;
 mod log_durability;
 mod model;
 mod nginx_origin;

@@ -18,7 +18,7 @@
 mod bus;
 mod oracle;
 mod origin;
-mod relay;
+pub(crate) mod relay;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
