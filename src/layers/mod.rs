@@ -305,7 +305,7 @@ impl Forwarder {
             }
             // The first failure and then one line a minute or so: a layer
             // down for an hour must not flood the log.
-            if failures % 64 == 0 {
+            if failures.is_multiple_of(64) {
                 tracing::warn!(layer = %self.cfg.name, error = %detail, "the layer did not take an invalidation; retrying");
             }
             failures += 1;
