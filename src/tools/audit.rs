@@ -84,10 +84,11 @@ pub(crate) fn parse_headers(given: &[String]) -> Result<Vec<(HeaderName, HeaderV
 
 /// An absolute http(s) URL from the command line.
 pub(crate) fn parse_url(what: &str, text: &str) -> Result<Uri, CliError> {
-    let uri: Uri = text.parse().map_err(|e| CliError::Usage(format!("{what} {text:?}: {e}")))?;
+    let wrong = || CliError::Usage(format!("{what} {text:?}: give an absolute http:// or https:// URL"));
+    let uri: Uri = text.parse().map_err(|_| wrong())?;
     match (uri.scheme_str(), uri.authority()) {
         (Some("http") | Some("https"), Some(_)) => Ok(uri),
-        _ => Err(CliError::Usage(format!("{what} {text:?}: give an absolute http:// or https:// URL"))),
+        _ => Err(wrong()),
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod audit;
 mod cluster;
 mod http_caching;
 mod invalidation;
