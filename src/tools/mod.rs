@@ -3,6 +3,7 @@
 //! `fresco diagnose` (which layer serves a stale copy, and why).
 
 pub mod audit;
+pub mod diagnose;
 mod fetch;
 mod html;
 mod rules;
