@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod cluster;
+mod diagnose;
 mod http_caching;
 mod invalidation;
 mod log_durability;
