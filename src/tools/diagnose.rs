@@ -601,8 +601,8 @@ async fn cluster_purges(
 fn print_report(e: &Evidence, j: &Judgement, now: SystemTime, had_token: bool) {
     let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     println!(
-        "{:<34} {:>6} {:<14} {:>6} {:<18} {:<10} {:<12} {}",
-        "LAYER", "STATUS", "CACHE", "AGE", "ETAG", "VERSION", "BODY", "CACHE-STATUS"
+        "{:<34} {:>6} {:<14} {:>6} {:<18} {:<10} {:<12} CACHE-STATUS",
+        "LAYER", "STATUS", "CACHE", "AGE", "ETAG", "VERSION", "BODY"
     );
     let row = |name: &str, o: &Result<Observation, String>| match o {
         Ok(o) => println!(
