@@ -202,3 +202,34 @@ async fn bad_usage_and_an_unreachable_page_have_their_exit_status() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot fetch the page"), "{stderr}");
 }
+
+/// A hostile site: an endless-looking page, a redirect loop, a page
+/// linking to a hundred others. The audit stays bounded and still reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_site_is_audited_within_bounds() {
+    let site = Origin::start().await;
+    let mut html = String::from(r#"<html><head><script src="/loop.js"></script></head><body>"#);
+    for i in 0..100 {
+        html.push_str(&format!(r#"<a href="/p{i}">p{i}</a>"#));
+    }
+    // Past the 4 MiB read limit: the rest is never read.
+    html.push_str(&"<p>filler</p>".repeat(500_000));
+    let revalidate = [HTML, ("cache-control", "no-cache"), ("etag", "\"h\"")];
+    site.route("/", reply(&html, &revalidate));
+    for i in 0..100 {
+        site.route(&format!("/p{i}"), reply("<html></html>", &revalidate));
+    }
+    site.route("/loop.js", Reply::ok("").status(302).header("location", "/loop2.js"));
+    site.route("/loop2.js", Reply::ok("").status(302).header("location", "/loop.js"));
+
+    let (code, stdout, stderr) = audit(&[&site.url(), "--crawl", "3", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(report["pages"], 4, "the page and 3 more, not 100");
+    let pages_fetched = (0..100).filter(|i| site.hits(&format!("/p{i}")) > 0).count();
+    assert_eq!(pages_fetched, 3);
+    let found = findings(&report);
+    assert_eq!(found, [("/loop.js".to_string(), "fetch-failed".to_string())].into(), "{stdout}");
+    assert!(stdout.contains("redirects"), "{stdout}");
+    assert!(site.hits("/loop.js") <= 6, "redirects are bounded");
+}
