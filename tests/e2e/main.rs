@@ -17,3 +17,4 @@ mod security;
 mod stampede;
 mod store;
 mod trust;
+mod warm;
