@@ -16,7 +16,7 @@ use super::rules::{self, Class, Context, Finding, Rule, Severity, Subject};
 use crate::cli::CliError;
 
 const AUDIT_EXIT_STATUS: &str = "Exit status: 0 no error-level finding; 1 at least one error-level finding, \
-or the page itself could not be fetched; 2 bad usage (a URL that is not absolute http(s), a malformed --header).";
+or the page itself could not be fetched or answered 4xx/5xx; 2 bad usage (a URL that is not absolute http(s), a malformed --header).";
 
 /// Assets fetched at once.
 const CONCURRENCY: usize = 8;
@@ -107,10 +107,14 @@ pub async fn run(args: AuditArgs) -> Result<(), CliError> {
 
     while let Some(page) = pages.pop_front() {
         let got = fetcher.get(&page, &headers).await;
-        if page_count == 0
-            && let Err(e) = &got
-        {
-            return Err(CliError::Failed(format!("cannot fetch the page: {e}")));
+        if page_count == 0 {
+            match &got {
+                Err(e) => return Err(CliError::Failed(format!("cannot fetch the page: {e}"))),
+                Ok(g) if g.status >= 400 => {
+                    return Err(CliError::Failed(format!("the page answered {}: nothing to audit", g.status)));
+                }
+                Ok(_) => {}
+            }
         }
         page_count += 1;
         let (audited, refs) = audit_one(&page, None, got, sent_authorization);

@@ -201,6 +201,10 @@ async fn bad_usage_and_an_unreachable_page_have_their_exit_status() {
     let (code, _, stderr) = audit(&[&format!("http://127.0.0.1:{port}/")]).await;
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("cannot fetch the page"), "{stderr}");
+    let site = Origin::start().await;
+    let (code, _, stderr) = audit(&[&format!("{}/gone", site.url())]).await;
+    assert_eq!(code, Some(1), "a page that is not there does not pass: {stderr}");
+    assert!(stderr.contains("answered 404"), "{stderr}");
 }
 
 /// A hostile site: an endless-looking page, a redirect loop, a page

@@ -76,6 +76,13 @@ async fn names_the_node_that_missed_a_purge_and_the_purge() {
         fetch(n, "/obj").await;
         assert!(fetch(n, "/obj").await.is_hit());
     }
+    // a must know c (and the bound c serves for) before the partition, so
+    // that its view says c may still be serving.
+    let auth = format!("Bearer {TOKEN}");
+    eventually("a hears c's heartbeat", Duration::from_secs(20), async || {
+        send("GET", &a.admin_url("/api/v1/nodes"), &[("authorization", &auth)]).await.text().contains("\"c\"")
+    })
+    .await;
     link.cut().await;
     origin.route("/obj", version("42"));
     let accepted =
@@ -116,6 +123,7 @@ async fn names_the_node_that_missed_a_purge_and_the_purge() {
     assert_eq!(cause["version"], purged, "{stdout}");
     assert_eq!(cause["reason"], "deploy 42", "{stdout}");
     assert!(cause["applied"].as_u64().unwrap() < purged, "{stdout}");
+    assert_eq!(cause["unconfirmed"], json!(["c"]), "the cluster's name for it: {stdout}");
     // The no-cache request through c fetched the current copy: nothing
     // behind c is old, so the purge is the whole story.
     assert!(!stale["causes"].as_array().unwrap().iter().any(|c| c["cause"] == "upstream-old"), "{stdout}");
