@@ -628,3 +628,56 @@ impl Drop for Nats {
         self.stop();
     }
 }
+
+/// A TCP link between a node and a service (the bus) that a test can cut: a
+/// real partition on loopback, both ends keep running.
+pub struct Link {
+    listen: u16,
+    upstream: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Link {
+    pub async fn start(upstream: u16) -> Link {
+        let mut link = Link { listen: free_port(), upstream, task: None };
+        link.restore().await;
+        link
+    }
+
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.listen)
+    }
+
+    /// Drops every connection and refuses new ones.
+    pub async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    pub async fn restore(&mut self) {
+        self.cut().await;
+        let listener = TcpListener::bind(("127.0.0.1", self.listen)).await.unwrap();
+        let upstream = self.upstream;
+        self.task = Some(tokio::spawn(async move {
+            // Relays live in the JoinSet, so aborting this task drops them all.
+            let mut relays = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                relays.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}

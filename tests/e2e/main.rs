@@ -3,7 +3,9 @@
 
 mod harness;
 
+mod audit;
 mod cluster;
+mod diagnose;
 mod http_caching;
 mod invalidation;
 mod layers;
@@ -16,3 +18,4 @@ mod security;
 mod stampede;
 mod store;
 mod trust;
+mod warm;
