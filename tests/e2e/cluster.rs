@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Nats, Origin, Reply, get, metric, send, send_body, temp_dir};
+use crate::harness::{Fresco, Nats, Origin, Relay, Reply, get, metric, send, send_body, temp_dir};
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -73,58 +73,6 @@ async fn base(fresco: &Fresco) -> u64 {
 async fn readyz(fresco: &Fresco) -> (u16, Value) {
     let r = get(&fresco.admin_url("/readyz")).await;
     (r.status, body(&r))
-}
-
-/// A TCP link between one node and the bus that the test can cut: a real
-/// partition on loopback (the node keeps running, the bus too).
-struct Link {
-    listen: u16,
-    upstream: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Link {
-    async fn start(upstream: u16) -> Link {
-        let mut link = Link { listen: crate::harness::free_port(), upstream, task: None };
-        link.restore().await;
-        link
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.listen)
-    }
-
-    /// Drops every connection and refuses new ones.
-    async fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        self.cut().await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.listen)).await.unwrap();
-        let upstream = self.upstream;
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
 }
 
 async fn nodes(fresco: &Fresco) -> Value {
@@ -286,13 +234,13 @@ async fn a_node_past_the_retention_soft_purges_and_says_so() {
     origin.route("/kept", Reply::ok("kept").header("cache-control", "max-age=600").header("etag", "\"k1\""));
     let cfg = config();
     let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
-    let mut link = Link::start(nats.port).await;
-    let b = node(&origin, &link.url(), "b", &temp_dir("b"), &cfg);
+    let link = Relay::start(nats.port).await;
+    let b = node(&origin, &link.nats_url(), "b", &temp_dir("b"), &cfg);
     assert_eq!(post(&a, json!({"tags": ["one"]})).await.status, 202);
     eventually("b applies 1", async || applied(&b).await == 1.0).await;
     get(&b.url("/kept")).await;
     assert!(get(&b.url("/kept")).await.is_hit());
-    link.cut().await;
+    link.cut();
     for i in 0..5 {
         assert_eq!(post(&a, json!({"tags": [format!("gap-{i}")]})).await.status, 202);
     }
@@ -300,7 +248,7 @@ async fn a_node_past_the_retention_soft_purges_and_says_so() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.get_stream("FRESCO_INVALIDATIONS").await.unwrap().purge().keep(1).await.unwrap();
-    link.restore().await;
+    link.heal();
     eventually("b applies 6 after the gap", async || applied(&b).await == 6.0).await;
     assert_eq!(metric(&b, "fresco_invalidation_retention_gaps_total").await, 1.0);
     let r = get(&b.url("/kept")).await;
@@ -529,13 +477,13 @@ async fn a_partitioned_node_stops_serving_stored_objects_and_status_waits_for_it
     origin.route("/obj", Reply::ok("v1").header("cache-control", "max-age=600").header("surrogate-key", "obj"));
     let cfg = config();
     let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
-    let mut link = Link::start(nats.port).await;
-    let c = node(&origin, &link.url(), "c", &temp_dir("c"), &cfg);
+    let link = Relay::start(nats.port).await;
+    let c = node(&origin, &link.nats_url(), "c", &temp_dir("c"), &cfg);
     get(&c.url("/obj")).await;
     assert!(get(&c.url("/obj")).await.is_hit());
     assert_eq!(readyz(&c).await.0, 200, "{}", readyz(&c).await.1);
     eventually("both nodes heartbeat", async || nodes(&a).await["nodes"].as_array().unwrap().len() == 2).await;
-    link.cut().await;
+    link.cut();
     origin.route("/obj", Reply::ok("v2").header("cache-control", "max-age=600").header("surrogate-key", "obj"));
     let accepted = post(&a, json!({"tags": ["obj"]})).await;
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -565,7 +513,7 @@ async fn a_partitioned_node_stops_serving_stored_objects_and_status_waits_for_it
     let s = status(&a, version).await;
     assert!(s["down"].as_array().unwrap().contains(&json!("c")), "{s}");
     assert!(served_while_cut < 400);
-    link.restore().await;
+    link.heal();
     eventually("c is ready again", async || readyz(&c).await.0 == 200).await;
     eventually("c applied the purge", async || applied_version(&c).await >= version as f64).await;
     get(&c.url("/obj")).await;

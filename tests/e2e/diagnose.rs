@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Link, Nats, Origin, Reply, eventually, metric, send, temp_dir};
+use crate::harness::{Fresco, Nats, Origin, Relay, Reply, eventually, metric, send, temp_dir};
 
 const TOKEN: &str = "diagnose-token-0123456789";
 /// The public host every client (and the tool) asks for.
@@ -66,7 +66,7 @@ async fn names_the_node_that_missed_a_purge_and_the_purge() {
     let cfg = config();
     let cfg = cfg.to_str().unwrap();
     let a = Fresco::start_in(&temp_dir("a"), &origin.url(), &["--bus", &nats.url(), "--node-id", "a", "--config", cfg]);
-    let mut link = Link::start(nats.port).await;
+    let link = Relay::start(nats.port).await;
     let c = Fresco::start_in(
         &temp_dir("c"),
         &origin.url(),
@@ -83,7 +83,7 @@ async fn names_the_node_that_missed_a_purge_and_the_purge() {
         send("GET", &a.admin_url("/api/v1/nodes"), &[("authorization", &auth)]).await.text().contains("\"c\"")
     })
     .await;
-    link.cut().await;
+    link.cut();
     origin.route("/obj", version("42"));
     let accepted =
         crate::harness::invalidate(&a, TOKEN, json!({"tags": ["obj"], "reason": "deploy 42"}).to_string()).await;

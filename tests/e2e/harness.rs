@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 /// What the test origin answers for a path.
 #[derive(Clone, Debug)]
@@ -629,55 +630,65 @@ impl Drop for Nats {
     }
 }
 
-/// A TCP link between a node and a service (the bus) that a test can cut: a
-/// real partition on loopback, both ends keep running.
-pub struct Link {
-    listen: u16,
-    upstream: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
+/// A loopback TCP relay to a service (the bus, a layer) that a test can cut
+/// (dropping the relayed connections and refusing new ones) and heal: a
+/// real partition of whatever connects through it, both ends running.
+pub struct Relay {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<JoinSet<()>>>,
+    task: tokio::task::JoinHandle<()>,
 }
 
-impl Link {
-    pub async fn start(upstream: u16) -> Link {
-        let mut link = Link { listen: free_port(), upstream, task: None };
-        link.restore().await;
-        link
-    }
-
-    pub fn nats_url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.listen)
-    }
-
-    /// Drops every connection and refuses new ones.
-    pub async fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    pub async fn restore(&mut self) {
-        self.cut().await;
-        let listener = TcpListener::bind(("127.0.0.1", self.listen)).await.unwrap();
-        let upstream = self.upstream;
-        self.task = Some(tokio::spawn(async move {
-            // Relays live in the JoinSet, so aborting this task drops them all.
-            let mut relays = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                relays.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
+impl Relay {
+    /// Relays 127.0.0.1:<new port> to 127.0.0.1:`target`.
+    pub async fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let (c, j) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut set = j.lock().unwrap();
+                while set.try_join_next().is_some() {}
+                set.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
             }
-        }));
+        });
+        Relay { port, cut, conns, task }
+    }
+
+    /// The relay as a bus address for a node.
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
     }
 }
 
-impl Drop for Link {
+impl Drop for Relay {
     fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
+        self.task.abort();
+        self.conns.lock().unwrap().abort_all();
     }
 }

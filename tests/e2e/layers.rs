@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Origin, Reply, eventually, free_port, get, invalidate, metric, send, temp_dir};
-use crate::model::relay::Relay;
+use crate::harness::{Fresco, Origin, Relay, Reply, eventually, free_port, get, invalidate, metric, send, temp_dir};
 
 const WAIT: Duration = Duration::from_secs(20);
 

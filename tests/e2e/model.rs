@@ -18,7 +18,6 @@
 mod bus;
 mod oracle;
 mod origin;
-pub(crate) mod relay;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,11 +34,11 @@ use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 
+use crate::harness::Relay;
 use crate::harness::{Fresco, Got, client};
 use bus::Bus;
 use oracle::{ATTACKER, Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
-use relay::Relay;
 
 /// The host every request names; keys and URL selectors use it, so that
 /// every node of a cluster keys a path alike.
@@ -428,7 +427,7 @@ impl Env {
             .map(String::from)
             .collect();
         if let Some(relay) = self.relays.get(i) {
-            args.extend(["--bus".into(), relay.url(), "--node-id".into(), self.nodes[i].id.clone()]);
+            args.extend(["--bus".into(), relay.nats_url(), "--node-id".into(), self.nodes[i].id.clone()]);
             args.extend(["--down-after".into(), "2s".into(), "--max-log-silence".into(), "1s".into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
