@@ -562,6 +562,19 @@ fn default_node_id(port: u16) -> String {
     format!("{host}-{port}")
 }
 
+/// Parses the `scopes` list at `key` of `what` (a token, a layer): at
+/// least one, each `all`, `tag:PREFIX` or `host:NAME`.
+fn scopes(key: &str, list: &[String], what: &str) -> Result<Vec<Scope>, ConfigError> {
+    let scopes = list
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| invalid(key, s, "`all`, `tag:PREFIX` or `host:NAME`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scopes.is_empty() {
+        return Err(ConfigError(format!("{key}: {what} needs at least one scope")));
+    }
+    Ok(scopes)
+}
+
 /// Validates one `[[layer]]`.
 fn layer(l: RawLayer) -> Result<crate::layers::LayerConfig, ConfigError> {
     use crate::layers::Kind;
@@ -580,15 +593,7 @@ fn layer(l: RawLayer) -> Result<crate::layers::LayerConfig, ConfigError> {
         "redis" => Kind::Redis,
         other => return Err(invalid(&key("type"), other, "`varnish` or `redis`")),
     };
-    let scopes = l
-        .scopes
-        .unwrap_or_else(|| vec!["all".into()])
-        .iter()
-        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if scopes.is_empty() {
-        return Err(ConfigError(format!("{}: a layer needs at least one scope", key("scopes"))));
-    }
+    let scopes = scopes(&key("scopes"), &l.scopes.unwrap_or_else(|| vec!["all".into()]), "a layer")?;
     let backlog = l.backlog.unwrap_or(10_000);
     if backlog == 0 {
         return Err(ConfigError(format!("{}: must be at least 1", key("backlog"))));
@@ -635,14 +640,7 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
             )));
         }
     };
-    let scopes = t
-        .scopes
-        .iter()
-        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if scopes.is_empty() {
-        return Err(ConfigError(format!("{}: a token needs at least one scope", key("scopes"))));
-    }
+    let scopes = scopes(&key("scopes"), &t.scopes, "a token")?;
     let rate = t.rate.unwrap_or(50.0);
     let burst = t.burst.unwrap_or(200.0);
     if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {

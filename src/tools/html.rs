@@ -212,39 +212,13 @@ pub(crate) fn resolve(base: &Uri, reference: &str) -> Option<Uri> {
         format!("{}://{}{dir}{without_fragment}", base.scheme_str()?, base.authority()?)
     };
     let resolved: Uri = absolute.parse().ok()?;
-    let path = remove_dot_segments(resolved.path());
+    // RFC 3986 §5.2.4 (`../` in relative references), as cache keys do.
+    let path = crate::key::normalise_path(resolved.path());
     let pq = match resolved.query() {
         Some(q) => format!("{path}?{q}"),
         None => path,
     };
     format!("{}://{}{pq}", resolved.scheme_str()?, resolved.authority()?).parse().ok()
-}
-
-/// RFC 3986 §5.2.4, for `../` in relative references.
-fn remove_dot_segments(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').collect();
-    for (i, seg) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *seg {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                if out.len() > 1 {
-                    out.pop();
-                }
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    let joined = out.join("/");
-    if joined.starts_with('/') { joined } else { format!("/{joined}") }
 }
 
 /// Same scheme, host and port: what `--crawl` stays within.

@@ -28,17 +28,7 @@ fn page(assets: &str) -> String {
 }
 
 async fn audit(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
-        .arg("audit")
-        .args(args)
-        .output()
-        .await
-        .expect("run fresco audit");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::run_cli(&[&["audit"], args].concat()).await
 }
 
 /// (path, rule) of every finding in a `--json` report.

@@ -35,18 +35,7 @@ fn layer(node: &Fresco) -> String {
 }
 
 async fn diagnose(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
-        .arg("diagnose")
-        .args(args)
-        .env_remove("FRESCO_TOKEN")
-        .output()
-        .await
-        .expect("run fresco diagnose");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::run_cli(&[&["diagnose"], args].concat()).await
 }
 
 fn verdict<'a>(report: &'a Value, node: &Fresco) -> &'a Value {

@@ -692,3 +692,19 @@ impl Drop for Relay {
         self.conns.lock().unwrap().abort_all();
     }
 }
+
+/// Runs the `fresco` CLI (a command other than `serve`) to completion:
+/// its exit code, stdout and stderr. `FRESCO_TOKEN` is not inherited.
+pub async fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(args)
+        .env_remove("FRESCO_TOKEN")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run fresco {args:?}: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -4,17 +4,7 @@
 use crate::harness::{Fresco, Origin, Reply, send, temp_dir};
 
 async fn warm(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
-        .args(["deploy", "warm"])
-        .args(args)
-        .output()
-        .await
-        .expect("run fresco deploy warm");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::harness::run_cli(&[&["deploy", "warm"], args].concat()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
