@@ -275,6 +275,10 @@ impl Forwarder {
         let detail = self.until_taken(&[Selector::All], Mode::Hard, None).await;
         tracing::warn!(layer = %self.cfg.name, %detail, "gap delivered");
         self.owed_gap = false;
+        // Everything up to the cursor is covered now, also the entries
+        // passed over when the layer fell too far behind.
+        let cursor = self.cursor;
+        self.layers.update(&self.cfg.name, |i| i.delivered = i.delivered.max(cursor));
     }
 
     /// Tries until the layer takes it, with backoff; reports every outcome.

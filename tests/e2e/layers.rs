@@ -330,3 +330,37 @@ async fn a_bad_layer_table_is_refused_with_its_field_named() {
         assert!(err.contains(expect), "{table}: {err}");
     }
 }
+
+/// A layer that falls more than `backlog` entries behind is owed a gap
+/// rather than an unbounded queue: once back it gets a ban of everything
+/// (so nothing purged meanwhile survives there, including what was never
+/// sent one by one), the gap is counted, and every invalidation converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_too_far_behind_gets_a_gap_and_loses_nothing_purged() {
+    let origin = Origin::start().await;
+    for i in 0..4 {
+        origin.route(&format!("/g{i}"), Reply::ok("old").header("cache-control", "max-age=600"));
+    }
+    let varnish = Varnish::start(origin_port(&origin)).await;
+    let relay = Relay::start(varnish.port).await;
+    let table = format!("name = \"v\"\ntype = \"varnish\"\nurl = \"http://127.0.0.1:{}\"\nbacklog = 2", relay.port);
+    let fresco = node_with_layer(&origin, &table);
+    let host = format!("127.0.0.1:{}", varnish.port);
+    for i in 0..4 {
+        get(&varnish.url(&format!("/g{i}"))).await;
+        origin.route(&format!("/g{i}"), Reply::ok("new").header("cache-control", "max-age=600"));
+    }
+    relay.cut();
+    let mut versions = Vec::new();
+    for i in 0..4 {
+        versions.push(purge(&fresco, json!({"urls": [format!("http://{host}/g{i}")]})).await);
+    }
+    relay.heal();
+    for v in &versions {
+        converged(&fresco, *v).await;
+    }
+    assert_eq!(metric(&fresco, "fresco_layer_gaps_total{layer=\"v\"}").await, 1.0);
+    for i in 0..4 {
+        assert_eq!(get(&varnish.url(&format!("/g{i}"))).await.text(), "new", "/g{i}");
+    }
+}
