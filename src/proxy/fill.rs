@@ -41,6 +41,10 @@ pub struct FetchedHead {
     /// Whether other clients may be given this response: it was admitted
     /// and is small enough to keep.
     pub shareable: bool,
+    /// The slice a slice fill asked for (stored under the slice's key).
+    pub slice: bool,
+    /// A whole response stored in slices as it streams (not kept whole).
+    pub sliced: bool,
 }
 
 impl FetchedHead {
@@ -355,6 +359,8 @@ mod tests {
             policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
             admitted: Ok(Arc::new(object)),
             shareable: true,
+            slice: false,
+            sliced: false,
         }))
     }
 
