@@ -265,9 +265,10 @@ impl Proxy {
         }
         match wanted {
             Requested::From { .. } if self.settings.slice_size > 0 => RangeMiss::Slices,
-            Requested::From { .. } => RangeMiss::Whole,
-            // The last n bytes of a length not known yet: no slice to pick.
-            Requested::Suffix(_) => RangeMiss::Pass,
+            // Without slices, or for the last n bytes of a length not known
+            // yet, the origin answers the range: a range request never
+            // fetches the whole file.
+            Requested::From { .. } | Requested::Suffix(_) => RangeMiss::Pass,
         }
     }
 
@@ -577,7 +578,8 @@ pub(super) enum RangeMiss {
     Slices,
     /// Passed through with its Range: nothing will be stored.
     Pass,
-    /// The whole representation is fetched (and stored if it may be).
+    /// Not a single byte range (several, another unit): the whole
+    /// representation is fetched (and stored if it may be), answered 200.
     Whole,
 }
 
