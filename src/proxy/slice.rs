@@ -61,7 +61,7 @@ const KEY_MARK: &str = "\n slice ";
 /// nominal span, so a change of `slice_size` never reads a slice of another
 /// size).
 pub(super) fn slice_key(main: &str, first: u64, size: u64) -> String {
-    format!("{main}{KEY_MARK}{first}-{}", first + size - 1)
+    format!("{main}{KEY_MARK}{first}-{}", first.saturating_add(size - 1))
 }
 
 pub(super) fn is_slice_key(key: &str) -> bool {
@@ -458,7 +458,7 @@ impl Proxy {
         first: u64,
         size: u64,
     ) -> SliceFetch {
-        let job = SliceJob { main_key: target.key.key.clone(), first, last: first + size - 1 };
+        let job = SliceJob { main_key: target.key.key.clone(), first, last: first.saturating_add(size - 1) };
         let slice_target = Target {
             key: CacheKey { url: target.key.url.clone(), key: slice_key(&target.key.key, first, size) },
             ..target.clone()
@@ -630,7 +630,7 @@ impl Walk {
                 }
             }
         };
-        let expected_last = (start + self.size - 1).min(self.total - 1);
+        let expected_last = start.saturating_add(self.size - 1).min(self.total - 1);
         match slice_facts(&obj) {
             Some((version, first, last, total))
                 if version == self.version && first == start && last == expected_last && total == self.total => {}

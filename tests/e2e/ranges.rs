@@ -255,14 +255,30 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     assert_eq!(requests, 2);
     assert!(bytes <= 2 * MIB, "{bytes}");
 
+    // Hostile ranges: the last possible byte, a number past u64, a
+    // reversed range. The node answers each and keeps serving.
+    for r in ["bytes=18446744073709551615-", "bytes=18446744073709551614-18446744073709551615"] {
+        let got = send("GET", &url, &[("range", r)]).await;
+        assert_eq!(got.status, 416, "{r}: {}", got.cache_status());
+    }
+    let fine = send("GET", &url, &[("range", "bytes=150000000-150000009")]).await;
+    assert_eq!((fine.status, &fine.body[..]), (206, &data[150_000_000 - around as usize..][..10]));
+    // A range not understood is ignored (§14.2): the whole object, here
+    // asked with HEAD, which needs only the first slice for its fields.
+    let fetched = nginx.sent("/big.bin").0;
+    let reversed = send("HEAD", &url, &[("range", "bytes=5-4")]).await;
+    assert_eq!((reversed.status, reversed.header("content-length")), (200, Some("209715200")));
+    assert_eq!(nginx.sent("/big.bin").0, fetched + 1, "HEAD fetched the first slice only");
+
     // RFC 9110 §15.5.17: past the end, 416 with the complete length.
     let beyond = send("GET", &url, &[("range", "bytes=209715200-")]).await;
     assert_eq!(beyond.status, 416);
     assert_eq!(beyond.header("content-range"), Some("bytes */209715200"));
-    // HEAD of the sliced object: its complete length, no body, no fetch.
+    // HEAD again: its complete length, from the stored first slice.
     let head = send("HEAD", &url, &[]).await;
     assert_eq!((head.status, head.header("content-length")), (200, Some("209715200")));
-    assert_eq!(nginx.sent("/big.bin").0, 3, "only HEAD's first slice was fetched");
+    assert!(head.is_hit(), "{}", head.cache_status());
+    assert_eq!(nginx.sent("/big.bin").0, fetched + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -423,6 +439,16 @@ async fn a_range_of_what_will_not_be_stored_is_passed_through() {
     let tail = send("GET", &fresco.url("/tail.bin"), &[("range", "bytes=-100")]).await;
     assert_eq!((tail.status, &tail.body[..]), (206, &body[body.len() - 100..]));
     assert_eq!(tail_file.sent(), 100);
+
+    // Past the end of an object not seen yet: the origin's 416 (with the
+    // complete length) is relayed, even at the last position u64 holds.
+    File::serve(&origin, "/edge.bin", body.clone(), "\"e1\"", &[("cache-control", "max-age=60")], true);
+    for r in ["bytes=18446744073709551615-", "bytes=5242880-5242889"] {
+        let got = send("GET", &fresco.url("/edge.bin"), &[("range", r)]).await;
+        assert_eq!((got.status, got.header("content-range")), (416, Some("bytes */5242880")), "{r}");
+    }
+    let after = send("GET", &fresco.url("/edge.bin"), &[("range", "bytes=5242870-")]).await;
+    assert_eq!((after.status, &after.body[..]), (206, &body[5242870..]));
 
     // With slicing off, a file over max_object_size asked for with a range
     // is passed through too: the 50 MiB file.
