@@ -319,6 +319,13 @@ impl Proxy {
         let (obj, hit) = match self.fetch_slice(&parts, &target, client, &rd, start, size).await {
             SliceFetch::Slice(obj, hit) => (obj, hit),
             SliceFetch::Other(outcome, reader) => {
+                // A 206 that is no usable slice (the object lost its
+                // validator, or varies now): it is no longer sliced.
+                if let (Some((size, total)), Outcome::Response(head)) = (known, &outcome)
+                    && head.status == StatusCode::PARTIAL_CONTENT
+                {
+                    self.restart_object(&target.key.key, size, total);
+                }
                 return self.serve_unsliced(parts, &target, client, outcome, reader).await;
             }
             SliceFetch::LockTimeout => return self.slice_lock_timeout(),
@@ -413,9 +420,11 @@ impl Proxy {
         let now = SystemTime::now();
         let head = match outcome {
             Outcome::Response(head) => head,
-            Outcome::Refreshed { own, .. } => {
-                let status = CacheStatus { fwd: Some(Fwd::UriMiss), fwd_status: Some(304), ..Default::default() };
-                return self.serve_stored(&parts, &own, status, true, now);
+            // A revalidated slice this request may not be given in its
+            // shared form: the origin answers the request itself.
+            Outcome::Refreshed { .. } => {
+                drop(reader);
+                return self.pass_range(parts, target, client, Fwd::Stale).await;
             }
             Outcome::Failed(err) => {
                 let status = CacheStatus::forward(Fwd::UriMiss).with_detail(err.detail());
