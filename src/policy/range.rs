@@ -164,6 +164,24 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn rfc9110_14_4_content_range_round_trips(first in 0u64..1 << 40, len in 1u64..1 << 30, extra in 0u64..1 << 30) {
+            let (last, total) = (first + len - 1, first + len + extra);
+            proptest::prop_assert_eq!(content_range(&format!("bytes {first}-{last}/{total}")), Some((first, last, total)));
+        }
+
+        #[test]
+        fn rfc9110_14_parsers_never_panic(text in "\\PC{0,40}") {
+            let _ = content_range(&text);
+            if let Ok(v) = http::HeaderValue::from_str(&text) {
+                let mut h = HeaderMap::new();
+                h.insert(RANGE, v);
+                let _ = requested(&h);
+            }
+        }
+    }
+
     #[test]
     fn rfc9110_13_1_5_if_range_needs_a_strong_match() {
         let stored = headers(&[("etag", "\"v1\""), ("last-modified", "Sun, 01 Nov 2026 00:00:00 GMT")]);
