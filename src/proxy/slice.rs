@@ -244,8 +244,8 @@ impl Cutter {
 
 /// What fetching one slice gave.
 enum SliceFetch {
-    /// The slice, and whether it came from the store.
-    Slice(Arc<CachedObject>, bool),
+    /// The slice, with how it was answered from the store (None: fetched).
+    Slice(Arc<CachedObject>, Option<CacheStatus>),
     /// The origin's answer was not a usable slice.
     Other(Outcome, Reader),
     /// Waited on another request's fetch for longer than `lock_timeout`.
@@ -316,8 +316,8 @@ impl Proxy {
             },
         };
         let start = first / size * size;
-        let (obj, hit) = match self.fetch_slice(&parts, &target, client, &rd, start, size).await {
-            SliceFetch::Slice(obj, hit) => (obj, hit),
+        let (obj, served) = match self.fetch_slice(&parts, &target, client, &rd, start, size, true).await {
+            SliceFetch::Slice(obj, served) => (obj, served),
             SliceFetch::Other(outcome, reader) => {
                 // A 206 that is no usable slice (the object lost its
                 // validator, or varies now): it is no longer sliced.
@@ -345,18 +345,16 @@ impl Proxy {
             RangeReply::Full => (0, total - 1, StatusCode::OK),
             RangeReply::Unsatisfiable => return self.unsatisfiable(total, CacheStatus::hit(obj.policy.ttl(now))),
         };
-        let mut status = if hit {
-            CacheStatus::hit(obj.policy.ttl(now))
-        } else {
-            CacheStatus {
-                fwd: Some(Fwd::UriMiss),
-                fwd_status: Some(206),
-                stored: true,
-                ttl: Some(obj.policy.ttl(now)),
-                ..Default::default()
-            }
-        };
-        status.detail = Some("sliced".into());
+        // The answer's Cache-Status is its first slice's: later ones are
+        // served only fresh or fetched (see `Walk`).
+        let mut status = served.unwrap_or_else(|| CacheStatus {
+            fwd: Some(Fwd::UriMiss),
+            fwd_status: Some(206),
+            stored: true,
+            ttl: Some(obj.policy.ttl(now)),
+            ..Default::default()
+        });
+        status.detail = Some(status.detail.map_or("sliced".into(), |d| format!("{d} sliced")));
         h.remove(CONTENT_RANGE);
         h.insert(AGE, HeaderValue::from(obj.policy.current_age(now).as_secs()));
         h.insert(ACCEPT_RANGES, HeaderValue::from_static("bytes"));
@@ -457,7 +455,10 @@ impl Proxy {
     }
 
     /// The slice starting at `first`: stored, or fetched through a
-    /// coalesced fill.
+    /// coalesced fill. `allow_stale`: a stored slice the request accepts
+    /// stale (max-stale, a soft purge) may be used as it is; only the first
+    /// slice of an answer, whose Cache-Status the answer carries, may.
+    #[allow(clippy::too_many_arguments)]
     async fn fetch_slice(
         self: &Arc<Self>,
         parts: &Parts,
@@ -466,6 +467,7 @@ impl Proxy {
         rd: &RequestDirectives,
         first: u64,
         size: u64,
+        allow_stale: bool,
     ) -> SliceFetch {
         let job = SliceJob { main_key: target.key.key.clone(), first, last: first.saturating_add(size - 1) };
         let slice_target = Target {
@@ -473,17 +475,34 @@ impl Proxy {
             ..target.clone()
         };
         let mut stale = None;
+        let now = SystemTime::now();
         if let Candidate::Found(obj, state) = self.candidate(&slice_target, &parts.headers) {
-            match request::reuse(rd, &obj.policy, state, obj.stale, SystemTime::now()) {
-                Reuse::Fresh | Reuse::StaleAccepted => return SliceFetch::Slice(obj, true),
-                Reuse::Validate { .. } => stale = Some(obj),
+            match request::reuse(rd, &obj.policy, state, obj.stale, now) {
+                Reuse::Fresh => {
+                    let status = CacheStatus::hit(obj.policy.ttl(now));
+                    return SliceFetch::Slice(obj, Some(status));
+                }
+                Reuse::StaleAccepted if allow_stale => {
+                    // As for a whole object: RFC 9211 §2.5, a soft purge
+                    // made it stale whatever its lifetime said.
+                    let mut status = CacheStatus::hit(obj.policy.ttl(now));
+                    if state.soft_invalidated {
+                        status.ttl = status.ttl.map(|t| t.min(0));
+                        status.detail = Some("invalidated".into());
+                    }
+                    return SliceFetch::Slice(obj, Some(status));
+                }
+                Reuse::StaleAccepted | Reuse::Validate { .. } => stale = Some(obj),
             }
         }
         let mut share = !rd.cc.no_store;
         let mut tries = 0;
         loop {
             match self.join_or_start(parts, &slice_target, client, rd, stale.clone(), share, Some(job.clone())) {
-                Start::Stored(obj) => return SliceFetch::Slice(obj, true),
+                Start::Stored(obj) => {
+                    let status = CacheStatus::hit(obj.policy.ttl(now));
+                    return SliceFetch::Slice(obj, Some(status));
+                }
                 Start::Started(mut reader) => {
                     let outcome = reader.outcome().await;
                     return Self::slice_from(outcome, reader, false).await;
@@ -511,17 +530,16 @@ impl Proxy {
                 let template = head.shared().cloned();
                 let Some(template) = template else { return SliceFetch::Other(outcome, reader) };
                 match reader.into_body().collect().await {
-                    Ok(body) => SliceFetch::Slice(
-                        Arc::new(CachedObject { body: body.to_bytes(), ..(*template).clone() }),
-                        false,
-                    ),
+                    Ok(body) => {
+                        SliceFetch::Slice(Arc::new(CachedObject { body: body.to_bytes(), ..(*template).clone() }), None)
+                    }
                     Err(e) => SliceFetch::Failed(format!("slice body failed: {e}")),
                 }
             }
             Outcome::Refreshed { own, shared } => {
                 let obj = if waiter { shared.clone() } else { shared.clone().or_else(|| Some(own.clone())) };
                 match obj {
-                    Some(obj) if obj.status == StatusCode::PARTIAL_CONTENT => SliceFetch::Slice(obj, false),
+                    Some(obj) if obj.status == StatusCode::PARTIAL_CONTENT => SliceFetch::Slice(obj, None),
                     _ => SliceFetch::Other(outcome, reader),
                 }
             }
@@ -629,8 +647,10 @@ impl Walk {
         let obj = match self.prefetched.take().filter(|o| slice_facts(o).is_some_and(|f| f.1 == start)) {
             Some(obj) => obj,
             None => {
-                let fetched =
-                    self.proxy.fetch_slice(&self.parts, &self.target, self.client, &self.rd, start, self.size).await;
+                let fetched = self
+                    .proxy
+                    .fetch_slice(&self.parts, &self.target, self.client, &self.rd, start, self.size, false)
+                    .await;
                 match fetched {
                     SliceFetch::Slice(obj, _) => obj,
                     SliceFetch::Other(..) | SliceFetch::LockTimeout | SliceFetch::Failed(_) => {
