@@ -496,3 +496,32 @@ async fn an_origin_that_ignores_range_still_gets_correct_answers() {
     assert!(part.is_hit(), "{}", part.cache_status());
     assert_eq!(origin.hits("/big.bin"), hits);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rfc9110_13_1_5_if_range_and_conditionals_on_a_sliced_object() {
+    let origin = Origin::start().await;
+    let body = pattern((3 * MIB + 3) as usize, 10);
+    File::serve(&origin, "/cond.bin", body.clone(), "\"c1\"", &[("cache-control", "max-age=600")], true);
+    let fresco = Fresco::start(&origin.url(), &[]);
+    let url = fresco.url("/cond.bin");
+    let whole = get(&url).await;
+    assert!(whole.status == 200 && whole.body == body);
+
+    let matching = send("GET", &url, &[("range", "bytes=2097150-2097159"), ("if-range", "\"c1\"")]).await;
+    assert_eq!((matching.status, &matching.body[..]), (206, &body[2097150..2097160]));
+    assert_eq!(matching.header("content-range"), Some("bytes 2097150-2097159/3145731"));
+    // If-Range names another version: the whole representation, 200.
+    let other = send("GET", &url, &[("range", "bytes=0-9"), ("if-range", "\"c0\"")]).await;
+    assert!(other.status == 200 && other.body == body, "{}", other.status);
+    // A weak entity tag never matches If-Range (strong comparison).
+    let weak = send("GET", &url, &[("range", "bytes=0-9"), ("if-range", "W/\"c1\"")]).await;
+    assert_eq!((weak.status, weak.body.len()), (200, body.len()));
+    // Several ranges: answered with the whole representation (see README).
+    let several = send("GET", &url, &[("range", "bytes=0-1,5-6")]).await;
+    assert!(several.status == 200 && several.body == body);
+    // The client's own validators: 304 from the stored slices.
+    let not_modified = send("GET", &url, &[("if-none-match", "\"c1\"")]).await;
+    assert_eq!((not_modified.status, not_modified.body.len()), (304, 0));
+    assert_eq!(not_modified.header("etag"), Some("\"c1\""));
+    assert_eq!(origin.hits("/cond.bin"), 1, "all of it from the slices the first GET stored");
+}
