@@ -491,7 +491,7 @@ impl Proxy {
             policy,
             admitted,
             shareable,
-            slice: shareable && answer == slice::SliceAnswer::Slice,
+            slice: answer == slice::SliceAnswer::Slice,
             sliced: cutter.is_some(),
         });
         fill.set_outcome(Outcome::Response(head.clone()), shareable);

@@ -41,7 +41,8 @@ pub struct FetchedHead {
     /// Whether other clients may be given this response: it was admitted
     /// and is small enough to keep.
     pub shareable: bool,
-    /// The slice a slice fill asked for (stored under the slice's key).
+    /// The part a slice fill asked for, of a sliceable object (stored
+    /// under the slice's key when shareable).
     pub slice: bool,
     /// A whole response stored in slices as it streams (not kept whole).
     pub sliced: bool,

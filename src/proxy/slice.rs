@@ -244,14 +244,20 @@ impl Cutter {
 
 /// What fetching one slice gave.
 enum SliceFetch {
-    /// The slice, with how it was answered from the store (None: fetched).
-    Slice(Arc<CachedObject>, Option<CacheStatus>),
+    /// The slice, with how it was answered from the store (None: fetched),
+    /// and whether it is the stored (shared) form, which may describe the
+    /// object in its manifest. A slice that may not be stored (because of
+    /// this request's credentials or no-store, say) serves this request
+    /// only.
+    Slice(Arc<CachedObject>, Option<CacheStatus>, bool),
     /// The origin's answer was not a usable slice.
     Other(Outcome, Reader),
     /// Waited on another request's fetch for longer than `lock_timeout`.
     LockTimeout,
     /// The slice's body broke off.
     Failed(String),
+    /// Not stored, and the request said `only-if-cached` (§5.2.1.7).
+    NotCached,
 }
 
 impl Proxy {
@@ -316,19 +322,21 @@ impl Proxy {
             },
         };
         let start = first / size * size;
-        let (obj, served) = match self.fetch_slice(&parts, &target, client, &rd, start, size, true).await {
-            SliceFetch::Slice(obj, served) => (obj, served),
+        let (obj, served, kept) = match self.fetch_slice(&parts, &target, client, &rd, start, size, true).await {
+            SliceFetch::Slice(obj, served, kept) => (obj, served, kept),
             SliceFetch::Other(outcome, reader) => {
                 // A 206 that is no usable slice (the object lost its
                 // validator, or varies now): it is no longer sliced.
                 if let (Some((size, total)), Outcome::Response(head)) = (known, &outcome)
                     && head.status == StatusCode::PARTIAL_CONTENT
+                    && !sliceable(&head.headers)
                 {
                     self.restart_object(&target.key.key, size, total);
                 }
                 return self.serve_unsliced(parts, &target, client, outcome, reader).await;
             }
             SliceFetch::LockTimeout => return self.slice_lock_timeout(),
+            SliceFetch::NotCached => return self.only_if_cached(Fwd::UriMiss),
             SliceFetch::Failed(e) => {
                 let status = CacheStatus::forward(Fwd::UriMiss).with_detail("upstream-body");
                 return self.error(StatusCode::BAD_GATEWAY, status, &format!("{e}\n"));
@@ -337,7 +345,9 @@ impl Proxy {
         let Some((version, _, _, total)) = slice_facts(&obj) else {
             return self.error(StatusCode::BAD_GATEWAY, CacheStatus::forward(Fwd::UriMiss), "inconsistent slice\n");
         };
-        self.note_slice(&target.key.key, manifest.as_deref(), &obj, &version, total, size);
+        if kept {
+            self.note_slice(&target.key.key, manifest.as_deref(), &obj, &version, total, size);
+        }
 
         let mut h = obj.headers.to_map();
         let (a, b, code) = match range::evaluate(&parts.headers, &h, total) {
@@ -480,7 +490,7 @@ impl Proxy {
             match request::reuse(rd, &obj.policy, state, obj.stale, now) {
                 Reuse::Fresh => {
                     let status = CacheStatus::hit(obj.policy.ttl(now));
-                    return SliceFetch::Slice(obj, Some(status));
+                    return SliceFetch::Slice(obj, Some(status), true);
                 }
                 Reuse::StaleAccepted if allow_stale => {
                     // As for a whole object: RFC 9211 §2.5, a soft purge
@@ -490,10 +500,13 @@ impl Proxy {
                         status.ttl = status.ttl.map(|t| t.min(0));
                         status.detail = Some("invalidated".into());
                     }
-                    return SliceFetch::Slice(obj, Some(status));
+                    return SliceFetch::Slice(obj, Some(status), true);
                 }
                 Reuse::StaleAccepted | Reuse::Validate { .. } => stale = Some(obj),
             }
+        }
+        if rd.cc.only_if_cached {
+            return SliceFetch::NotCached;
         }
         let mut share = !rd.cc.no_store;
         let mut tries = 0;
@@ -501,11 +514,11 @@ impl Proxy {
             match self.join_or_start(parts, &slice_target, client, rd, stale.clone(), share, Some(job.clone())) {
                 Start::Stored(obj) => {
                     let status = CacheStatus::hit(obj.policy.ttl(now));
-                    return SliceFetch::Slice(obj, Some(status));
+                    return SliceFetch::Slice(obj, Some(status), true);
                 }
                 Start::Started(mut reader) => {
                     let outcome = reader.outcome().await;
-                    return Self::slice_from(outcome, reader, false).await;
+                    return Self::slice_from(outcome, reader, false, &target.key.url).await;
                 }
                 Start::Joined(mut reader) => {
                     let Ok(outcome) = tokio::time::timeout(self.settings.lock_timeout, reader.outcome()).await else {
@@ -514,7 +527,7 @@ impl Proxy {
                     };
                     if self.waiter_may_use(&outcome, &parts.headers) {
                         metrics::coalesce("served");
-                        return Self::slice_from(outcome, reader, true).await;
+                        return Self::slice_from(outcome, reader, true, &target.key.url).await;
                     }
                     tries += 1;
                     share = share && tries < SHARED_TRIES;
@@ -523,26 +536,47 @@ impl Proxy {
         }
     }
 
-    /// The slice a fill produced, read whole (at most one slice).
-    async fn slice_from(outcome: Outcome, reader: Reader, waiter: bool) -> SliceFetch {
+    /// The slice a fill produced, read whole (at most one slice). A
+    /// waiter only ever gets the stored form; the request that caused the
+    /// fetch gets its own answer when it may not be stored.
+    async fn slice_from(outcome: Outcome, reader: Reader, waiter: bool, url: &str) -> SliceFetch {
         match &outcome {
             Outcome::Response(head) if head.slice => {
-                let template = head.shared().cloned();
-                let Some(template) = template else { return SliceFetch::Other(outcome, reader) };
-                match reader.into_body().collect().await {
-                    Ok(body) => {
-                        SliceFetch::Slice(Arc::new(CachedObject { body: body.to_bytes(), ..(*template).clone() }), None)
-                    }
-                    Err(e) => SliceFetch::Failed(format!("slice body failed: {e}")),
+                let shared = head.shared().cloned();
+                if waiter && shared.is_none() {
+                    return SliceFetch::Other(outcome, reader);
                 }
+                let body = match reader.into_body().collect().await {
+                    Ok(body) => body.to_bytes(),
+                    Err(e) => return SliceFetch::Failed(format!("slice body failed: {e}")),
+                };
+                let kept = shared.is_some();
+                let obj = match shared {
+                    Some(template) => CachedObject { body, ..(*template).clone() },
+                    None => CachedObject {
+                        status: head.status,
+                        headers: StoredHeaders::from_map(&head.headers),
+                        body,
+                        policy: head.policy.clone(),
+                        vary: Default::default(),
+                        url: Arc::from(url),
+                        tags: Box::default(),
+                        stamp: Default::default(),
+                        verified: Default::default(),
+                        stale: Default::default(),
+                    },
+                };
+                SliceFetch::Slice(Arc::new(obj), None, kept)
             }
-            Outcome::Refreshed { own, shared } => {
-                let obj = if waiter { shared.clone() } else { shared.clone().or_else(|| Some(own.clone())) };
-                match obj {
-                    Some(obj) if obj.status == StatusCode::PARTIAL_CONTENT => SliceFetch::Slice(obj, None),
-                    _ => SliceFetch::Other(outcome, reader),
+            Outcome::Refreshed { own, shared } => match (shared, waiter) {
+                (Some(obj), _) if obj.status == StatusCode::PARTIAL_CONTENT => {
+                    SliceFetch::Slice(obj.clone(), None, true)
                 }
-            }
+                (None, false) if own.status == StatusCode::PARTIAL_CONTENT => {
+                    SliceFetch::Slice(own.clone(), None, false)
+                }
+                _ => SliceFetch::Other(outcome, reader),
+            },
             _ => SliceFetch::Other(outcome, reader),
         }
     }
@@ -652,8 +686,8 @@ impl Walk {
                     .fetch_slice(&self.parts, &self.target, self.client, &self.rd, start, self.size, false)
                     .await;
                 match fetched {
-                    SliceFetch::Slice(obj, _) => obj,
-                    SliceFetch::Other(..) | SliceFetch::LockTimeout | SliceFetch::Failed(_) => {
+                    SliceFetch::Slice(obj, ..) => obj,
+                    SliceFetch::Other(..) | SliceFetch::LockTimeout | SliceFetch::Failed(_) | SliceFetch::NotCached => {
                         return Err(format!("the slice at {start} could not be fetched").into());
                     }
                 }

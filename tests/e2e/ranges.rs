@@ -524,4 +524,15 @@ async fn rfc9110_13_1_5_if_range_and_conditionals_on_a_sliced_object() {
     assert_eq!((not_modified.status, not_modified.body.len()), (304, 0));
     assert_eq!(not_modified.header("etag"), Some("\"c1\""));
     assert_eq!(origin.hits("/cond.bin"), 1, "all of it from the slices the first GET stored");
+
+    // A request that may not store (no-store) reads a sliced object whose
+    // slices are partly missing: what it fetches serves it alone, whole.
+    File::serve(&origin, "/ns.bin", body.clone(), "\"n1\"", &[("cache-control", "max-age=600")], true);
+    let url = fresco.url("/ns.bin");
+    let middle = send("GET", &url, &[("range", "bytes=1048576-1048585")]).await;
+    assert_eq!((middle.status, &middle.body[..]), (206, &body[1048576..1048586]));
+    let (status, got, complete) = get_partial(&url, &[("cache-control", "no-store")]).await;
+    assert!(status == 200 && complete && got == body, "{status} {complete} {}", got.len());
+    let first = send("GET", &url, &[("range", "bytes=0-9"), ("cache-control", "only-if-cached")]).await;
+    assert_eq!(first.status, 504, "the no-store request stored nothing (§5.2.1.7): {}", first.cache_status());
 }
