@@ -459,7 +459,7 @@ impl Proxy {
                 if job.slice.is_none()
                     && size > 0
                     && status == StatusCode::OK
-                    && declared.is_some_and(|n| n > size)
+                    && declared.is_some_and(|n| n > size && (n as u64).div_ceil(size as u64) <= slice::MAX_SLICES)
                     && slice::sliceable(&hdrs) =>
             {
                 let total = declared.unwrap_or_default() as u64;

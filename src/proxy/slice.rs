@@ -57,6 +57,12 @@ pub(super) const MARKER: HeaderName = HeaderName::from_static("fresco-slices");
 
 const KEY_MARK: &str = "\n slice ";
 
+/// The most slices one object is cut into (256 GiB with 1 MiB slices):
+/// restarting an object visits each of its slice keys, so a length an
+/// origin declares must not make that unbounded. Larger objects are
+/// handled whole (passed through).
+pub(super) const MAX_SLICES: u64 = 1 << 18;
+
 /// The key of the slice that starts at `first` (slices are keyed by their
 /// nominal span, so a change of `slice_size` never reads a slice of another
 /// size).
@@ -131,6 +137,9 @@ pub(super) fn classify(job: &SliceJob, status: &mut StatusCode, h: &mut HeaderMa
     };
     let declared = h.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if first != job.first || last != job.last.min(total - 1) || declared.is_some_and(|n| n != last - first + 1) {
+        return SliceAnswer::Other;
+    }
+    if total.div_ceil(job.last.saturating_sub(job.first).saturating_add(1)) > MAX_SLICES {
         return SliceAnswer::Other;
     }
     if first == 0 && last == total - 1 {
@@ -748,6 +757,15 @@ mod tests {
         // A 416 is nothing to store.
         let mut s416 = StatusCode::RANGE_NOT_SATISFIABLE;
         assert_eq!(classify(&job(100, 199), &mut s416, &mut h), SliceAnswer::Other);
+    }
+
+    #[test]
+    fn an_object_of_too_many_slices_is_not_sliced() {
+        let total = MAX_SLICES * 100 + 1;
+        let mut h = headers(&[("etag", "\"v1\"")]);
+        h.insert(CONTENT_RANGE, HeaderValue::from_str(&format!("bytes 0-99/{total}")).unwrap());
+        let mut status = StatusCode::PARTIAL_CONTENT;
+        assert_eq!(classify(&job(0, 99), &mut status, &mut h), SliceAnswer::Other);
     }
 
     #[test]
