@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// Largest response body that is stored; larger ones stream through [default: 16MiB]
     #[arg(long)]
     pub max_object_size: Option<String>,
+    /// Responses larger than this are fetched and stored in slices of this size (0: off) [default: 1MiB]
+    #[arg(long)]
+    pub slice_size: Option<String>,
     /// Largest request head accepted; larger gets 431 [default: 64KiB]
     #[arg(long)]
     pub max_header_size: Option<String>,
@@ -223,6 +226,7 @@ impl RawConfig {
             admin: self.admin.or(base.admin),
             memory: self.memory.or(base.memory),
             max_object_size: self.max_object_size.or(base.max_object_size),
+            slice_size: self.slice_size.or(base.slice_size),
             max_header_size: self.max_header_size.or(base.max_header_size),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             first_byte_timeout: self.first_byte_timeout.or(base.first_byte_timeout),
@@ -298,6 +302,8 @@ pub struct Config {
     pub admin: SocketAddr,
     pub memory: u64,
     pub max_object_size: u64,
+    /// Objects above this are stored in slices of this size; 0 turns slicing off.
+    pub slice_size: u64,
     pub max_header_size: usize,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
@@ -514,6 +520,7 @@ impl Config {
             admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
             memory,
             max_object_size: size("max_object_size", raw.max_object_size, "16MiB")?,
+            slice_size: size("slice_size", raw.slice_size, "1MiB")?,
             max_header_size: max_header_size as usize,
             connect_timeout: upstream.connect_timeout,
             first_byte_timeout,

@@ -65,6 +65,8 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         );
     }
     settings.max_object_size = store.max_object_size() as usize;
+    // A slice is an object: it must fit what the store keeps.
+    settings.slice_size = (cfg.slice_size as usize).min(settings.max_object_size);
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), &cfg.upstream);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());

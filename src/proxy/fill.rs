@@ -41,6 +41,11 @@ pub struct FetchedHead {
     /// Whether other clients may be given this response: it was admitted
     /// and is small enough to keep.
     pub shareable: bool,
+    /// The part a slice fill asked for, of a sliceable object (stored
+    /// under the slice's key when shareable).
+    pub slice: bool,
+    /// A whole response stored in slices as it streams (not kept whole).
+    pub sliced: bool,
 }
 
 impl FetchedHead {
@@ -355,6 +360,8 @@ mod tests {
             policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
             admitted: Ok(Arc::new(object)),
             shareable: true,
+            slice: false,
+            sliced: false,
         }))
     }
 

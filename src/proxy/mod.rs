@@ -8,12 +8,14 @@
 //! - [`forward`]: pass-through of uncacheable requests, RFC 9111 §4.4 and §4.3.5
 //! - [`respond`]: building client responses (Age, Cache-Status, 304s, HEAD)
 //! - [`fill`]: one upstream body streamed to many clients
+//! - [`slice`]: large objects stored in slices, ranges that never fetch the whole file
 //! - [`upstream`]: the pooled client to the origin or a parent
 
 pub mod fetch;
 pub mod fill;
 pub mod forward;
 pub mod respond;
+pub mod slice;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -49,6 +51,8 @@ pub struct ProxySettings {
     pub policy: PolicyConfig,
     pub keys: KeyPolicy,
     pub max_object_size: usize,
+    /// Responses larger than this are stored in slices of this size (0: off).
+    pub slice_size: usize,
     /// Limit on a whole upstream response, body included.
     pub total_timeout: Duration,
     pub expose_tag_headers: bool,
@@ -72,6 +76,7 @@ impl ProxySettings {
             policy: PolicyConfig::default(),
             keys: KeyPolicy::default(),
             max_object_size: 16 << 20,
+            slice_size: 1 << 20,
             total_timeout: Duration::from_secs(300),
             expose_tag_headers: false,
             strip_cdn_cache_control: false,
@@ -280,6 +285,10 @@ impl Proxy {
         // GET and HEAD carry no content Fresco would forward.
         let (parts, _) = req.into_parts();
         let (fwd, detail) = match self.candidate(&target, &parts.headers) {
+            // A manifest: the object is stored in slices.
+            Candidate::Found(obj, _) if slice::layout(&obj).is_some() => {
+                return self.serve_sliced(parts, target, client, rd, Some(obj)).await;
+            }
             Candidate::Found(obj, state) => return self.reuse_stored(parts, target, client, rd, obj, state).await,
             Candidate::Missing { fwd, detail } => (fwd, detail),
         };
@@ -288,6 +297,16 @@ impl Proxy {
         }
         if head {
             return self.forward_head(parts, &target, client, None, fwd).await;
+        }
+        // RFC 9110 §14: a range of an object not stored is fetched by its
+        // slices, or passed through when nothing will be stored; never as
+        // the whole file.
+        if parts.headers.contains_key(http::header::RANGE) {
+            match self.range_miss(&target.key.key, &parts.headers, &rd) {
+                slice::RangeMiss::Slices => return self.serve_sliced(parts, target, client, rd, None).await,
+                slice::RangeMiss::Pass => return self.pass_range(parts, &target, client, fwd).await,
+                slice::RangeMiss::Whole => {}
+            }
         }
         let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
         self.fetch(parts, target, client, rd, None, status).await

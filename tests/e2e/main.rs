@@ -14,6 +14,7 @@ mod model;
 mod nginx_origin;
 mod poisoning;
 mod proxying;
+mod ranges;
 mod security;
 mod stampede;
 mod store;
