@@ -285,8 +285,14 @@ impl Proxy {
         let Some(reader) = fill.reader() else { unreachable!("a new fill accepts readers") };
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            // Only a fetch still under way is shared: one that has ended
+            // answered the requests that came while it ran. A request
+            // after it (a client's next request, sent as soon as it read
+            // the last byte) gets what the store holds, or its own fetch,
+            // as it would had the producer already left the table.
             if share
                 && let Some(existing) = inflight.get(key)
+                && !existing.ended()
                 && let Some(r) = existing.reader()
             {
                 return Start::Joined(r);

@@ -228,6 +228,13 @@ impl Fill {
         stored
     }
 
+    /// Has the whole response (or its failure) been published? The fill
+    /// stays in the in-flight table until its producer is gone, which may
+    /// be after a client has read the last byte.
+    pub fn ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
     /// The outcome, if published.
     pub fn outcome(&self) -> Option<Outcome> {
         self.lock().outcome.clone()

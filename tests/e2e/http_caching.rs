@@ -97,6 +97,41 @@ async fn rfc9111_3_5_authenticated_responses_are_shared_only_when_marked() {
     assert!(send("GET", &fresco.url("/shared"), &alice).await.is_hit());
 }
 
+/// RFC 9111 §4: a response that was not stored answers only the requests
+/// that shared its fetch while it ran, never the next request, even one
+/// sent the moment the previous response was read to its end (the fetch
+/// may not have left the in-flight table yet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_fetch_is_not_joined_by_the_next_request() {
+    let (origin, fresco) = setup().await;
+    // Eight clients at once, each sending its requests one after another,
+    // so the node is busy enough for a finished fetch to linger.
+    let paths: Vec<String> = (0..8).map(|i| format!("/seq{i}")).collect();
+    for (i, path) in paths.iter().enumerate() {
+        let reply = if i % 2 == 0 {
+            Reply::ok("x").header("cache-control", "no-store")
+        } else {
+            Reply::ok("y").header("expires", "0")
+        };
+        origin.route(path, reply);
+    }
+    let clients = paths.iter().map(|path| {
+        let url = fresco.url(path);
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let got = get(&url).await;
+                assert!(!got.cache_status().contains("collapsed"), "{url} request {i}: {}", got.cache_status());
+            }
+        })
+    });
+    for c in clients.collect::<Vec<_>>() {
+        c.await.unwrap();
+    }
+    for path in &paths {
+        assert_eq!(origin.hits(path), 60, "{path}: every request went to the origin");
+    }
+}
+
 #[tokio::test]
 async fn rfc9111_5_3_invalid_expires_is_already_stale() {
     let (origin, fresco) = setup().await;
