@@ -220,10 +220,53 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `fresco demo`: the demo origin and an edge node in front of it, with
+/// its own data directory (a fresh one under the system's temporary
+/// directory, removed at exit), so that a later `fresco serve` neither
+/// replays the demo's invalidations nor reuses its token. The guide is
+/// printed once the node listens, with the addresses it really has.
+pub async fn run(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Result<(), String> {
+    let origin_listener = TcpListener::bind(origin)
+        .await
+        .map_err(|e| format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin"))?;
+    let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(serve_origin(origin_listener));
+    let data_dir = std::env::temp_dir().join(format!("fresco-demo-{}", std::process::id()));
+    let raw = crate::config::RawConfig {
+        listen: Some(listen.to_string()),
+        admin: Some(admin.to_string()),
+        origin: Some(format!("http://{origin_addr}")),
+        data_dir: Some(data_dir.clone()),
+        ..Default::default()
+    };
+    let cfg = crate::config::Config::from_raw(raw).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let exe = std::env::current_exe().map_or_else(|_| "fresco".to_string(), |p| p.display().to_string());
+    let guide_dir = data_dir.clone();
+    let result = crate::server::run_then(cfg, crate::server::shutdown_signal(), |edge, admin| {
+        print_guide(&Guide { edge, admin, origin: origin_addr, data_dir: &guide_dir, exe: &exe })
+    })
+    .await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+/// What the guide's commands need: the addresses the demo listens on, its
+/// data directory (the admin token) and the binary that is running.
+struct Guide<'a> {
+    edge: SocketAddr,
+    admin: SocketAddr,
+    origin: SocketAddr,
+    data_dir: &'a std::path::Path,
+    exe: &'a str,
+}
+
 /// Prints what to try against a running demo.
-pub fn print_guide(edge: SocketAddr, admin: SocketAddr, origin: SocketAddr) {
+fn print_guide(g: &Guide<'_>) {
+    let Guide { edge, admin, origin, exe, .. } = g;
+    let dir = g.data_dir.display();
     println!(
-        "\nFresco demo\n  edge (cache): http://{edge}/\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n\n\
+        "\nFresco demo\n  edge (cache): http://{edge}/\n  dashboard:    http://{admin}/\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n  data:         {dir} (removed at exit)\n\n\
 Try:\n\
   curl -si http://{edge}/                       # twice: Cache-Status goes from fwd=uri-miss to hit\n\
   curl -si http://{edge}/assets/app.3f9a1c.js   # immutable, cached for a year\n\
@@ -234,12 +277,14 @@ Try:\n\
                                                 # the POST invalidates /api/counter (RFC 9111 §4.4)\n\
   curl -si -H 'If-None-Match: \"home-v1\"' http://{edge}/   # 304 from cache\n\
   curl -si http://{edge}/private                # never stored: Cache-Status detail=private\n\
+  for i in $(seq 50); do curl -s -o /dev/null http://{edge}/about; done   # makes the dashboard's charts move\n\
 \n\
-Invalidate (the admin token is in fresco-data/admin-token):\n\
-  cargo run --release -- purge --tag product-42 --reason 'price change' --wait\n\
-  cargo run --release -- purge --prefix http://{edge}/assets --soft\n\
-  curl -si -X PURGE -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{edge}/about\n\
-  curl -s -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{admin}/api/v1/invalidations\n\
+Invalidate (the admin token is in {dir}/admin-token):\n\
+  {exe} purge --admin http://{admin} --data-dir {dir} --tag product-42 --reason 'price change' --wait\n\
+  {exe} purge --admin http://{admin} --data-dir {dir} --prefix http://{edge}/assets --soft\n\
+  {exe} status --admin http://{admin} --data-dir {dir}\n\
+  curl -si -X PURGE -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{edge}/about\n\
+  curl -s -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{admin}/api/v1/invalidations\n\
   curl -si -X POST http://{edge}/api/products/42/price   # the origin's Cache-Group-Invalidation purges product-42\n\
   curl -s  http://{admin}/metrics | grep fresco_  # requests by cache status, objects, bytes\n\n\
 Ctrl-C stops it.\n"

@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for how the modules fit together.
 
 pub mod access;
+pub mod access_log;
 pub mod admin;
 pub mod classes;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod data_dir;
 pub mod demo;
 pub mod invalidation;
 pub mod key;
+pub mod logging;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;

@@ -139,7 +139,7 @@ impl Proxy {
             // A failed shared fetch is the answer for everyone who waited on
             // it: retrying for each waiter would multiply the load on an
             // origin that is already failing.
-            Outcome::Failed(err) => self.fetch_failed(&parts, &target, &rd, stale.as_ref(), status, err, now),
+            Outcome::Failed(err) => self.fetch_failed(&parts, &rd, stale.as_ref(), status, err, now),
         }
     }
 
@@ -155,11 +155,9 @@ impl Proxy {
         shared.is_some_and(|obj| matches!(self.may_answer(obj, request), Ok(state) if state == ObjectState::default()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn fetch_failed(
         &self,
         parts: &Parts,
-        target: &Target,
         rd: &RequestDirectives,
         stale: Option<&(Arc<CachedObject>, ObjectState)>,
         mut status: CacheStatus,
@@ -169,12 +167,11 @@ impl Proxy {
         if let Some(obj) = self.stale_if_error(rd, stale, now) {
             return self.serve_stale_on_error(parts, &obj, status, 0, now);
         }
-        tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
         status.detail = Some(err.detail().into());
         // §5.2.2.2: a stored response that may not be served stale turns a
         // failed validation into 504.
         let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
-        self.error(code, status, &format!("{err}\n"))
+        self.error(code, status, err.client_message())
     }
 
     /// A waiter whose leader has not answered within `lock_timeout`: stale

@@ -186,7 +186,7 @@ impl Proxy {
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());
-                return self.error(e.status(), status, &format!("{e}\n"));
+                return self.error(e.status(), status, e.client_message());
             }
         };
         let (resp_parts, resp_body) = resp.into_parts();

@@ -60,6 +60,8 @@ pub struct ProxySettings {
     pub uncacheable_ttl: Duration,
     pub max_variants: usize,
     pub classes: Classes,
+    /// One line per response when `access_log` is set.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl ProxySettings {
@@ -75,6 +77,7 @@ impl ProxySettings {
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
             classes: Classes::default(),
+            access_log: None,
         }
     }
 }
@@ -167,6 +170,10 @@ impl Proxy {
     /// response with a status and a Cache-Status detail.
     pub async fn handle(self: Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
+        let request_line = self.settings.access_log.as_ref().map(|_| {
+            let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
+            (SystemTime::now(), req.method().clone(), target, req.version())
+        });
         let loop_ids: Vec<String> = req
             .headers()
             .get_all(forward::CDN_LOOP)
@@ -188,6 +195,27 @@ impl Proxy {
             self.strip_cache_fields(resp.headers_mut());
         }
         let label = metrics::request_finished(&resp, started.elapsed());
+        if let (Some(log), Some((time, method, target, version))) = (&self.settings.access_log, request_line) {
+            log.record(&crate::access_log::Entry {
+                client: client.addr.ip(),
+                time,
+                method: method.as_str(),
+                target: &target,
+                version,
+                status: resp.status().as_u16(),
+                bytes: http_body::Body::size_hint(resp.body())
+                    .exact()
+                    .or_else(|| resp.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()),
+                cache_status: resp
+                    .headers()
+                    .get_all(http::header::HeaderName::from_static("cache-status"))
+                    .iter()
+                    .next_back()
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+                elapsed: started.elapsed(),
+            });
+        }
         self.counters.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if label == "hit" {
             self.counters.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

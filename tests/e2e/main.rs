@@ -9,6 +9,7 @@ mod invalidation;
 mod log_durability;
 mod model;
 mod nginx_origin;
+mod observability;
 mod poisoning;
 mod proxying;
 mod security;

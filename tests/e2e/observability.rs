@@ -1,0 +1,286 @@
+//! Observability and the operator's experience (issue 13, design §6): what
+//! the node logs, the access log, the errors clients see, the CLI's
+//! messages and cluster status, the demo, and the metrics' exact values.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Fresco, Nats, Origin, Reply, eventually, free_port, get, invalidate, send, temp_dir};
+
+/// The node's stderr, as the harness saved it.
+fn node_log(node: &Fresco) -> String {
+    std::fs::read_to_string(node.data_dir.join("node.log")).unwrap_or_default()
+}
+
+async fn cli(args: &[&str]) -> (i32, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(args)
+        .env_remove("FRESCO_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().expect("exited"), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_logs_each_invalidation_and_each_upstream_failure_with_its_cause_and_no_colours() {
+    let origin = Origin::start().await;
+    origin.route("/page", Reply::ok("page").header("cache-control", "max-age=60"));
+    let node = Fresco::start(&origin.url(), &[]);
+    assert!(get(&node.url("/page")).await.status == 200);
+    let purge =
+        invalidate(&node, &node.token(), json!({"tags": ["product-42"], "reason": "price change"}).to_string()).await;
+    assert_eq!(purge.status, 202, "{}", purge.text());
+    eventually("the invalidation is logged", Duration::from_secs(10), async || {
+        node_log(&node).contains("invalidation applied")
+    })
+    .await;
+    let log = node_log(&node);
+    let line = log.lines().find(|l| l.contains("invalidation applied")).unwrap();
+    for field in
+        ["id=1", "selectors=tag:product-42", "mode=\"hard\"", "issuer=local-admin", "reason=price change", "lag_ms="]
+    {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+
+    // The origin goes away: the client gets a short, stable message and the
+    // Cache-Status detail; the log names the upstream URL and the cause.
+    origin.stop();
+    let failed = get(&node.url("/missing?q=1")).await;
+    assert_eq!(failed.status, 502);
+    assert_eq!(failed.text(), "the upstream server could not be reached\n");
+    assert!(failed.cache_status().contains("detail=upstream-connect"), "{}", failed.cache_status());
+    let upstream = format!("upstream={}/missing?q=1", origin.url());
+    eventually("the upstream failure is logged", Duration::from_secs(10), async || {
+        node_log(&node).lines().any(|l| l.contains("upstream request failed") && l.contains(&upstream))
+    })
+    .await;
+    let log = node_log(&node);
+    let line = log.lines().find(|l| l.contains("upstream request failed")).unwrap();
+    assert!(line.contains("Connection refused"), "the cause is named: {line}");
+    assert!(!log.contains('\u{1b}'), "stderr is not a terminal: no ANSI escapes in\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_json_object_per_line() {
+    let origin = Origin::start().await;
+    let node = Fresco::start(&origin.url(), &["--log-format", "json"]);
+    invalidate(&node, &node.token(), json!({"urls": [node.url("/a")]}).to_string()).await;
+    eventually("the invalidation is logged", Duration::from_secs(10), async || {
+        node_log(&node).contains("invalidation applied")
+    })
+    .await;
+    let log = node_log(&node);
+    let lines: Vec<Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let applied = lines.iter().find(|l| l["message"] == "invalidation applied").unwrap();
+    assert_eq!(applied["id"], 1);
+    assert_eq!(applied["level"], "INFO");
+    assert_eq!(applied["selectors"], format!("url:{}", node.url("/a")));
+
+    let bad = Fresco::spawn(&["serve", "--origin", &origin.url(), "--log-format", "yaml"]).err().unwrap();
+    assert!(bad.contains("`log_format`") && bad.contains("text or json"), "{bad}");
+    let bad = Fresco::spawn(&["serve", "--origin", &origin.url(), "--log-level", "loud=1=2"]).err().unwrap();
+    assert!(bad.contains("`log_level`"), "{bad}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_access_log_has_a_common_log_format_line_per_response_with_cache_status_and_time() {
+    let origin = Origin::start().await;
+    origin.route("/page", Reply::ok("0123456789").header("cache-control", "max-age=60"));
+    let dir = temp_dir("access");
+    let path = dir.join("access.log");
+    let node = Fresco::start(&origin.url(), &["--access-log", path.to_str().unwrap()]);
+    get(&node.url("/page")).await;
+    get(&node.url("/page")).await;
+    send("HEAD", &node.url("/nothing%22here"), &[]).await;
+    eventually("three access log lines", Duration::from_secs(10), async || {
+        std::fs::read_to_string(&path).unwrap_or_default().lines().count() == 3
+    })
+    .await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // host ident user [time] "request" status bytes "cache-status" seconds
+    let shape = |line: &str| -> (String, String, String, String, f64) {
+        let (head, rest) = line.split_once(" [").unwrap();
+        let (_time, rest) = rest.split_once("] \"").unwrap();
+        let (request, rest) = rest.split_once("\" ").unwrap();
+        let (status_bytes, rest) = rest.split_once(" \"").unwrap();
+        let (cache, seconds) = rest.rsplit_once("\" ").unwrap();
+        assert_eq!(head, "127.0.0.1 - -", "{line}");
+        (request.into(), status_bytes.into(), cache.into(), seconds.into(), seconds.parse().unwrap())
+    };
+    let (request, status_bytes, cache, _, seconds) = shape(lines[0]);
+    assert_eq!((request.as_str(), status_bytes.as_str()), ("GET /page HTTP/1.1", "200 10"));
+    assert!(cache.starts_with("fresco; fwd=uri-miss"), "{cache}");
+    assert!(seconds >= 0.0);
+    let (_, status_bytes, cache, _, _) = shape(lines[1]);
+    assert_eq!(status_bytes, "200 10");
+    assert!(cache.starts_with("fresco; hit"), "{cache}");
+    let (request, _, _, _, _) = shape(lines[2]);
+    assert_eq!(request, "HEAD /nothing%22here HTTP/1.1");
+
+    // Off by default: no access log lines among a default node's output.
+    let quiet = Fresco::start(&origin.url(), &[]);
+    get(&quiet.url("/page")).await;
+    assert!(!node_log(&quiet).contains("GET /page"), "{}", node_log(&quiet));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_errors_name_their_cause_and_a_bare_admin_address_gets_a_hint() {
+    let port = free_port();
+    let bare = format!("127.0.0.1:{port}");
+    let (code, text) = cli(&["purge", "--admin", &bare, "--token", "t", "--tag", "x"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains(&format!("did you mean http://{bare}")), "{text}");
+    let (code, text) = cli(&["status", "--admin", &bare, "--token", "t"]).await;
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains(&format!("did you mean http://{bare}")), "{text}");
+    let (code, text) = cli(&["status", "--admin", &format!("http://{bare}"), "--token", "t"]).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("connection refused"), "{text}");
+}
+
+/// A node on the bus with a config holding one shared token.
+fn bus_node(origin: &Origin, bus: &str, id: &str, cfg: &std::path::Path, extra: &[&str]) -> Fresco {
+    let mut args = vec!["--bus", bus, "--node-id", id, "--config", cfg.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    Fresco::start_in(&temp_dir(id), &origin.url(), &args)
+}
+
+const TOKEN: &str = "obs-token-0123456789abcdef";
+
+fn token_config() -> std::path::PathBuf {
+    let file = temp_dir("obs-cfg").join("fresco.toml");
+    std::fs::write(&file, format!("[[token]]\nname = \"ops\"\nsecret = \"{TOKEN}\"\nscopes = [\"all\"]\n")).unwrap();
+    file
+}
+
+async fn nodes(node: &Fresco) -> Value {
+    let auth = format!("Bearer {TOKEN}");
+    serde_json::from_slice(&send("GET", &node.admin_url("/api/v1/nodes"), &[("authorization", &auth)]).await.body)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_current_right_after_purge_wait_returns() {
+    let nats = Nats::start().await;
+    let origin = Origin::start().await;
+    let cfg = token_config();
+    let a = bus_node(&origin, &nats.url(), "obs-a", &cfg, &[]);
+    let b = bus_node(&origin, &nats.url(), "obs-b", &cfg, &[]);
+    eventually("both nodes see each other", Duration::from_secs(20), async || {
+        nodes(&a).await["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    })
+    .await;
+    let admin = a.admin_url("");
+    for round in 0..3 {
+        let tag = format!("t{round}");
+        let (code, text) = cli(&["purge", "--admin", &admin, "--token", TOKEN, "--tag", &tag, "--wait"]).await;
+        assert_eq!(code, 0, "{text}");
+        let version: u64 = text
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("version="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no version in {text}"));
+        let (code, status) = cli(&["status", "--admin", &admin, "--token", TOKEN]).await;
+        assert_eq!(code, 0, "{status}");
+        for id in ["obs-a", "obs-b"] {
+            let row: Vec<&str> = status
+                .lines()
+                .find(|l| l.starts_with(id))
+                .unwrap_or_else(|| panic!("{id} in {status}"))
+                .split_whitespace()
+                .collect();
+            assert_eq!(
+                row[2],
+                version.to_string(),
+                "{id} has applied {version} by the time purge --wait returned:\n{status}"
+            );
+            assert_eq!(row[3], "0", "{id} lags by nothing:\n{status}");
+        }
+    }
+    drop(b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_announces_the_leave_so_convergence_does_not_wait_for_the_node() {
+    let nats = Nats::start().await;
+    let origin = Origin::start().await;
+    let cfg = token_config();
+    // Without the announcement the leaving node would count as possibly
+    // serving for max_log_silence + 2 s and as live for down_after: a minute.
+    let slow = ["--down-after", "60s", "--max-log-silence", "60s"];
+    let a = bus_node(&origin, &nats.url(), "stay", &cfg, &slow);
+    let b = bus_node(&origin, &nats.url(), "leave", &cfg, &slow);
+    eventually("both nodes see each other", Duration::from_secs(20), async || {
+        nodes(&a).await["nodes"].as_array().is_some_and(|n| n.len() == 2)
+    })
+    .await;
+    assert!(b.terminate().await.success());
+    eventually("the leaving node is dropped from the view", Duration::from_secs(20), async || {
+        nodes(&a).await["nodes"].as_array().is_some_and(|n| n.len() == 1 && n[0]["node"] == "stay")
+    })
+    .await;
+    let got = invalidate(&a, TOKEN, json!({"tags": ["x"]}).to_string()).await;
+    assert_eq!(got.status, 202, "{}", got.text());
+    let auth = format!("Bearer {TOKEN}");
+    eventually("the purge converges without the node that left", Duration::from_secs(20), async || {
+        let s: Value = serde_json::from_slice(
+            &send("GET", &a.admin_url("/api/v1/invalidations/1"), &[("authorization", &auth)]).await.body,
+        )
+        .unwrap();
+        s["converged"] == true && s["unconfirmed"] == json!([])
+    })
+    .await;
+    assert!(node_log(&a).contains("a node left the cluster"), "{}", node_log(&a));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_prints_its_guide_once_listening_with_its_own_addresses_and_data_directory() {
+    use std::io::{BufRead, BufReader};
+    let cwd = temp_dir("demo-cwd");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--origin", "127.0.0.1:0"])
+        .current_dir(&cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("fresco ready"), "the guide comes after the node listens: {ready}");
+    let field = |name: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().to_string();
+    let (data, admin) = (field("data="), field("admin="));
+    let mut guide = String::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        guide.push_str(&line);
+        guide.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    // The guide's commands reach this demo, not the defaults.
+    assert!(guide.contains(&format!("--admin http://{admin}")), "{guide}");
+    assert!(guide.contains(&format!("dashboard:    http://{admin}/")), "{guide}");
+    assert!(guide.contains(&format!("curl -si http://{data}/")), "{guide}");
+    let data_dir = guide
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("data:"))
+        .map(|l| l.trim().trim_end_matches(" (removed at exit)").to_string())
+        .unwrap();
+    assert!(std::path::Path::new(&data_dir).join("admin-token").exists(), "{data_dir}");
+    // A purge exactly as the guide prints it works.
+    let purge = guide.lines().find(|l| l.contains(" purge ") && l.contains("--tag product-42")).unwrap();
+    let args: Vec<&str> = purge.split_whitespace().skip(1).take_while(|w| !w.starts_with("--reason")).collect();
+    let (code, text) = cli(&args).await;
+    assert_eq!(code, 0, "{purge}: {text}");
+    // Nothing of the demo's lands where it was started (a later `fresco
+    // serve` there must not replay its invalidations or reuse its token).
+    assert!(!cwd.join("fresco-data").exists());
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(!std::path::Path::new(&data_dir).exists(), "the demo's data directory is removed at exit");
+}
