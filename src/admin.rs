@@ -81,7 +81,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let position = state.service.membership.position();
-    let body = crate::metrics::render(&state.metrics, state.proxy.store.as_ref(), &state.proxy.invalidations, position);
+    let cluster = state.service.membership.view().await;
+    let body = crate::metrics::render(
+        &state.metrics,
+        state.proxy.store.as_ref(),
+        &state.proxy.invalidations,
+        position,
+        &cluster,
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 

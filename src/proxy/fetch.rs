@@ -226,7 +226,11 @@ impl Proxy {
         upstream: u16,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
-        metrics::stale_served("stale-if-error");
+        metrics::stale_served(if status.detail.as_deref() == Some("invalidated") {
+            metrics::StaleReason::SoftPurged
+        } else {
+            metrics::StaleReason::StaleIfError
+        });
         status.fwd = Some(Fwd::Stale);
         status.fwd_status = (upstream != 0).then_some(upstream);
         status.ttl = Some(obj.policy.ttl(now));
@@ -358,9 +362,14 @@ impl Proxy {
                 Some(validators),
                 super::respond::empty(),
             );
-            metrics::origin_request(if validate.is_some() { "revalidate" } else { "fetch" });
+            let kind = if validate.is_some() { "revalidate" } else { "fetch" };
+            metrics::origin_request(kind);
+            let sent = Instant::now();
             let resp = match self.upstream.send(req, &job.target.key.key).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    metrics::origin_response(kind, sent.elapsed());
+                    r
+                }
                 Err(e) => {
                     metrics::origin_error(e.detail());
                     fill.set_outcome(Outcome::Failed(e), false);

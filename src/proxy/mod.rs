@@ -170,6 +170,8 @@ impl Proxy {
     /// response with a status and a Cache-Status detail.
     pub async fn handle(self: Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
+        // The content class needs the path; only kept when classes exist.
+        let path = (!self.settings.classes.0.is_empty()).then(|| req.uri().path().to_string());
         let request_line = self.settings.access_log.as_ref().map(|_| {
             let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
             (SystemTime::now(), req.method().clone(), target, req.version())
@@ -194,7 +196,12 @@ impl Proxy {
         if loop_ids.is_empty() {
             self.strip_cache_fields(resp.headers_mut());
         }
-        let label = metrics::request_finished(&resp, started.elapsed());
+        let content_class = path.as_deref().and_then(|p| {
+            let content_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            self.settings.classes.classify(p, content_type)
+        });
+        let label =
+            metrics::request_finished(&resp, started.elapsed(), content_class.map_or("none", |c| c.name.as_str()));
         if let (Some(log), Some((time, method, target, version))) = (&self.settings.access_log, request_line) {
             log.record(&crate::access_log::Entry {
                 client: client.addr.ip(),
@@ -386,6 +393,11 @@ impl Proxy {
                     status.ttl = status.ttl.map(|t| t.min(0));
                     status.detail = Some("invalidated".into());
                 }
+                metrics::stale_served(if state.soft_invalidated {
+                    metrics::StaleReason::SoftPurged
+                } else {
+                    metrics::StaleReason::MaxStale
+                });
                 self.serve_stored(&parts, &obj, status, false, now)
             }
             Reuse::Validate { reason, serve_stale_meanwhile } => {
@@ -402,7 +414,11 @@ impl Proxy {
                 }
                 if serve_stale_meanwhile {
                     self.revalidate_in_background(&parts, &target, client, &rd, &obj);
-                    metrics::stale_served("stale-while-revalidate");
+                    metrics::stale_served(if state.soft_invalidated {
+                        metrics::StaleReason::SoftPurged
+                    } else {
+                        metrics::StaleReason::StaleWhileRevalidate
+                    });
                     status.ttl = Some(obj.policy.ttl(now));
                     status.detail = Some("stale-while-revalidate".into());
                     return self.serve_stored(&parts, &obj, status, false, now);

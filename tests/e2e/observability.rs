@@ -284,3 +284,100 @@ async fn the_demo_prints_its_guide_once_listening_with_its_own_addresses_and_dat
     let _ = child.wait();
     assert!(!std::path::Path::new(&data_dir).exists(), "the demo's data directory is removed at exit");
 }
+
+/// Design §6, issue 13: after a scripted sequence of hits, misses, stale
+/// serves and purges, every counter has exactly the expected value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_exactly_what_a_scripted_sequence_did() {
+    let origin = Origin::start().await;
+    let html = |body: &str, cc: &str| Reply::ok(body).header("cache-control", cc).header("content-type", "text/html");
+    origin.route("/page", html("page", "max-age=60"));
+    origin.route(
+        "/swr",
+        Reply::ok("swr")
+            .header("cache-control", "max-age=60, stale-while-revalidate=60")
+            .header("surrogate-key", "swr"),
+    );
+    origin.route("/sie", Reply::ok("sie").header("cache-control", "max-age=1, stale-if-error=600"));
+    let cfg = temp_dir("metrics-cfg").join("fresco.toml");
+    std::fs::write(&cfg, "[[class]]\nname = \"html\"\ncontent_type = \"text/html\"\n").unwrap();
+    let node = Fresco::start(&origin.url(), &["--config", cfg.to_str().unwrap()]);
+    let token = node.token();
+    let cache = |got: &crate::harness::Got| got.cache_status();
+
+    let first = get(&node.url("/page")).await;
+    assert!(cache(&first).contains("fwd=uri-miss"), "{}", cache(&first));
+    for _ in 0..2 {
+        assert!(get(&node.url("/page")).await.is_hit());
+    }
+    assert!(cache(&get(&node.url("/swr")).await).contains("fwd=uri-miss"));
+    let soft = invalidate(&node, &token, json!({"tags": ["swr"], "mode": "soft"}).to_string()).await;
+    assert_eq!(soft.status, 202, "{}", soft.text());
+    let stale = get(&node.url("/swr")).await;
+    assert!(cache(&stale).contains("detail=stale-while-revalidate"), "{}", cache(&stale));
+    eventually("the background revalidation reaches the origin", Duration::from_secs(10), async || {
+        origin.hits("/swr") == 2
+    })
+    .await;
+    let hard = invalidate(&node, &token, json!({"urls": [node.url("/page")]}).to_string()).await;
+    assert_eq!(hard.status, 202, "{}", hard.text());
+    assert!(cache(&get(&node.url("/page")).await).contains("fwd=uri-miss"));
+    assert!(cache(&get(&node.url("/sie")).await).contains("fwd=uri-miss"));
+    // Until /sie expires; each probe is a request too: a hit while fresh,
+    // a 504 (`fwd=stale`, counted as revalidated) once stale.
+    let mut probe_hits = 0.0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let probe = send("GET", &node.url("/sie"), &[("cache-control", "only-if-cached")]).await;
+        if probe.status == 504 {
+            break;
+        }
+        assert!(probe.is_hit() && std::time::Instant::now() < deadline, "{} {}", probe.status, cache(&probe));
+        probe_hits += 1.0;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    origin.stop();
+    let sie = get(&node.url("/sie")).await;
+    assert!(cache(&sie).contains("detail=stale-if-error"), "{}", cache(&sie));
+    assert_eq!(get(&node.url("/gone")).await.status, 502);
+
+    let expected = [
+        ("fresco_requests_total{cache=\"hit\"}", 2.0 + probe_hits),
+        ("fresco_requests_total{cache=\"miss\"}", 5.0),
+        ("fresco_requests_total{cache=\"stale\"}", 2.0),
+        ("fresco_requests_total{cache=\"revalidated\"}", 1.0),
+        ("fresco_request_duration_seconds_count{cache=\"hit\",content_class=\"html\"}", 2.0),
+        ("fresco_request_duration_seconds_count{cache=\"miss\",content_class=\"html\"}", 2.0),
+        ("fresco_stale_served_total{reason=\"soft-purged\"}", 1.0),
+        ("fresco_stale_served_total{reason=\"stale-if-error\"}", 1.0),
+        ("fresco_stale_served_total{reason=\"stale-while-revalidate\"}", 0.0),
+        ("fresco_stale_served_total{reason=\"max-stale\"}", 0.0),
+        ("fresco_background_revalidations_total", 1.0),
+        // /page twice, /swr and its revalidation, /sie twice, /gone.
+        ("fresco_origin_requests_total{kind=\"fetch\"}", 7.0),
+        ("fresco_origin_request_duration_seconds_count{kind=\"fetch\"}", 5.0),
+        ("fresco_origin_errors_total{kind=\"upstream-connect\"}", 2.0),
+        ("fresco_invalidations_accepted_total", 2.0),
+        ("fresco_invalidations_applied_total", 2.0),
+        ("fresco_invalidation_lag_seconds_count", 2.0),
+        ("fresco_invalidation_applied_version", 2.0),
+        ("fresco_cluster_node_applied_version{node=\"fresco\"}", 2.0),
+        ("fresco_cluster_node_lag_versions{node=\"fresco\"}", 0.0),
+        ("fresco_cluster_node_live{node=\"fresco\"}", 1.0),
+        ("fresco_store_objects", 3.0),
+    ];
+    let text = get(&node.admin_url("/metrics")).await.text();
+    let mut wrong = Vec::new();
+    for (sample, want) in expected {
+        let got = text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == sample).then(|| value.parse::<f64>().unwrap())
+        });
+        if got != Some(want) {
+            wrong.push(format!("{sample}: want {want}, got {got:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}\n\n{text}", wrong.join("\n"));
+    // Never a URL in a label.
+    assert!(!text.contains("/page") && !text.contains("/sie"), "{text}");
+}
