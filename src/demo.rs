@@ -265,8 +265,11 @@ struct Guide<'a> {
 fn print_guide(g: &Guide<'_>) {
     let Guide { edge, admin, origin, exe, .. } = g;
     let dir = g.data_dir.display();
+    // The fragment never reaches the server; the page keeps the token in the tab.
+    let token = std::fs::read_to_string(g.data_dir.join("admin-token")).unwrap_or_default();
+    let token = token.trim();
     println!(
-        "\nFresco demo\n  edge (cache): http://{edge}/\n  dashboard:    http://{admin}/\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n  data:         {dir} (removed at exit)\n\n\
+        "\nFresco demo\n  edge (cache): http://{edge}/\n  dashboard:    http://{admin}/#token={token}\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n  data:         {dir} (removed at exit)\n\n\
 Try:\n\
   curl -si http://{edge}/                       # twice: Cache-Status goes from fwd=uri-miss to hit\n\
   curl -si http://{edge}/assets/app.3f9a1c.js   # immutable, cached for a year\n\

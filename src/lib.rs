@@ -9,6 +9,7 @@ pub mod classes;
 pub mod cli;
 pub mod config;
 mod connections;
+pub mod dashboard;
 pub mod data_dir;
 pub mod demo;
 pub mod invalidation;

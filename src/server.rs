@@ -183,7 +183,13 @@ pub async fn run_then(
         service: proxy.service.clone(),
         metrics: metrics_handle,
         health: supervisor.health.clone(),
+        samples: Arc::new(crate::dashboard::Samples::default()),
     };
+    supervisor.spawn_until_done(
+        "dashboard-sampler",
+        Role::Auxiliary,
+        crate::dashboard::sample(proxy.counters.clone(), state.samples.clone(), shutdown.clone()),
+    );
     supervisor.spawn_until_done(
         "sweeper",
         Role::Auxiliary,

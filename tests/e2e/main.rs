@@ -4,6 +4,7 @@
 mod harness;
 
 mod cluster;
+mod dashboard;
 mod http_caching;
 mod invalidation;
 mod log_durability;
