@@ -197,6 +197,10 @@ pub struct RawClass {
     pub stale_if_error: Option<String>,
     pub forbid_stale: Option<bool>,
     pub store_set_cookie: Option<bool>,
+    /// The most staleness this class's users may see, e.g. "60s".
+    pub freshness_slo: Option<String>,
+    /// Enforce `freshness_slo` as a cap on serving stale [default: true]; false only measures it.
+    pub freshness_slo_cap: Option<bool>,
 }
 
 impl RawConfig {
@@ -373,12 +377,21 @@ impl Config {
                     if c.name.is_empty() {
                         return Err(ConfigError("a [[class]] has an empty `name`".into()));
                     }
+                    let slo = window("freshness_slo", c.freshness_slo)?;
+                    if c.freshness_slo_cap.is_some() && slo.is_none() {
+                        return Err(ConfigError(format!(
+                            "class {:?}: `freshness_slo_cap` without `freshness_slo`",
+                            c.name
+                        )));
+                    }
                     Ok(ContentClass {
                         stale: crate::classes::stale(
                             window("stale_while_revalidate", c.stale_while_revalidate)?,
                             window("stale_if_error", c.stale_if_error)?,
                             c.forbid_stale.unwrap_or(false),
+                            slo.filter(|_| c.freshness_slo_cap.unwrap_or(true)),
                         ),
+                        freshness_slo: slo,
                         store_set_cookie: c.store_set_cookie,
                         name: c.name,
                         path_prefix: c.path_prefix,

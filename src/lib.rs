@@ -12,6 +12,7 @@ mod connections;
 pub mod dashboard;
 pub mod data_dir;
 pub mod demo;
+pub mod freshness;
 pub mod invalidation;
 pub mod key;
 pub mod logging;

@@ -17,6 +17,12 @@ pub fn install() -> PrometheusHandle {
     let recorder = PrometheusBuilder::new()
         .set_buckets(&[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
         .expect("static buckets are valid")
+        // Served staleness spans seconds to a day, not a request's latency.
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full("fresco_served_staleness_seconds".into()),
+            &[0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0],
+        )
+        .expect("static buckets are valid")
         .build_recorder();
     let handle = recorder.handle();
     // A second install (tests in one process) keeps the first recorder.

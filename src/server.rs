@@ -54,6 +54,7 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
+    settings.freshness = Arc::new(crate::freshness::Freshness::new(&cfg.classes));
     if let Some(target) = &cfg.access_log {
         settings.access_log = Some(Arc::new(crate::access_log::AccessLog::open(target)?));
     }

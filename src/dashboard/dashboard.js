@@ -137,7 +137,7 @@ function renderClasses(data) {
       : over === 0 ? el("span", { class: "good" }, "within SLO") : el("span", { class: "bad" }, `${over} responses over the SLO`);
     return el("tr", { "data-class": c.name },
       el("td", {}, el("code", {}, c.name)),
-      el("td", { class: "num" }, slo === null || slo === undefined ? "–" : ago(slo)),
+      el("td", { class: "num" }, slo === null || slo === undefined ? "–" : ago(slo) + (c.capped ? " (enforced)" : " (measured only)")),
       el("td", { class: "num" }, c.stale_served === undefined ? "–" : c.stale_served),
       el("td", { class: "num" }, c.max_staleness_ms === undefined || c.max_staleness_ms === null ? "–" : ago(c.max_staleness_ms)),
       el("td", {}, status));

@@ -144,7 +144,7 @@ async fn data(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     let view = state.service.membership.view().await;
     let invalidations: Vec<_> =
         state.service.audit.page(None, RECENT).into_iter().map(|r| crate::admin::status_of(&view, r)).collect();
-    let classes: Vec<_> = state.proxy.settings.classes.0.iter().map(|c| json!({ "name": c.name })).collect();
+    let classes = state.proxy.settings.freshness.report();
     axum::Json(json!({
         "node": state.service.node,
         "now_ms": now_ms(),

@@ -62,6 +62,8 @@ pub struct ProxySettings {
     pub classes: Classes,
     /// One line per response when `access_log` is set.
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Served staleness per content class, against its freshness SLO.
+    pub freshness: Arc<crate::freshness::Freshness>,
 }
 
 impl ProxySettings {
@@ -78,6 +80,7 @@ impl ProxySettings {
             max_variants: 16,
             classes: Classes::default(),
             access_log: None,
+            freshness: Arc::default(),
         }
     }
 }
@@ -202,6 +205,10 @@ impl Proxy {
         });
         let label =
             metrics::request_finished(&resp, started.elapsed(), content_class.map_or("none", |c| c.name.as_str()));
+        if let Some(class) = content_class {
+            let staleness = resp.extensions().get::<crate::freshness::Staleness>().map_or(Duration::ZERO, |s| s.0);
+            self.settings.freshness.record(class, staleness);
+        }
         if let (Some(log), Some((time, method, target, version))) = (&self.settings.access_log, request_line) {
             log.record(&crate::access_log::Entry {
                 client: client.addr.ip(),

@@ -381,3 +381,69 @@ async fn metrics_count_exactly_what_a_scripted_sequence_did() {
     // Never a URL in a label.
     assert!(!text.contains("/page") && !text.contains("/sie"), "{text}");
 }
+
+/// Serves `/news/a` (1 s fresh, stale-if-error for an hour) through a node
+/// whose `news` class has a 2 s freshness SLO, stops the origin, and asks
+/// until the node stops serving it stale (or, measuring only, until it has
+/// served it more than 2 s stale). Returns the node and the ages served.
+async fn stale_news(cap: bool) -> (Fresco, Origin, Vec<u64>) {
+    let origin = Origin::start().await;
+    origin.route("/news/a", Reply::ok("news").header("cache-control", "max-age=1, stale-if-error=3600"));
+    let cfg = temp_dir("slo-cfg").join("fresco.toml");
+    let cap_line = if cap { "" } else { "freshness_slo_cap = false\n" };
+    std::fs::write(
+        &cfg,
+        format!("[[class]]\nname = \"news\"\npath_prefix = \"/news/\"\nfreshness_slo = \"2s\"\n{cap_line}"),
+    )
+    .unwrap();
+    let node = Fresco::start(&origin.url(), &["--config", cfg.to_str().unwrap()]);
+    assert_eq!(get(&node.url("/news/a")).await.status, 200);
+    origin.stop();
+    let mut ages = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "ages served so far: {ages:?}");
+        let got = get(&node.url("/news/a")).await;
+        if got.status != 200 {
+            assert!(cap, "measuring only, the stale copy stays available: {} {}", got.status, got.cache_status());
+            assert_eq!(got.status, 504, "{}", got.cache_status());
+            break;
+        }
+        let age: u64 = got.header("age").unwrap().parse().unwrap();
+        ages.push(age);
+        if !cap && age >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (node, origin, ages)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_freshness_slo_caps_served_staleness_and_counts_violations_when_only_measured() {
+    // Enforced: nothing is served more than 2 s past its 1 s lifetime (Age
+    // counts whole seconds), the origin being down notwithstanding.
+    let (node, _origin, ages) = stale_news(true).await;
+    assert!(ages.iter().all(|a| *a <= 3), "served staleness within the SLO: ages {ages:?}");
+    assert!(ages.iter().any(|a| *a >= 2), "it was served stale meanwhile: ages {ages:?}");
+    let violations = "fresco_freshness_slo_violations_total{content_class=\"news\"}";
+    assert_eq!(crate::harness::metric(&node, violations).await, 0.0);
+    assert_eq!(crate::harness::metric(&node, "fresco_freshness_slo_seconds{content_class=\"news\"}").await, 2.0);
+    let measured = "fresco_served_staleness_seconds_count{content_class=\"news\"}";
+    assert_eq!(crate::harness::metric(&node, measured).await, ages.len() as f64 + 2.0, "every response measured");
+
+    // Measured only: the same history serves past the SLO, and says so.
+    let (node, _origin, ages) = stale_news(false).await;
+    let over = ages.iter().filter(|a| **a >= 4).count() as f64;
+    let counted = crate::harness::metric(&node, violations).await;
+    assert!(counted >= over && counted > 0.0, "{counted} violations counted; ages {ages:?}");
+    let auth = format!("Bearer {}", node.token());
+    let dash: Value = serde_json::from_slice(
+        &send("GET", &node.admin_url("/api/v1/dashboard"), &[("authorization", &auth)]).await.body,
+    )
+    .unwrap();
+    let news = &dash["classes"][0];
+    assert_eq!((news["name"].as_str(), news["freshness_slo_ms"].as_u64()), (Some("news"), Some(2000)));
+    assert_eq!(news["over_slo"].as_f64(), Some(counted));
+    assert!(news["max_staleness_ms"].as_u64() > Some(2000), "{news}");
+}
