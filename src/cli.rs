@@ -38,6 +38,9 @@ pub enum Command {
         /// Demo origin listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         origin: SocketAddr,
+        /// A NATS server with JetStream: runs a second edge node on the same invalidation log
+        #[arg(long)]
+        bus: Option<String>,
     },
     /// Invalidate cached objects through a node's admin API.
     Purge(crate::purge::PurgeArgs),
@@ -110,8 +113,8 @@ pub fn log_settings(command: &Command) -> (Option<String>, crate::logging::LogFo
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags).await.map_err(CliError::Usage),
-        Command::Demo { listen, admin, origin } => {
-            crate::demo::run(listen, admin, origin).await.map_err(CliError::Usage)
+        Command::Demo { listen, admin, origin, bus } => {
+            crate::demo::run(listen, admin, origin, bus).await.map_err(CliError::Usage)
         }
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,

@@ -447,3 +447,57 @@ async fn a_freshness_slo_caps_served_staleness_and_counts_violations_when_only_m
     assert_eq!(news["over_slo"].as_f64(), Some(counted));
     assert!(news["max_staleness_ms"].as_u64() > Some(2000), "{news}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_on_a_bus_runs_two_edge_nodes_that_a_purge_converges_on() {
+    use std::io::{BufRead, BufReader};
+    let nats = Nats::start().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--origin", "127.0.0.1:0"])
+        .args(["--bus", &nats.url()])
+        .current_dir(temp_dir("demo2-cwd"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut guide = String::new();
+    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
+        guide.push_str(&line);
+        guide.push('\n');
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    let after = |prefix: &str| -> String {
+        guide
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("{prefix} in {guide}"))
+            .trim()
+            .to_string()
+    };
+    let edge2 = after("edge 2:");
+    let edge2 = edge2.split_whitespace().next().unwrap().to_string();
+    let origin = after("origin:");
+    let data_dir = after("data:").trim_end_matches(" (removed at exit)").to_string();
+    let purge = guide.lines().find(|l| l.contains(" purge ") && l.contains("--tag product-42")).unwrap();
+    let mut args: Vec<&str> = purge.split_whitespace().skip(1).take_while(|w| !w.starts_with("--reason")).collect();
+    args.push("--wait");
+    eventually("the purge reaches both edge nodes", Duration::from_secs(30), async || {
+        let (code, text) = cli(&args).await;
+        code == 0 && text.contains("converged: 2 live node(s)")
+    })
+    .await;
+    // The origin outage the guide offers: the edges relay its 503.
+    let down = send("POST", &format!("{origin}__outage?seconds=60"), &[]).await;
+    assert_eq!(down.status, 200, "{}", down.text());
+    assert_eq!(get(&format!("{edge2}about")).await.status, 503);
+    let _ = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    assert!(!std::path::Path::new(&data_dir).exists());
+    let edge2_addr = edge2.trim_start_matches("http://").trim_end_matches('/').to_string();
+    eventually("the second edge node stops with the demo", Duration::from_secs(10), async || {
+        tokio::net::TcpStream::connect(&edge2_addr).await.is_err()
+    })
+    .await;
+}
