@@ -32,6 +32,9 @@ pub fn install() -> PrometheusHandle {
     for name in UNLABELLED_COUNTERS {
         metrics::counter!(name).increment(0);
     }
+    for kind in crate::proxy::upstream::UpstreamError::DETAILS {
+        counter!("fresco_origin_errors_total", "kind" => kind).increment(0);
+    }
     for reason in StaleReason::ALL {
         counter!("fresco_stale_served_total", "reason" => reason.as_str()).increment(0);
     }

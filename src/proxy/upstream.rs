@@ -36,6 +36,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Every [`UpstreamError::detail`], so that the error counters are
+    /// exported (at 0) before the first error.
+    pub const DETAILS: [&'static str; 5] =
+        ["upstream-connect", "upstream-timeout", "upstream-error", "upstream-queue-full", "upstream-queue-timeout"];
+
     /// A short token for Cache-Status `detail` and metrics.
     pub fn detail(&self) -> &'static str {
         match self {
@@ -442,6 +447,18 @@ fn with_base(base: &Uri, path_and_query: &str) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_lists_every_detail() {
+        let all = [
+            UpstreamError::Connect(String::new()),
+            UpstreamError::Timeout,
+            UpstreamError::Protocol(String::new()),
+            UpstreamError::QueueFull,
+            UpstreamError::QueueTimeout,
+        ];
+        assert_eq!(all.map(|e| e.detail()), UpstreamError::DETAILS);
+    }
 
     /// Nodes of different builds, versions and machines must rank parents
     /// alike: the ranks are pinned, so a change of hash fails here first.

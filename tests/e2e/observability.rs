@@ -501,3 +501,28 @@ async fn the_demo_on_a_bus_runs_two_edge_nodes_that_a_purge_converges_on() {
     })
     .await;
 }
+
+/// The shipped alert rules name only metrics a node exports, so none of
+/// them silently never fires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_alert_rules_use_only_exported_metrics() {
+    let rules =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/prometheus/fresco-alerts.yml")).unwrap();
+    let origin = Origin::start().await;
+    origin.route("/news/a", Reply::ok("a").header("cache-control", "max-age=60"));
+    let cfg = temp_dir("alerts-cfg").join("fresco.toml");
+    std::fs::write(&cfg, "[[class]]\nname = \"news\"\npath_prefix = \"/news/\"\nfreshness_slo = \"60s\"\n").unwrap();
+    let node = Fresco::start(&origin.url(), &["--config", cfg.to_str().unwrap()]);
+    get(&node.url("/news/a")).await;
+    invalidate(&node, &node.token(), json!({"tags": ["x"]}).to_string()).await;
+    let text = get(&node.admin_url("/metrics")).await.text();
+    let exported: std::collections::BTreeSet<&str> =
+        text.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+    let mut named: Vec<&str> =
+        rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("fresco_")).collect();
+    named.sort_unstable();
+    named.dedup();
+    assert!(named.len() >= 8, "{named:?}");
+    let missing: Vec<&&str> = named.iter().filter(|n| !exported.contains(**n)).collect();
+    assert!(missing.is_empty(), "alert rules name metrics no node exports: {missing:?}\n{text}");
+}
