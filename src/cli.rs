@@ -46,6 +46,8 @@ pub enum Command {
     Purge(crate::purge::PurgeArgs),
     /// Show the cluster: each node's applied version, lag, heartbeat, hit ratio.
     Status(crate::purge::StatusArgs),
+    /// Synthetic freshness checks: compare what each node serves with the origin.
+    Watch(crate::watch::WatchArgs),
     /// Generate an API token: prints a random secret for the client and the
     /// `[[token]]` table (with only its SHA-256) for the node's config.
     Token {
@@ -118,6 +120,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
+        Command::Watch(args) => crate::watch::run(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
         Command::Token { name } => token(&name).map_err(CliError::Failed),
     }

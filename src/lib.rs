@@ -24,3 +24,4 @@ pub mod server;
 pub mod store;
 pub mod supervisor;
 pub mod tls;
+pub mod watch;

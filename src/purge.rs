@@ -56,9 +56,9 @@ pub struct PurgeArgs {
     pub timeout: u64,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn call(
+pub(crate) async fn call(
     client: &HttpClient,
     method: &str,
     url: &str,
@@ -87,7 +87,7 @@ async fn call(
 /// What went wrong, in the operator's words: the innermost cause
 /// (`Connection refused (os error 111)`), which is what tells them whether
 /// the node is down, the port wrong or the host unknown.
-fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut innermost = e;
     while let Some(next) = innermost.source() {
         innermost = next;
@@ -102,7 +102,7 @@ fn cause(e: &(dyn std::error::Error + 'static)) -> String {
 
 /// The base URL of the admin API from `--admin`. A bare `host:port` gets a
 /// hint rather than an obscure parse error.
-fn admin_base(admin: &str) -> Result<String, CliError> {
+pub(crate) fn admin_base(admin: &str) -> Result<String, CliError> {
     let base = admin.trim_end_matches('/');
     let parsed: Option<http::Uri> = base.parse().ok();
     match parsed {
@@ -120,7 +120,7 @@ fn admin_base(admin: &str) -> Result<String, CliError> {
     }
 }
 
-fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, CliError> {
+pub(crate) fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, CliError> {
     if let Some(t) = given {
         return Ok(t.clone());
     }

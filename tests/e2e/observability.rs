@@ -526,3 +526,50 @@ async fn the_example_alert_rules_use_only_exported_metrics() {
     let missing: Vec<&&str> = named.iter().filter(|n| !exported.contains(**n)).collect();
     assert!(missing.is_empty(), "alert rules name metrics no node exports: {missing:?}\n{text}");
 }
+
+/// `fresco watch`: a purge that landed on one node but not the other is
+/// found, naming the node that diverged; once it lands there too, none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_finds_the_node_where_a_purge_did_not_land() {
+    let origin = Origin::start().await;
+    let version = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(1));
+    let v = version.clone();
+    origin.handle("/x", move |_| {
+        let n = v.load(std::sync::atomic::Ordering::SeqCst);
+        Reply::ok(&format!("version {n}")).header("cache-control", "max-age=600").header("etag", &format!("\"v{n}\""))
+    });
+    // Two nodes with logs of their own: a purge sent to one never reaches the other.
+    let (a, b) = (Fresco::start(&origin.url(), &[]), Fresco::start(&origin.url(), &[]));
+    for node in [&a, &b] {
+        get(&node.url("/x")).await;
+        assert!(get(&node.url("/x")).await.is_hit());
+    }
+    version.store(2, std::sync::atomic::Ordering::SeqCst);
+    let purge = invalidate(&a, &a.token(), json!({"urls": [a.url("/x")]}).to_string()).await;
+    assert_eq!(purge.status, 202);
+    let (node_a, node_b, origin_url) = (a.url(""), b.url(""), origin.url());
+    let watch = ["watch", "--node", &node_a, "--node", &node_b, "--origin", &origin_url, "--path", "/x"];
+    let once = ["--slo", "0s", "--interval", "100ms", "--rounds", "2"];
+    let (code, text) = cli(&[&watch[..], &once[..]].concat()).await;
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains(&format!(
+            "DIVERGED node={node_b} path=/x serves [etag \"v1\"] while the origin has [etag \"v2\"]"
+        )),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("node={node_a} ")), "{text}");
+    let purge = invalidate(&b, &b.token(), json!({"urls": [b.url("/x")]}).to_string()).await;
+    assert_eq!(purge.status, 202);
+    let (code, text) = cli(&[&watch[..], &once[..]].concat()).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("round 2: 1 path(s) on 2 node(s), 0 diverged"), "{text}");
+
+    // Recently invalidated URLs are watched without naming them.
+    let admin = a.admin_url("");
+    let token = a.token();
+    let from_log = ["watch", "--node", &node_a, "--origin", &origin_url, "--admin", &admin, "--token", &token];
+    let (code, text) = cli(&[&from_log[..], &["--rounds", "1"][..]].concat()).await;
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("round 1: 1 path(s) on 1 node(s), 0 diverged"), "{text}");
+}
