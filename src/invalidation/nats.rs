@@ -73,6 +73,8 @@ const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(5);
 /// may follow its last heartbeat by a heartbeat interval, plus its judge's
 /// tick and delivery delays on a loaded machine.
 const SERVE_SLACK: Duration = Duration::from_secs(2);
+/// How long the membership view waits for the log's head.
+const VIEW_HEAD_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -896,8 +898,10 @@ impl Membership for NatsBus {
             };
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
             let stream = self.lock_following().pos.stream.clone();
-            let head = match self.js.get_stream(STREAM).await {
-                Ok(s) if identity(s.cached_info()) == stream => Some(s.cached_info().state.last_sequence),
+            // Bounded: with the bus out of reach the view (and /metrics, the
+            // dashboard, `fresco status`) answers at once, without the head.
+            let head = match tokio::time::timeout(VIEW_HEAD_WAIT, self.js.get_stream(STREAM)).await {
+                Ok(Ok(s)) if identity(s.cached_info()) == stream => Some(s.cached_info().state.last_sequence),
                 _ => None,
             };
             ClusterView { stream, head, nodes }
