@@ -32,20 +32,63 @@ pub struct AccessLog {
 }
 
 /// One response, as the access log records it.
-pub struct Entry<'a> {
-    pub client: IpAddr,
-    pub time: SystemTime,
-    pub method: &'a str,
-    pub target: &'a str,
-    pub version: http::Version,
-    pub status: u16,
-    pub bytes: Option<u64>,
+struct Entry<'a> {
+    client: IpAddr,
+    time: SystemTime,
+    method: &'a str,
+    target: &'a str,
+    version: http::Version,
+    status: u16,
+    bytes: Option<u64>,
     /// Fresco's own Cache-Status entry.
-    pub cache_status: &'a str,
-    pub elapsed: Duration,
+    cache_status: &'a str,
+    elapsed: Duration,
+}
+
+/// What the access log keeps of a request, taken before the proxy
+/// consumes it.
+pub struct RequestLine {
+    time: SystemTime,
+    method: http::Method,
+    target: String,
+    version: http::Version,
+}
+
+impl RequestLine {
+    pub fn of<B>(req: &http::Request<B>) -> RequestLine {
+        RequestLine {
+            time: SystemTime::now(),
+            method: req.method().clone(),
+            target: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string(),
+            version: req.version(),
+        }
+    }
 }
 
 impl AccessLog {
+    /// Logs the response to `line`: its status, size when known, Fresco's
+    /// own (last) Cache-Status entry, and `elapsed`.
+    pub fn response<B: http_body::Body>(
+        &self,
+        line: &RequestLine,
+        client: IpAddr,
+        resp: &http::Response<B>,
+        elapsed: Duration,
+    ) {
+        let header = |name: &str| resp.headers().get_all(name).iter().next_back().and_then(|v| v.to_str().ok());
+        self.record(&Entry {
+            client,
+            time: line.time,
+            method: line.method.as_str(),
+            target: &line.target,
+            version: line.version,
+            status: resp.status().as_u16(),
+            bytes: resp.body().size_hint().exact().or_else(|| header("content-length")?.parse().ok()),
+            cache_status: header("cache-status").unwrap_or("-"),
+            elapsed,
+        });
+    }
+
     /// Opens (appends to) the target and starts its writer thread.
     pub fn open(target: &Target) -> Result<AccessLog, String> {
         let out: Box<dyn Write + Send> = match target {
@@ -66,7 +109,7 @@ impl AccessLog {
         Ok(AccessLog { tx })
     }
 
-    pub fn record(&self, entry: &Entry<'_>) {
+    fn record(&self, entry: &Entry<'_>) {
         match self.tx.try_send(format_line(entry)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => ::metrics::counter!("fresco_access_log_dropped_total").increment(1),

@@ -175,10 +175,7 @@ impl Proxy {
         let started = Instant::now();
         // The content class needs the path; only kept when classes exist.
         let path = (!self.settings.classes.0.is_empty()).then(|| req.uri().path().to_string());
-        let request_line = self.settings.access_log.as_ref().map(|_| {
-            let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_string();
-            (SystemTime::now(), req.method().clone(), target, req.version())
-        });
+        let request_line = self.settings.access_log.as_ref().map(|_| crate::access_log::RequestLine::of(&req));
         let loop_ids: Vec<String> = req
             .headers()
             .get_all(forward::CDN_LOOP)
@@ -209,26 +206,8 @@ impl Proxy {
             let staleness = resp.extensions().get::<crate::freshness::Staleness>().map_or(Duration::ZERO, |s| s.0);
             self.settings.freshness.record(class, staleness);
         }
-        if let (Some(log), Some((time, method, target, version))) = (&self.settings.access_log, request_line) {
-            log.record(&crate::access_log::Entry {
-                client: client.addr.ip(),
-                time,
-                method: method.as_str(),
-                target: &target,
-                version,
-                status: resp.status().as_u16(),
-                bytes: http_body::Body::size_hint(resp.body())
-                    .exact()
-                    .or_else(|| resp.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()),
-                cache_status: resp
-                    .headers()
-                    .get_all(http::header::HeaderName::from_static("cache-status"))
-                    .iter()
-                    .next_back()
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("-"),
-                elapsed: started.elapsed(),
-            });
+        if let (Some(log), Some(line)) = (&self.settings.access_log, request_line) {
+            log.response(&line, client.addr.ip(), &resp, started.elapsed());
         }
         self.counters.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if label == "hit" {
