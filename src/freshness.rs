@@ -18,14 +18,22 @@ use crate::classes::{Classes, ContentClass};
 #[derive(Debug, Clone, Copy)]
 pub struct Staleness(pub Duration);
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Freshness {
     classes: Vec<ClassFreshness>,
 }
 
-#[derive(Debug)]
+impl std::fmt::Debug for Freshness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.classes.iter().map(|c| &c.name)).finish()
+    }
+}
+
 struct ClassFreshness {
     name: String,
+    /// Registered once, so a response costs no label allocation.
+    staleness: metrics::Histogram,
+    violations: metrics::Counter,
     slo: Option<Duration>,
     capped: bool,
     responses: AtomicU64,
@@ -56,14 +64,17 @@ impl Freshness {
             .0
             .iter()
             .map(|c| {
+                let violations =
+                    metrics::counter!("fresco_freshness_slo_violations_total", "content_class" => c.name.clone());
                 if let Some(slo) = c.freshness_slo {
-                    metrics::counter!("fresco_freshness_slo_violations_total", "content_class" => c.name.clone())
-                        .increment(0);
+                    violations.increment(0);
                     metrics::gauge!("fresco_freshness_slo_seconds", "content_class" => c.name.clone())
                         .set(slo.as_secs_f64());
                 }
                 ClassFreshness {
                     name: c.name.clone(),
+                    staleness: metrics::histogram!("fresco_served_staleness_seconds", "content_class" => c.name.clone()),
+                    violations,
                     slo: c.freshness_slo,
                     capped: c.stale.max_staleness.is_some(),
                     responses: AtomicU64::new(0),
@@ -78,9 +89,8 @@ impl Freshness {
 
     /// Records one response of `class` served `staleness` past its lifetime.
     pub fn record(&self, class: &ContentClass, staleness: Duration) {
-        metrics::histogram!("fresco_served_staleness_seconds", "content_class" => class.name.clone())
-            .record(staleness.as_secs_f64());
         let Some(c) = self.classes.iter().find(|c| c.name == class.name) else { return };
+        c.staleness.record(staleness.as_secs_f64());
         c.responses.fetch_add(1, Ordering::Relaxed);
         if staleness.is_zero() {
             return;
@@ -89,8 +99,7 @@ impl Freshness {
         c.max_staleness_ms.fetch_max(staleness.as_millis() as u64, Ordering::Relaxed);
         if c.slo.is_some_and(|slo| staleness > slo) {
             c.over_slo.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("fresco_freshness_slo_violations_total", "content_class" => class.name.clone())
-                .increment(1);
+            c.violations.increment(1);
         }
     }
 

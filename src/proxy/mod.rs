@@ -200,8 +200,7 @@ impl Proxy {
             let content_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
             self.settings.classes.classify(p, content_type)
         });
-        let label =
-            metrics::request_finished(&resp, started.elapsed(), content_class.map_or("none", |c| c.name.as_str()));
+        let label = metrics::request_finished(&resp, started.elapsed(), content_class.map(|c| c.name.as_str()));
         if let Some(class) = content_class {
             let staleness = resp.extensions().get::<crate::freshness::Staleness>().map_or(Duration::ZERO, |s| s.0);
             self.settings.freshness.record(class, staleness);
