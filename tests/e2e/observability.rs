@@ -573,3 +573,50 @@ async fn watch_finds_the_node_where_a_purge_did_not_land() {
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("round 1: 1 path(s) on 1 node(s), 0 diverged"), "{text}");
 }
+
+/// `log_level` and `log_format` from the config file, without `RUST_LOG`:
+/// warnings in JSON, no info lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_level_and_format_come_from_the_config_file_when_rust_log_is_unset() {
+    use std::io::{BufRead, BufReader};
+    let origin = Origin::start().await;
+    let dir = temp_dir("log-cfg");
+    let cfg = dir.join("fresco.toml");
+    std::fs::write(&cfg, "log_level = \"warn\"\nlog_format = \"json\"\n").unwrap();
+    let stderr = std::fs::File::create(dir.join("stderr.log")).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(["serve", "--origin", &origin.url(), "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--data-dir", dir.to_str().unwrap(), "--config", cfg.to_str().unwrap()])
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let ready = BufReader::new(child.stdout.take().unwrap()).lines().next().unwrap().unwrap();
+    let addr = |name: &str| ready.split_whitespace().find_map(|w| w.strip_prefix(name)).unwrap().to_string();
+    let (data, admin) = (addr("data="), addr("admin="));
+    let token = std::fs::read_to_string(dir.join("admin-token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let purge = crate::harness::send_body(
+        "POST",
+        &format!("http://{admin}/api/v1/invalidations"),
+        &[("authorization", &auth)],
+        bytes::Bytes::from(json!({"tags": ["t"]}).to_string()),
+    )
+    .await;
+    assert_eq!(purge.status, 202);
+    origin.stop();
+    assert_eq!(get(&format!("http://{data}/down")).await.status, 502);
+    let log = || std::fs::read_to_string(dir.join("stderr.log")).unwrap();
+    eventually("the upstream failure is logged", Duration::from_secs(10), async || {
+        log().contains("upstream request failed")
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = log();
+    for line in text.lines() {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"] == "WARN" || v["level"] == "ERROR", "only warnings and errors at log_level warn: {line}");
+    }
+}
