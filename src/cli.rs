@@ -48,6 +48,12 @@ pub enum Command {
     Status(crate::purge::StatusArgs),
     /// Synthetic freshness checks: compare what each node serves with the origin.
     Watch(crate::watch::WatchArgs),
+    /// Check a site's caching headers against the practices and say what to fix.
+    Audit(crate::tools::audit::AuditArgs),
+    /// Find which layer (origin instance, edge node, any HTTP cache) serves a stale copy, and why.
+    Diagnose(crate::tools::diagnose::DiagnoseArgs),
+    /// Deploy steps; for now `warm`: fetch a list of URLs through every node.
+    Deploy(crate::tools::warm::DeployArgs),
     /// Generate an API token: prints a random secret for the client and the
     /// `[[token]]` table (with only its SHA-256) for the node's config.
     Token {
@@ -121,6 +127,9 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
         Command::Watch(args) => crate::watch::run(args).await,
+        Command::Audit(args) => crate::tools::audit::run(args).await,
+        Command::Diagnose(args) => crate::tools::diagnose::run(args).await,
+        Command::Deploy(args) => crate::tools::warm::run(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
         Command::Token { name } => token(&name).map_err(CliError::Failed),
     }

@@ -61,6 +61,9 @@ pub struct RawConfig {
     /// Keep Surrogate-Key / Cache-Tag / Cache-Groups on client responses [default: false]
     #[arg(long)]
     pub expose_tag_headers: Option<bool>,
+    /// Remove CDN-Cache-Control from client responses (it is forwarded for downstream CDNs, RFC 9213 §2.1) [default: false]
+    #[arg(long)]
+    pub strip_cdn_cache_control: Option<bool>,
     /// Parent node to fetch through (origin shield); repeat for several, chosen per object by rendezvous hashing
     #[arg(long = "parent")]
     pub parent: Option<Vec<String>>,
@@ -101,6 +104,10 @@ pub struct RawConfig {
     #[arg(skip)]
     #[serde(rename = "token")]
     pub tokens: Option<Vec<RawToken>>,
+    /// Other cache layers invalidations are forwarded to (file only: `[[layer]]` tables)
+    #[arg(skip)]
+    #[serde(rename = "layer")]
+    pub layers: Option<Vec<RawLayer>>,
     /// Name of this cache in Cache-Status and Via [default: fresco]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -186,6 +193,23 @@ impl std::fmt::Debug for RawToken {
     }
 }
 
+/// One `[[layer]]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLayer {
+    pub name: String,
+    /// `varnish` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    /// What it is told about, as token scopes [default: ["all"]]
+    pub scopes: Option<Vec<String>>,
+    /// Entries it may fall behind before it is owed a gap [default: 10000]
+    pub backlog: Option<usize>,
+    /// Redis: the prefix of the application's tag and URL sets [default: "fresco:"]
+    pub key_prefix: Option<String>,
+}
+
 /// One `[[class]]` table.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -221,6 +245,7 @@ impl RawConfig {
             store_set_cookie: self.store_set_cookie.or(base.store_set_cookie),
             sort_query: self.sort_query.or(base.sort_query),
             expose_tag_headers: self.expose_tag_headers.or(base.expose_tag_headers),
+            strip_cdn_cache_control: self.strip_cdn_cache_control.or(base.strip_cdn_cache_control),
             node_name: self.node_name.or(base.node_name),
             ignore_query_params: self.ignore_query_params.or(base.ignore_query_params),
             key_headers: self.key_headers.or(base.key_headers),
@@ -233,6 +258,7 @@ impl RawConfig {
             sweep_interval: self.sweep_interval.or(base.sweep_interval),
             purge_allow: self.purge_allow.or(base.purge_allow),
             tokens: self.tokens.or(base.tokens),
+            layers: self.layers.or(base.layers),
             bus: self.bus.or(base.bus),
             node_id: self.node_id.or(base.node_id),
             bus_replicas: self.bus_replicas.or(base.bus_replicas),
@@ -296,6 +322,7 @@ pub struct Config {
     pub store_set_cookie: bool,
     pub sort_query: bool,
     pub expose_tag_headers: bool,
+    pub strip_cdn_cache_control: bool,
     pub node_name: String,
     pub ignore_query_params: Vec<String>,
     pub key_headers: Vec<http::HeaderName>,
@@ -309,6 +336,7 @@ pub struct Config {
     pub purge_allow: Vec<(std::net::IpAddr, u8)>,
     /// Configured tokens; empty means a local admin token is generated.
     pub tokens: Vec<Token>,
+    pub layers: Vec<crate::layers::LayerConfig>,
     pub bus: Option<String>,
     pub node_id: String,
     pub bus_replicas: usize,
@@ -415,6 +443,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tokens = raw.tokens.unwrap_or_default().into_iter().map(token).collect::<Result<Vec<_>, _>>()?;
+        let layers = raw.layers.unwrap_or_default().into_iter().map(layer).collect::<Result<Vec<_>, _>>()?;
+        if let Some(twice) = layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| layers[..i].iter().any(|other| other.name == l.name).then_some(&l.name))
+        {
+            return Err(ConfigError(format!("two [[layer]] tables are named `{twice}`; names must differ")));
+        }
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -528,6 +564,7 @@ impl Config {
             store_set_cookie: raw.store_set_cookie.unwrap_or(false),
             sort_query: raw.sort_query.unwrap_or(false),
             expose_tag_headers: raw.expose_tag_headers.unwrap_or(false),
+            strip_cdn_cache_control: raw.strip_cdn_cache_control.unwrap_or(false),
             node_name,
             ignore_query_params: raw.ignore_query_params.unwrap_or_default(),
             key_headers,
@@ -540,6 +577,7 @@ impl Config {
             sweep_interval: duration("sweep_interval", raw.sweep_interval, "10s")?,
             purge_allow,
             tokens,
+            layers,
             node_id,
             bus: match raw.bus {
                 Some(url) if url.split(',').all(|u| u.trim().starts_with("nats://")) => Some(url),
@@ -564,6 +602,52 @@ fn default_node_id(port: u16) -> String {
     let host: String =
         host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     format!("{host}-{port}")
+}
+
+/// Parses the `scopes` list at `key` of `what` (a token, a layer): at
+/// least one, each `all`, `tag:PREFIX` or `host:NAME`.
+fn scopes(key: &str, list: &[String], what: &str) -> Result<Vec<Scope>, ConfigError> {
+    let scopes = list
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| invalid(key, s, "`all`, `tag:PREFIX` or `host:NAME`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scopes.is_empty() {
+        return Err(ConfigError(format!("{key}: {what} needs at least one scope")));
+    }
+    Ok(scopes)
+}
+
+/// Validates one `[[layer]]`.
+fn layer(l: RawLayer) -> Result<crate::layers::LayerConfig, ConfigError> {
+    use crate::layers::Kind;
+    let key = |k: &str| format!("layer.{k} (layer `{}`)", l.name);
+    let safe_name = !l.name.is_empty()
+        && l.name.len() <= 64
+        && l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !safe_name {
+        return Err(ConfigError(format!(
+            "layer name {:?}: 1 to 64 letters, digits, `-` or `_` (it names a file in the data directory)",
+            l.name
+        )));
+    }
+    let kind = match l.kind.as_str() {
+        "varnish" => Kind::Varnish,
+        "redis" => Kind::Redis,
+        other => return Err(invalid(&key("type"), other, "`varnish` or `redis`")),
+    };
+    let scopes = scopes(&key("scopes"), &l.scopes.unwrap_or_else(|| vec!["all".into()]), "a layer")?;
+    let backlog = l.backlog.unwrap_or(10_000);
+    if backlog == 0 {
+        return Err(ConfigError(format!("{}: must be at least 1", key("backlog"))));
+    }
+    Ok(crate::layers::LayerConfig {
+        name: l.name,
+        kind,
+        url: l.url,
+        scopes,
+        backlog,
+        key_prefix: l.key_prefix.unwrap_or_else(|| "fresco:".into()),
+    })
 }
 
 /// Validates one `[[token]]`.
@@ -598,14 +682,7 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
             )));
         }
     };
-    let scopes = t
-        .scopes
-        .iter()
-        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if scopes.is_empty() {
-        return Err(ConfigError(format!("{}: a token needs at least one scope", key("scopes"))));
-    }
+    let scopes = scopes(&key("scopes"), &t.scopes, "a token")?;
     let rate = t.rate.unwrap_or(50.0);
     let burst = t.burst.unwrap_or(200.0);
     if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {

@@ -179,6 +179,16 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
             ratio,
         );
     }
+    for l in view["layers"].as_array().into_iter().flatten() {
+        println!(
+            "layer {:<18} {:>8} delivered {:>8} backlog {}{}",
+            l["name"].as_str().unwrap_or("?"),
+            l["kind"].as_str().unwrap_or("?"),
+            l["delivered"].as_u64().unwrap_or(0),
+            l["backlog"].as_u64().unwrap_or(0),
+            l["last_error"].as_str().map_or(String::new(), |e| format!("  last error: {e}")),
+        );
+    }
     Ok(())
 }
 

@@ -51,6 +51,7 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     };
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
+    settings.strip_cdn_cache_control = cfg.strip_cdn_cache_control;
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
@@ -100,9 +101,11 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         }
     };
     let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
+    let layers = crate::layers::start(&cfg.layers, &cfg.data_dir, audit.clone(), &supervisor)?;
     let service = Arc::new(Service {
         log,
         audit,
+        layers,
         invalidations: invalidations.clone(),
         access: Access::new(tokens, cfg.purge_allow.clone()),
         node: cfg.node_id.clone(),

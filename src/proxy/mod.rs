@@ -52,6 +52,9 @@ pub struct ProxySettings {
     /// Limit on a whole upstream response, body included.
     pub total_timeout: Duration,
     pub expose_tag_headers: bool,
+    /// Remove the targeted fields (`CDN-Cache-Control`) from client
+    /// responses; by default they go on to downstream CDNs (RFC 9213 §2.1).
+    pub strip_cdn_cache_control: bool,
     /// How long a client waits on another client's fetch before fetching
     /// itself.
     pub lock_timeout: Duration,
@@ -75,6 +78,7 @@ impl ProxySettings {
             max_object_size: 16 << 20,
             total_timeout: Duration::from_secs(300),
             expose_tag_headers: false,
+            strip_cdn_cache_control: false,
             lock_timeout: Duration::from_secs(30),
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,

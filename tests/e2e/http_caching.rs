@@ -254,18 +254,31 @@ async fn rfc9111_4_4_unsafe_methods_invalidate_target_and_location() {
     assert!(!get(&fresco.url("/cart")).await.is_hit(), "target URI invalidated");
 }
 
+/// RFC 9213 §2.1-2.2: CDN-Cache-Control governs and is forwarded for CDNs
+/// downstream (removed only when configured); Surrogate-Control is ours and
+/// removed; a CDN-Cache-Control with a directive of the wrong type is
+/// ignored as a whole.
 #[tokio::test]
-async fn rfc9213_cdn_cache_control_governs_and_is_not_forwarded() {
+async fn rfc9213_cdn_cache_control_governs_and_is_forwarded() {
     let (origin, fresco) = setup().await;
     origin.route("/cdn", Reply::ok("c").header("cache-control", "no-store").header("cdn-cache-control", "max-age=60"));
     origin.route("/sc", Reply::ok("s").header("cache-control", "max-age=0").header("surrogate-control", "max-age=60"));
     for path in ["/cdn", "/sc"] {
         let first = get(&fresco.url(path)).await;
-        assert_eq!(first.header("cdn-cache-control"), None);
         assert_eq!(first.header("surrogate-control"), None);
         assert!(get(&fresco.url(path)).await.is_hit(), "{path}");
     }
-    assert_eq!(get(&fresco.url("/cdn")).await.header("cache-control"), Some("no-store"), "browser directive kept");
+    let hit = get(&fresco.url("/cdn")).await;
+    assert_eq!(hit.header("cache-control"), Some("no-store"), "browser directive kept");
+    assert_eq!(hit.header("cdn-cache-control"), Some("max-age=60"), "forwarded downstream");
+    origin.route(
+        "/typed",
+        Reply::ok("t").header("cache-control", "no-store").header("cdn-cache-control", "max-age=60, no-store=1"),
+    );
+    get(&fresco.url("/typed")).await;
+    assert!(!get(&fresco.url("/typed")).await.is_hit(), "the invalid field is ignored: Cache-Control's no-store");
+    let stripping = Fresco::start(&origin.url(), &["--strip-cdn-cache-control", "true"]);
+    assert_eq!(get(&stripping.url("/cdn")).await.header("cdn-cache-control"), None, "removed when configured");
 }
 
 #[tokio::test]

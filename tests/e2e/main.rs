@@ -3,10 +3,13 @@
 
 mod harness;
 
+mod audit;
 mod cluster;
 mod dashboard;
+mod diagnose;
 mod http_caching;
 mod invalidation;
+mod layers;
 mod log_durability;
 mod model;
 mod nginx_origin;
@@ -17,3 +20,4 @@ mod security;
 mod stampede;
 mod store;
 mod trust;
+mod warm;

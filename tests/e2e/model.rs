@@ -18,7 +18,6 @@
 mod bus;
 mod oracle;
 mod origin;
-mod relay;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -35,11 +34,11 @@ use proptest::test_runner::{Config, RngSeed, TestError, TestRunner};
 use proptest_state_machine::{ReferenceStateMachine, StateMachineTest};
 use serde_json::{Value, json};
 
+use crate::harness::Relay;
 use crate::harness::{Fresco, Got, client};
 use bus::Bus;
 use oracle::{ATTACKER, Asked, Invalidation, Oracle, Selects, Violation};
 use origin::{Cc, Cookie, ModelOrigin, Shape};
-use relay::Relay;
 
 /// The host every request names; keys and URL selectors use it, so that
 /// every node of a cluster keys a path alike.
@@ -382,10 +381,8 @@ impl<const N: usize> ReferenceStateMachine for Model<N> {
         match op {
             Op::BusDown => N > 1 && state.bus_up,
             Op::BusUp => N > 1 && !state.bus_up,
-            // The bus losing its storage (the stream recreated) still has
-            // open findings (F9, F10 in the README): generated only when
-            // FRESCO_MODEL_WIPES=1 (scripts/soak.sh sets it), so that CI
-            // checks every other history.
+            // The bus losing its storage (the stream recreated);
+            // FRESCO_MODEL_WIPES=0 leaves it out, to look at other histories.
             Op::BusWiped => N > 1 && state.bus_up && wipes_enabled(),
             // A node started without its bus comes up only after trying for
             // a while, not ready (tests/e2e/cluster.rs covers that), so
@@ -430,7 +427,7 @@ impl Env {
             .map(String::from)
             .collect();
         if let Some(relay) = self.relays.get(i) {
-            args.extend(["--bus".into(), relay.url(), "--node-id".into(), self.nodes[i].id.clone()]);
+            args.extend(["--bus".into(), relay.nats_url(), "--node-id".into(), self.nodes[i].id.clone()]);
             args.extend(["--down-after".into(), "2s".into(), "--max-log-silence".into(), "1s".into()]);
         }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -1377,7 +1374,7 @@ fn model_single_node() {
 
 /// Whether random cluster histories include the bus losing its storage.
 fn wipes_enabled() -> bool {
-    std::env::var("FRESCO_MODEL_WIPES").is_ok_and(|v| v == "1")
+    !std::env::var("FRESCO_MODEL_WIPES").is_ok_and(|v| v == "0")
 }
 
 #[test]
@@ -1479,11 +1476,11 @@ fn model_history_authenticated_head_freshens_a_shared_object() {
     replay::<1>(vec![get(0, 0), head(0, 0, true), head(1, 0, false)]);
 }
 
-/// After the bus loses its storage, versions start again at 1: an
-/// invalidation accepted then must not share its id and version with one
-/// accepted before (its status would report the other's record).
+/// F9: after the bus loses its storage, the stream's sequences start again
+/// at 1, but an invalidation accepted then must not share its id and
+/// version with one accepted before (its status would report the other's
+/// record).
 #[test]
-#[ignore = "open finding F9: a recreated stream's ids restart at 1"]
 fn model_history_versions_after_the_bus_loses_its_storage() {
     replay::<3>(vec![
         Op::Purge { node: 0, target: Target::Path(0), soft: false, via: Via::Api },
@@ -1492,10 +1489,9 @@ fn model_history_versions_after_the_bus_loses_its_storage() {
     ]);
 }
 
-/// A node restarted after the bus lost its storage keeps applying what the
-/// other nodes accept.
+/// F10: a node restarted after the bus lost its storage (twice) keeps
+/// applying what the other nodes accept, at the versions they give it.
 #[test]
-#[ignore = "open finding F10: after repeated stream recreations a node may stop applying"]
 fn model_history_restart_after_the_bus_loses_its_storage() {
     replay::<3>(vec![
         Op::Purge { node: 2, target: Target::Tag(0), soft: false, via: Via::Api },
