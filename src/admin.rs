@@ -4,6 +4,7 @@
 //! - `GET  /api/v1/invalidations/{id}` → status with per-node applied times
 //! - `GET  /api/v1/invalidations?limit=N&before=V` → audit log, newest first
 //! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - `GET  /` the dashboard, fed by `GET /api/v1/dashboard` ([`crate::dashboard`])
 //!
 //! `/healthz` says the process runs; `/readyz` (200 or 503, with a JSON body
 //! naming each check) says whether the node may take traffic: it applied
@@ -42,6 +43,8 @@ pub struct AdminState {
     pub service: Arc<Service>,
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
+    /// The dashboard's chart history.
+    pub samples: Arc<crate::dashboard::Samples>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -53,6 +56,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/invalidations/{id}", get(status))
         .route("/api/v1/invalidation-events", axum::routing::post(event))
         .route("/api/v1/nodes", get(nodes))
+        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -81,7 +85,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let position = state.service.membership.position();
-    let body = crate::metrics::render(&state.metrics, state.proxy.store.as_ref(), &state.proxy.invalidations, position);
+    let cluster = state.service.membership.view().await;
+    let body = crate::metrics::render(
+        &state.metrics,
+        state.proxy.store.as_ref(),
+        &state.proxy.invalidations,
+        position,
+        &cluster,
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -103,7 +114,7 @@ pub fn refusal(r: Refused) -> Response {
     }
 }
 
-fn denial(d: Denied) -> Response {
+pub(crate) fn denial(d: Denied) -> Response {
     match d {
         Denied::Unauthenticated(msg) => error(StatusCode::UNAUTHORIZED, msg),
         Denied::Forbidden(msg) => error(StatusCode::FORBIDDEN, msg),
@@ -120,7 +131,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, String
     headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())).transpose()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
@@ -197,7 +208,7 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
 
 /// One node's view of an invalidation.
 #[derive(Serialize)]
-struct NodeStatus {
+pub(crate) struct NodeStatus {
     node: String,
     applied: bool,
     /// When it applied it, if its acknowledgement was seen.
@@ -206,7 +217,7 @@ struct NodeStatus {
 }
 
 #[derive(Serialize)]
-struct Status {
+pub(crate) struct Status {
     #[serde(flatten)]
     record: AuditRecord,
     id: String,
@@ -227,7 +238,7 @@ struct Status {
     converged: bool,
 }
 
-fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
+pub(crate) fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
     let version = record.entry.version;
     let counted: Vec<&NodeInfo> = view.nodes.iter().filter(|n| n.live || n.may_serve).collect();
     let nodes: Vec<NodeStatus> = counted

@@ -161,6 +161,15 @@ pub struct RawConfig {
     /// Host names clients reach this node by; URL and prefix invalidations must name one (repeat, or a list in the file) [default: any]
     #[arg(long = "host")]
     pub hosts: Option<Vec<String>>,
+    /// Log level or tracing directives, e.g. warn or fresco=debug,info; RUST_LOG wins when set [default: info]
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format: text or json [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Access log: "stdout" or a file path; one line per response [default: off]
+    #[arg(long)]
+    pub access_log: Option<String>,
 }
 
 /// One `[[token]]` table.
@@ -215,6 +224,10 @@ pub struct RawClass {
     pub stale_if_error: Option<String>,
     pub forbid_stale: Option<bool>,
     pub store_set_cookie: Option<bool>,
+    /// The most staleness this class's users may see, e.g. "60s".
+    pub freshness_slo: Option<String>,
+    /// Enforce `freshness_slo` as a cap on serving stale [default: true]; false only measures it.
+    pub freshness_slo_cap: Option<bool>,
 }
 
 impl RawConfig {
@@ -267,6 +280,9 @@ impl RawConfig {
             upstream_max_connections: self.upstream_max_connections.or(base.upstream_max_connections),
             upstream_queue: self.upstream_queue.or(base.upstream_queue),
             hosts: self.hosts.or(base.hosts),
+            log_level: self.log_level.or(base.log_level),
+            log_format: self.log_format.or(base.log_format),
+            access_log: self.access_log.or(base.access_log),
         }
     }
 
@@ -338,6 +354,8 @@ pub struct Config {
     /// Host names (lower case, with a port if not the scheme's default)
     /// clients use; empty: any.
     pub hosts: Vec<String>,
+    /// Where the access log goes; None: off.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// What one client connection may take from the node.
@@ -393,12 +411,21 @@ impl Config {
                     if c.name.is_empty() {
                         return Err(ConfigError("a [[class]] has an empty `name`".into()));
                     }
+                    let slo = window("freshness_slo", c.freshness_slo)?;
+                    if c.freshness_slo_cap.is_some() && slo.is_none() {
+                        return Err(ConfigError(format!(
+                            "class {:?}: `freshness_slo_cap` without `freshness_slo`",
+                            c.name
+                        )));
+                    }
                     Ok(ContentClass {
                         stale: crate::classes::stale(
                             window("stale_while_revalidate", c.stale_while_revalidate)?,
                             window("stale_if_error", c.stale_if_error)?,
                             c.forbid_stale.unwrap_or(false),
+                            slo.filter(|_| c.freshness_slo_cap.unwrap_or(true)),
                         ),
+                        freshness_slo: slo,
                         store_set_cookie: c.store_set_cookie,
                         name: c.name,
                         path_prefix: c.path_prefix,
@@ -512,7 +539,22 @@ impl Config {
                     .ok_or_else(|| invalid("hosts", h, "host names such as shop.example or shop.example:8443"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(level) = &raw.log_level {
+            crate::logging::filter(level).map_err(ConfigError)?;
+        }
+        // The log is set up before the configuration is read (`cli::log_settings`);
+        // a bad value still stops the node here, with the usual message.
+        if let Some(f) = raw.log_format.as_deref().filter(|f| crate::logging::LogFormat::parse(f).is_none()) {
+            return Err(invalid("log_format", f, "text or json"));
+        }
+        let access_log = match raw.access_log.as_deref() {
+            None => None,
+            Some("") => return Err(invalid("access_log", "", "\"stdout\" or a file path")),
+            Some("stdout") => Some(crate::access_log::Target::Stdout),
+            Some(path) => Some(crate::access_log::Target::File(PathBuf::from(path))),
+        };
         Ok(Config {
+            access_log,
             limits,
             hosts,
             listen,

@@ -183,6 +183,39 @@ fn apply(invalidations: &Invalidations, entry: &Entry) {
     invalidations.apply(&entry.invalidation.selectors, entry.invalidation.mode, entry.version);
 }
 
+/// Says that this node applied `entry` (id, selectors, who, why, how long
+/// after its acceptance): one info line, and the lag in
+/// `fresco_invalidation_lag_seconds`. Replays at start-up are summed up in
+/// one line instead.
+pub(crate) fn report_applied(entry: &Entry, applied_ms: u64) {
+    let lag_ms = applied_ms.saturating_sub(entry.accepted_ms);
+    metrics::histogram!("fresco_invalidation_lag_seconds").record(lag_ms as f64 / 1000.0);
+    let inv = &entry.invalidation;
+    let selectors: Vec<String> = inv
+        .selectors
+        .iter()
+        .map(|s| match s {
+            Selector::Url(u) => format!("url:{u}"),
+            Selector::Prefix(p) => format!("prefix:{p}"),
+            Selector::Tag(t) => format!("tag:{t}"),
+            Selector::All => "all".to_string(),
+        })
+        .collect();
+    let mode = match inv.mode {
+        Mode::Hard => "hard",
+        Mode::Soft => "soft",
+    };
+    tracing::info!(
+        id = entry.version,
+        selectors = %selectors.join(" "),
+        mode,
+        issuer = %inv.issuer,
+        reason = %inv.reason,
+        lag_ms,
+        "invalidation applied"
+    );
+}
+
 struct Writer {
     /// The log, opened for appending.
     file: File,
@@ -375,6 +408,7 @@ impl Writer {
         let applied_ms = now_ms();
         for (e, key) in &entries {
             apply(&self.invalidations, e);
+            report_applied(e, applied_ms);
             self.audit.record(e.clone());
             self.audit.applied(e.version, &self.node, applied_ms);
             if let Some(key) = key {

@@ -78,6 +78,8 @@ const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(5);
 /// may follow its last heartbeat by a heartbeat interval, plus its judge's
 /// tick and delivery delays on a loaded machine.
 const SERVE_SLACK: Duration = Duration::from_secs(2);
+/// How long the membership view waits for the log's head.
+const VIEW_HEAD_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -115,6 +117,10 @@ struct Heartbeat {
     /// Its bound: after this much silence it no longer answers from its store.
     #[serde(default)]
     max_log_silence_ms: u64,
+    /// Its last word at a clean shutdown: it has stopped serving, so the
+    /// others drop it at once instead of waiting `down_after` for it.
+    #[serde(default)]
+    leaving: bool,
 }
 
 /// An applied range of one stream, published after each applied batch.
@@ -652,7 +658,9 @@ impl NatsBus {
         match serde_json::from_slice::<Published>(payload) {
             Ok(p) => {
                 self.invalidations.apply(&p.invalidation.selectors, p.invalidation.mode, version);
-                self.audit.record(Entry { version: public, invalidation: p.invalidation, accepted_ms: p.accepted_ms });
+                let entry = Entry { version: public, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
+                super::log::report_applied(&entry, now_ms());
+                self.audit.record(entry);
             }
             Err(e) => {
                 // Skipping it could lose a purge: assume it selects everything.
@@ -847,9 +855,37 @@ impl NatsBus {
             hits: self.counters.hits.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
             max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
+            leaving: false,
         };
         if let Ok(payload) = serde_json::to_vec(&hb) {
             let _ = self.client.publish(HEARTBEATS, payload.into()).await;
+        }
+    }
+
+    /// At a clean shutdown, once the node no longer serves (its connections
+    /// are drained and its heartbeat task stopped): tells the others it
+    /// left, on the heartbeat subject so that it arrives after its last
+    /// heartbeat. Bounded: a bus out of reach does not hold the shutdown.
+    pub async fn leave(&self) {
+        let pos = self.lock_following().pos.clone();
+        let hb = Heartbeat {
+            node: self.cfg.node_id.clone(),
+            stream: pos.stream,
+            applied_version: pos.applied,
+            applied_from: pos.from,
+            heartbeat_ms: now_ms(),
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
+            leaving: true,
+        };
+        let Ok(payload) = serde_json::to_vec(&hb) else { return };
+        let sent = async {
+            self.client.publish(HEARTBEATS, payload.into()).await.ok()?;
+            self.client.flush().await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), sent).await.ok().flatten().is_some() {
+            tracing::info!(node = %self.cfg.node_id, "announced this node's leave to the cluster");
         }
     }
 
@@ -872,7 +908,13 @@ impl NatsBus {
     async fn listen_heartbeats(self: Arc<Self>) {
         self.each(HEARTBEATS, |hb: Heartbeat| {
             let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            members.insert(hb.node.clone(), (hb, Instant::now()));
+            if hb.leaving {
+                if members.remove(&hb.node).is_some() {
+                    tracing::info!(node = %hb.node, "a node left the cluster");
+                }
+            } else {
+                members.insert(hb.node.clone(), (hb, Instant::now()));
+            }
         })
         .await;
     }
@@ -889,6 +931,17 @@ impl NatsBus {
     async fn collect_acks(self: Arc<Self>) {
         self.each(ACKS, |a: Applied| {
             if !a.stream.is_empty() {
+                // The membership view moves with acknowledgements too, and
+                // before the audit does, so that it is as current as an
+                // invalidation's status (`fresco status` right after
+                // `purge --wait`), not a heartbeat late. Both count in the
+                // stream's own sequence.
+                if let Some((hb, _)) = self.members.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&a.node)
+                    && hb.stream == a.stream
+                    && a.from <= hb.applied_version + 1
+                {
+                    hb.applied_version = hb.applied_version.max(a.to);
+                }
                 let b = base(&a.stream);
                 self.audit.applied_range(b + a.from, b + a.to, &a.node, a.applied_ms);
             }
@@ -967,8 +1020,10 @@ impl Membership for NatsBus {
             };
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
             let stream = self.lock_following().pos.stream.clone();
-            let head = match self.js.get_stream(STREAM).await {
-                Ok(s) if identity(s.cached_info()) == stream => {
+            // Bounded: with the bus out of reach the view (and /metrics, the
+            // dashboard, `fresco status`) answers at once, without the head.
+            let head = match tokio::time::timeout(VIEW_HEAD_WAIT, self.js.get_stream(STREAM)).await {
+                Ok(Ok(s)) if identity(s.cached_info()) == stream => {
                     Some(base(&stream) + s.cached_info().state.last_sequence)
                 }
                 _ => None,

@@ -146,7 +146,7 @@ impl Proxy {
             // A failed shared fetch is the answer for everyone who waited on
             // it: retrying for each waiter would multiply the load on an
             // origin that is already failing.
-            Outcome::Failed(err) => self.fetch_failed(&parts, &target, &rd, stale.as_ref(), status, err, now),
+            Outcome::Failed(err) => self.fetch_failed(&parts, &rd, stale.as_ref(), status, err, now),
         }
     }
 
@@ -162,11 +162,9 @@ impl Proxy {
         shared.is_some_and(|obj| matches!(self.may_answer(obj, request), Ok(state) if state == ObjectState::default()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn fetch_failed(
         &self,
         parts: &Parts,
-        target: &Target,
         rd: &RequestDirectives,
         stale: Option<&(Arc<CachedObject>, ObjectState)>,
         mut status: CacheStatus,
@@ -176,12 +174,11 @@ impl Proxy {
         if let Some(obj) = self.stale_if_error(rd, stale, now) {
             return self.serve_stale_on_error(parts, &obj, status, 0, now);
         }
-        tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
         status.detail = Some(err.detail().into());
         // §5.2.2.2: a stored response that may not be served stale turns a
         // failed validation into 504.
         let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
-        self.error(code, status, &format!("{err}\n"))
+        self.error(code, status, err.client_message())
     }
 
     /// A waiter whose leader has not answered within `lock_timeout`: stale
@@ -236,7 +233,11 @@ impl Proxy {
         upstream: u16,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
-        metrics::stale_served("stale-if-error");
+        metrics::stale_served(if status.detail.as_deref() == Some("invalidated") {
+            metrics::StaleReason::SoftPurged
+        } else {
+            metrics::StaleReason::StaleIfError
+        });
         status.fwd = Some(Fwd::Stale);
         status.fwd_status = (upstream != 0).then_some(upstream);
         status.ttl = Some(obj.policy.ttl(now));
@@ -389,13 +390,18 @@ impl Proxy {
             if let Some(slice) = &job.slice {
                 req.headers_mut().insert(http::header::RANGE, slice.range_header());
             }
-            metrics::origin_request(match (&validate, &job.slice) {
+            let kind = match (&validate, &job.slice) {
                 (Some(_), _) => "revalidate",
                 (None, Some(_)) => "slice",
                 (None, None) => "fetch",
-            });
+            };
+            metrics::origin_request(kind);
+            let sent = Instant::now();
             let resp = match self.upstream.send(req, &job.target.key.key).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    metrics::origin_response(kind, sent.elapsed());
+                    r
+                }
                 Err(e) => {
                     metrics::origin_error(e.detail());
                     fill.set_outcome(Outcome::Failed(e), false);

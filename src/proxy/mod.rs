@@ -67,6 +67,10 @@ pub struct ProxySettings {
     pub uncacheable_ttl: Duration,
     pub max_variants: usize,
     pub classes: Classes,
+    /// One line per response when `access_log` is set.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Served staleness per content class, against its freshness SLO.
+    pub freshness: Arc<crate::freshness::Freshness>,
 }
 
 impl ProxySettings {
@@ -84,6 +88,8 @@ impl ProxySettings {
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
             classes: Classes::default(),
+            access_log: None,
+            freshness: Arc::default(),
         }
     }
 }
@@ -176,6 +182,9 @@ impl Proxy {
     /// response with a status and a Cache-Status detail.
     pub async fn handle(self: Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
+        // The content class needs the path; only kept when classes exist.
+        let path = (!self.settings.classes.0.is_empty()).then(|| req.uri().path().to_string());
+        let request_line = self.settings.access_log.as_ref().map(|_| crate::access_log::RequestLine::of(&req));
         let loop_ids: Vec<String> = req
             .headers()
             .get_all(forward::CDN_LOOP)
@@ -196,7 +205,18 @@ impl Proxy {
         if loop_ids.is_empty() {
             self.strip_cache_fields(resp.headers_mut());
         }
-        let label = metrics::request_finished(&resp, started.elapsed());
+        let content_class = path.as_deref().and_then(|p| {
+            let content_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            self.settings.classes.classify(p, content_type)
+        });
+        let label = metrics::request_finished(&resp, started.elapsed(), content_class.map(|c| c.name.as_str()));
+        if let Some(class) = content_class {
+            let staleness = resp.extensions().get::<crate::freshness::Staleness>().map_or(Duration::ZERO, |s| s.0);
+            self.settings.freshness.record(class, staleness);
+        }
+        if let (Some(log), Some(line)) = (&self.settings.access_log, request_line) {
+            log.response(&line, client.addr.ip(), &resp, started.elapsed());
+        }
         self.counters.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if label == "hit" {
             self.counters.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -381,6 +401,11 @@ impl Proxy {
                     status.ttl = status.ttl.map(|t| t.min(0));
                     status.detail = Some("invalidated".into());
                 }
+                metrics::stale_served(if state.soft_invalidated {
+                    metrics::StaleReason::SoftPurged
+                } else {
+                    metrics::StaleReason::MaxStale
+                });
                 self.serve_stored(&parts, &obj, status, false, now)
             }
             Reuse::Validate { reason, serve_stale_meanwhile } => {
@@ -397,7 +422,11 @@ impl Proxy {
                 }
                 if serve_stale_meanwhile {
                     self.revalidate_in_background(&parts, &target, client, &rd, &obj);
-                    metrics::stale_served("stale-while-revalidate");
+                    metrics::stale_served(if state.soft_invalidated {
+                        metrics::StaleReason::SoftPurged
+                    } else {
+                        metrics::StaleReason::StaleWhileRevalidate
+                    });
                     status.ttl = Some(obj.policy.ttl(now));
                     status.detail = Some("stale-while-revalidate".into());
                     return self.serve_stored(&parts, &obj, status, false, now);

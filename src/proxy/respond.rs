@@ -52,6 +52,20 @@ impl Proxy {
         validated: bool,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
+        let mut resp = self.stored_response(req, obj, status, validated, now);
+        // Measured against the content class's freshness SLO (design §6).
+        resp.extensions_mut().insert(crate::freshness::Staleness(obj.policy.staleness(now)));
+        resp
+    }
+
+    fn stored_response(
+        &self,
+        req: &Parts,
+        obj: &CachedObject,
+        status: CacheStatus,
+        validated: bool,
+        now: SystemTime,
+    ) -> Response<UpstreamBody> {
         let mut h = obj.headers.to_map();
         let conditional_match =
             obj.status == StatusCode::OK && conditional::not_modified(&req.headers, &h, obj.policy.response_time);

@@ -5,6 +5,7 @@ mod harness;
 
 mod audit;
 mod cluster;
+mod dashboard;
 mod diagnose;
 mod http_caching;
 mod invalidation;
@@ -12,6 +13,7 @@ mod layers;
 mod log_durability;
 mod model;
 mod nginx_origin;
+mod observability;
 mod poisoning;
 mod proxying;
 mod ranges;
