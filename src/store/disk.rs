@@ -690,6 +690,7 @@ fn encode_record(key: &str, variants: &Variants) -> Vec<u8> {
         meta.u8(u8::from(o.policy.heuristic) | u8::from(o.policy.credentialed) << 1 | u8::from(o.stale.forbid) << 2);
         meta.opt_duration(o.stale.stale_while_revalidate);
         meta.opt_duration(o.stale.stale_if_error);
+        meta.opt_duration(o.stale.max_staleness);
         meta.bytes(o.url.as_bytes());
         meta.u32(o.tags.len() as u32);
         for t in o.tags.iter() {
@@ -769,6 +770,7 @@ fn decode_meta(
         let stale = StaleDefaults {
             stale_while_revalidate: d.opt_duration()?,
             stale_if_error: d.opt_duration()?,
+            max_staleness: d.opt_duration()?,
             forbid: flags & 4 != 0,
         };
         let url: Arc<str> = Arc::from(d.str()?);
