@@ -50,6 +50,9 @@ pub enum Command {
         #[arg(long, default_value = "api")]
         name: String,
     },
+    /// Follow PostgreSQL by logical replication and turn committed row
+    /// changes into tag invalidations (design §4).
+    Cdc(crate::cdc::CdcArgs),
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -101,6 +104,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
+        Command::Cdc(args) => crate::cdc::run(args).await,
         Command::Token { name } => token(&name).map_err(CliError::Failed),
     }
 }

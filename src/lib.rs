@@ -4,6 +4,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod cdc;
 pub mod classes;
 pub mod cli;
 pub mod config;
