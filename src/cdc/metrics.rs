@@ -9,6 +9,10 @@
 //!   commit not yet confirmed
 //! - `fresco_cdc_commit_to_invalidation_seconds`: from the commit (the
 //!   server's clock) to the invalidation accepted (the relay's)
+//! - `fresco_cdc_delivery_errors_total{kind}`: attempts the node did not
+//!   accept (transient: retried; refused: the relay stops)
+//! - `fresco_cdc_unrendered_tags_total{reason}`, `fresco_cdc_bad_messages_total`,
+//!   `fresco_cdc_undecodable_total`: what could not become a tag
 
 use std::net::SocketAddr;
 
@@ -28,6 +32,9 @@ pub(crate) fn install() -> PrometheusHandle {
     }
     for kind in ["immediate", "delayed"] {
         metrics::counter!("fresco_cdc_invalidations_total", "kind" => kind).increment(0);
+    }
+    for kind in ["transient", "refused"] {
+        metrics::counter!("fresco_cdc_delivery_errors_total", "kind" => kind).increment(0);
     }
     metrics::counter!("fresco_cdc_transactions_total").increment(0);
     metrics::gauge!("fresco_cdc_lag_bytes").set(0.0);

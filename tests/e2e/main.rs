@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod cdc;
 mod cluster;
 mod http_caching;
 mod invalidation;
