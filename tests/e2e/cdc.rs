@@ -11,7 +11,15 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-const PGBIN: &str = "/usr/lib/postgresql/15/bin";
+/// The newest installed PostgreSQL's binaries (Debian's layout; scripts/test.sh installs `postgresql`).
+fn pgbin() -> String {
+    let newest = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL is not installed: run scripts/test.sh as root, or apt-get install postgresql")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .max()
+        .expect("no PostgreSQL version under /usr/lib/postgresql");
+    format!("/usr/lib/postgresql/{newest}/bin")
+}
 
 /// A throwaway PostgreSQL cluster; stopped (immediately) when dropped.
 struct Postgres {
@@ -42,13 +50,14 @@ impl Postgres {
         let dir = temp_dir("pg");
         let _ = Command::new("chown").args(["-R", "postgres:postgres", dir.to_str().unwrap()]).status();
         let d = dir.display();
-        let init = as_postgres(&format!("{PGBIN}/initdb -D {d}/data -A trust -U postgres >{d}/initdb.log 2>&1"))
+        let bin = pgbin();
+        let init = as_postgres(&format!("{bin}/initdb -D {d}/data -A trust -U postgres >{d}/initdb.log 2>&1"))
             .status()
             .expect("initdb");
         assert!(init.success(), "initdb failed: see {d}/initdb.log");
         let port = free_port();
         let start = as_postgres(&format!(
-            "{PGBIN}/pg_ctl -D {d}/data -l {d}/log -w -t 60 -o '-p {port} -k {d} -c listen_addresses=127.0.0.1 \
+            "{bin}/pg_ctl -D {d}/data -l {d}/log -w -t 60 -o '-p {port} -k {d} -c listen_addresses=127.0.0.1 \
              -c wal_level={wal_level} -c max_replication_slots=8 -c max_wal_senders=8 -c fsync=off' start >/dev/null"
         ))
         .status()
@@ -75,9 +84,12 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ =
-            as_postgres(&format!("{PGBIN}/pg_ctl -D {}/data stop -m immediate >/dev/null 2>&1", self.dir.display()))
-                .status();
+        let _ = as_postgres(&format!(
+            "{}/pg_ctl -D {}/data stop -m immediate >/dev/null 2>&1",
+            pgbin(),
+            self.dir.display()
+        ))
+        .status();
     }
 }
 
