@@ -12,7 +12,7 @@
 //!
 //! Modules: [`postgres`] (URL, checks, setup), [`pgoutput`] (decoding row
 //! changes), [`mapping`] (tables to tag templates), [`batch`] (merging and
-//! confirmation), [`sink`] (the admin API), [`relay`] (the event loop),
+//! confirmation), [`sink`] (the admin API or the bus), [`relay`] (the event loop),
 //! [`metrics`] (the relay's own Prometheus listener).
 
 pub(crate) mod batch;
@@ -41,8 +41,12 @@ pub struct CdcArgs {
     #[arg(long)]
     pub mapping: PathBuf,
     /// A node's admin API to send invalidations to, e.g. http://127.0.0.1:9091.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "bus")]
     pub admin: Option<String>,
+    /// Or the cluster's NATS JetStream bus to append them to directly
+    /// (nats://HOST:PORT, comma-separated for several).
+    #[arg(long)]
+    pub bus: Option<String>,
     /// Bearer token for the admin API (a token with scope `all` or the
     /// tag prefixes the mapping produces).
     #[arg(long)]
@@ -88,12 +92,17 @@ pub async fn run(args: CdcArgs) -> Result<(), CliError> {
     if args.setup {
         return relay::setup(&target, &mapping, &args.slot, &args.publication).await;
     }
-    let Some(admin) = args.admin.as_deref() else {
-        return Err(CliError::Usage(
-            "give --admin http://HOST:PORT (a node's admin API) to send invalidations to".into(),
-        ));
+    let sink = match (args.admin.as_deref(), args.bus.as_deref()) {
+        (Some(admin), _) => {
+            sink::Sink::Admin(sink::AdminSink::new(admin, args.token.as_deref()).map_err(CliError::Usage)?)
+        }
+        (None, Some(bus)) => sink::Sink::Bus(sink::BusSink::connect(bus).await.map_err(CliError::Failed)?),
+        (None, None) => {
+            return Err(CliError::Usage(
+                "give --admin http://HOST:PORT (a node's admin API) or --bus nats://HOST:PORT (the cluster's log) to send invalidations to".into(),
+            ));
+        }
     };
-    let sink = sink::AdminSink::new(admin, args.token.as_deref()).map_err(CliError::Usage)?;
     let handle = metrics::install();
     let metrics_addr = match args.metrics {
         Some(addr) => Some(metrics::serve(addr, handle).await.map_err(CliError::Usage)?),

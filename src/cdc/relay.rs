@@ -20,7 +20,7 @@ use super::batch::{Batch, Confirmations, FLUSH_TAGS, lsn_text};
 use super::mapping::{Bound, Mapping, Unrendered, valid_tag};
 use super::pgoutput::{self, Change};
 use super::postgres::{self, Target, Unfit};
-use super::sink::AdminSink;
+use super::sink::Sink;
 use crate::cli::CliError;
 use crate::invalidation::Mode;
 
@@ -77,7 +77,7 @@ struct Delivered {
     confirmed: u64,
 }
 
-pub(crate) async fn run(target: Target, mapping: Mapping, sink: AdminSink, options: Options) -> Result<(), CliError> {
+pub(crate) async fn run(target: Target, mapping: Mapping, sink: Sink, options: Options) -> Result<(), CliError> {
     let (mut client, report) = open(&target, &mapping, &options.slot, &options.publication)
         .await
         .map_err(|e| CliError::Usage(e.to_string()))?;
@@ -413,7 +413,7 @@ async fn sleep_until(due: Option<Instant>) {
 /// The deliverer: batches in order, each request until accepted; delayed
 /// purges when due. Returns an error when the node refused a request.
 async fn deliver(
-    sink: AdminSink,
+    sink: Sink,
     slot: String,
     mut batches: mpsc::Receiver<Batch>,
     delivered: watch::Sender<Delivered>,

@@ -1,7 +1,9 @@
-//! Delivering invalidations: `POST /api/v1/invalidations` on a node's admin
-//! API. A request counts as delivered only when the node answered 202,
-//! which it does once the invalidation is durable in its log (design §3.3);
-//! only then may the slot be confirmed past it.
+//! Delivering invalidations, to a node's admin API (`POST
+//! /api/v1/invalidations`) or straight into the cluster's log on NATS
+//! JetStream. A request counts as delivered only when it is durable: the
+//! node answered 202, which it does once the invalidation is in its log
+//! (design §3.3), or JetStream acknowledged the message. Only then may the
+//! slot be confirmed past it.
 
 use std::time::Duration;
 
@@ -14,6 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::batch::Request;
+use crate::invalidation::{NewInvalidation, Selector};
 
 /// Bound on one attempt; the request is then retried with the same key.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,6 +32,87 @@ pub(crate) enum Failure {
     /// retrying cannot help; the relay stops without confirming, so the
     /// change is delivered once the operator fixed the cause.
     Refused(String),
+}
+
+/// Where invalidations go.
+pub(crate) enum Sink {
+    Admin(AdminSink),
+    Bus(BusSink),
+}
+
+impl Sink {
+    fn name(&self) -> String {
+        match self {
+            Sink::Admin(a) => a.endpoint.to_string(),
+            Sink::Bus(b) => b.url.clone(),
+        }
+    }
+
+    async fn send(&self, req: &Request) -> Result<(), Failure> {
+        match self {
+            Sink::Admin(a) => a.send(req).await,
+            Sink::Bus(b) => b.send(req).await,
+        }
+    }
+
+    /// Retries until accepted or refused: a change is never dropped because
+    /// the node or the bus was briefly away.
+    pub(crate) async fn deliver(&self, req: &Request) -> Result<(), String> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            match self.send(req).await {
+                Ok(()) => return Ok(()),
+                Err(Failure::Refused(e)) => {
+                    metrics::counter!("fresco_cdc_delivery_errors_total", "kind" => "refused").increment(1);
+                    return Err(format!("{}: {e}", self.name()));
+                }
+                Err(Failure::Transient(e)) => {
+                    metrics::counter!("fresco_cdc_delivery_errors_total", "kind" => "transient").increment(1);
+                    tracing::warn!(to = %self.name(), key = %req.key, error = %e, "invalidation not accepted yet; retrying with the same key");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// The cluster's log on NATS JetStream, written directly (`--bus`): no node
+/// in the path, the bus's credentials are the authorisation.
+pub(crate) struct BusSink {
+    js: async_nats::jetstream::Context,
+    url: String,
+}
+
+impl BusSink {
+    pub(crate) async fn connect(url: &str) -> Result<BusSink, String> {
+        let mut options = async_nats::ConnectOptions::new().name("fresco cdc").request_timeout(Some(ATTEMPT_TIMEOUT));
+        // The client ignores credentials written in the URL: pass them on.
+        let first = url.split(',').next().unwrap_or_default().trim();
+        if let Ok(addr) = first.parse::<async_nats::ServerAddr>()
+            && let Some(user) = addr.username()
+        {
+            options = options.user_and_password(user.to_string(), addr.password().unwrap_or_default().to_string());
+        }
+        let client = options.connect(url).await.map_err(|e| format!("--bus {url}: cannot connect: {e}"))?;
+        Ok(BusSink { js: async_nats::jetstream::new(client), url: url.to_string() })
+    }
+
+    async fn send(&self, req: &Request) -> Result<(), Failure> {
+        let invalidation = NewInvalidation {
+            selectors: req.tags.iter().map(|t| Selector::Tag(t.clone())).collect(),
+            mode: req.mode,
+            reason: req.reason.clone(),
+            issuer: "fresco-cdc".into(),
+            break_glass: false,
+        };
+        let publish = crate::invalidation::nats::publish_external(&self.js, invalidation, &req.key);
+        match tokio::time::timeout(ATTEMPT_TIMEOUT, publish).await {
+            Ok(Ok(_version)) => Ok(()),
+            Ok(Err(e)) => Err(Failure::Transient(e)),
+            Err(_) => Err(Failure::Transient(format!("no acknowledgement within {ATTEMPT_TIMEOUT:?}"))),
+        }
+    }
 }
 
 pub(crate) struct AdminSink {
@@ -86,27 +170,6 @@ impl AdminSink {
         match tokio::time::timeout(ATTEMPT_TIMEOUT, attempt).await {
             Ok(r) => r,
             Err(_) => Err(Failure::Transient(format!("no answer within {ATTEMPT_TIMEOUT:?}"))),
-        }
-    }
-
-    /// Retries until accepted or refused: a change is never dropped because
-    /// the node was briefly away.
-    pub(crate) async fn deliver(&self, req: &Request) -> Result<(), String> {
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match self.send(req).await {
-                Ok(()) => return Ok(()),
-                Err(Failure::Refused(e)) => {
-                    metrics::counter!("fresco_cdc_delivery_errors_total", "kind" => "refused").increment(1);
-                    return Err(format!("{}: {e}", self.endpoint));
-                }
-                Err(Failure::Transient(e)) => {
-                    metrics::counter!("fresco_cdc_delivery_errors_total", "kind" => "transient").increment(1);
-                    tracing::warn!(endpoint = %self.endpoint, key = %req.key, error = %e, "invalidation not accepted yet; retrying with the same key");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
-            }
         }
     }
 }

@@ -100,20 +100,17 @@ struct Relay {
 }
 
 impl Relay {
-    fn args(pg: &Postgres, mapping: &Path, node: &Fresco) -> Vec<String> {
-        let mut args: Vec<String> = ["cdc", "--postgres", &pg.url(), "--mapping", mapping.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        args.extend(["--admin".into(), node.admin_url(""), "--token".into(), node.token()]);
-        args.extend(["--metrics".into(), "127.0.0.1:0".into()]);
-        args
+    /// Starts the relay sending to `node`'s admin API and waits for its ready line.
+    fn start(pg: &Postgres, mapping: &Path, node: &Fresco) -> Relay {
+        Self::start_to(pg, mapping, &["--admin", &node.admin_url(""), "--token", &node.token()])
     }
 
-    /// Starts the relay and waits for its ready line.
-    fn start(pg: &Postgres, mapping: &Path, node: &Fresco) -> Relay {
+    /// Starts the relay with `destination` (`--admin ...` or `--bus ...`).
+    fn start_to(pg: &Postgres, mapping: &Path, destination: &[&str]) -> Relay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
-            .args(Self::args(pg, mapping, node))
+            .args(["cdc", "--postgres", &pg.url(), "--mapping", mapping.to_str().unwrap()])
+            .args(destination)
+            .args(["--metrics", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -266,6 +263,31 @@ async fn design_4_a_price_update_in_psql_makes_the_next_edge_request_a_miss_with
         .await;
     let again = get(&url).await;
     assert!(again.is_hit() && again.text() == "price=12.50", "{} {}", again.cache_status(), again.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn design_4_with_bus_the_relay_appends_to_the_clusters_log_and_every_node_applies_it() {
+    let pg = Postgres::start();
+    pg.psql(PRODUCTS);
+    let nats = Nats::start().await;
+    let origin = Origin::start().await;
+    product_origin(&origin, &pg, 42);
+    let a = Fresco::start(&origin.url(), &["--bus", &nats.url(), "--node-id", "a"]);
+    let b = Fresco::start(&origin.url(), &["--bus", &nats.url(), "--node-id", "b"]);
+    for node in [&a, &b] {
+        get(&node.url("/product/42")).await;
+        assert!(get(&node.url("/product/42")).await.is_hit());
+    }
+    let _relay = Relay::start_to(&pg, &write_mapping(&pg, MAPPING), &["--bus", &nats.url()]);
+    pg.psql("UPDATE products SET price = 20 WHERE id = 42");
+    for node in [&a, &b] {
+        eventually("the node applied product-42", Duration::from_secs(20), async || {
+            invalidated(node, "product-42").await
+        })
+        .await;
+        let next = get(&node.url("/product/42")).await;
+        assert!(!next.is_hit() && next.text() == "price=20", "{} {}", next.cache_status(), next.text());
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
