@@ -51,6 +51,7 @@ fn main() {
 /// One psql session fed through stdin; `run` returns once psql executed
 /// the statements (an `\echo` marker after them comes back).
 struct Psql {
+    child: std::process::Child,
     stdin: std::process::ChildStdin,
     stdout: std::io::Lines<BufReader<std::process::ChildStdout>>,
     n: u64,
@@ -67,7 +68,7 @@ impl Psql {
             .expect("psql");
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
-        Psql { stdin, stdout, n: 0 }
+        Psql { child, stdin, stdout, n: 0 }
     }
 
     /// Runs `sql`; returns what it printed.
@@ -85,6 +86,13 @@ impl Psql {
             out.push(line);
         }
         panic!("psql ended");
+    }
+}
+
+impl Drop for Psql {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -143,6 +143,7 @@ impl Relay {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("fresco cdc did not start; see {}", pg.dir.join("relay.log").display());
     }
 
