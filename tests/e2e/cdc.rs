@@ -258,6 +258,11 @@ async fn design_4_a_price_update_in_psql_makes_the_next_edge_request_a_miss_with
     assert!(relay.metric("fresco_cdc_changes_total{op=\"update\"}").await >= 1.0);
     assert!(relay.metric("fresco_cdc_invalidations_total{kind=\"immediate\"}").await >= 1.0);
     assert!(relay.metric("fresco_cdc_transactions_total").await >= 1.0);
+    assert!(relay.metric("fresco_cdc_commit_to_invalidation_seconds_count").await >= 1.0);
+    eventually("the relay reports no lag once idle", Duration::from_secs(20), async || {
+        relay.metric("fresco_cdc_lag_bytes").await == 0.0 && relay.metric("fresco_cdc_lag_seconds").await == 0.0
+    })
+    .await;
     // The new price is cached again, and an unrelated update leaves it cached.
     pg.psql("UPDATE products SET price = 99 WHERE id = 44");
     eventually("product-44 invalidated", Duration::from_secs(20), async || invalidated(&node, "product-44").await)
