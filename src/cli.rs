@@ -141,6 +141,8 @@ async fn demo(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Resu
     };
     let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;
     crate::demo::print_guide(listen, admin, origin_addr);
+    // Stopped (its cluster removed) when the demo ends.
+    let _database = crate::cdc::demo::start(listen, admin, cfg.data_dir.clone()).await;
     crate::server::run(cfg, crate::server::shutdown_signal()).await
 }
 

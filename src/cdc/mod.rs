@@ -16,6 +16,7 @@
 //! [`metrics`] (the relay's own Prometheus listener).
 
 pub(crate) mod batch;
+pub mod demo;
 pub(crate) mod mapping;
 pub(crate) mod metrics;
 pub(crate) mod pgoutput;
