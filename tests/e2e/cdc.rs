@@ -520,3 +520,48 @@ async fn design_4_setup_is_idempotent_and_mistakes_are_named() {
     let (code, out) = run_cdc(&["--postgres", &replica.url(), "--mapping", m, "--setup"]);
     assert!(code != 0 && out.contains("wal_level is \"replica\", needs logical"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn design_4_the_demo_starts_a_database_whose_update_purges_at_its_edge() {
+    let dir = temp_dir("cdc-demo");
+    let (edge, admin, origin) = (free_port(), free_port(), free_port());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(["demo", "--listen", &format!("127.0.0.1:{edge}"), "--admin", &format!("127.0.0.1:{admin}")])
+        .args(["--origin", &format!("127.0.0.1:{origin}")])
+        .current_dir(&dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn fresco demo");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut pg_port = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let Some(Ok(line)) = lines.next() else { break };
+        if let Some(rest) = line.split("PostgreSQL on 127.0.0.1:").nth(1) {
+            pg_port = rest.split(',').next().and_then(|p| p.parse::<u16>().ok());
+        }
+        if line.starts_with("fresco cdc ready") {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let pg_port = pg_port.expect("the guide names the demo's PostgreSQL");
+    let url = format!("http://127.0.0.1:{edge}/api/products/42");
+    get(&url).await;
+    assert!(get(&url).await.is_hit());
+    let update = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-p", &pg_port.to_string(), "-U", "postgres", "-X", "-q"])
+        .args(["-c", "UPDATE products SET price = 24.99 WHERE id = 42"])
+        .status()
+        .unwrap();
+    assert!(update.success());
+    eventually("the update purges the demo's product page", Duration::from_secs(20), async || {
+        get(&url).await.cache_status().contains("detail=invalidated")
+    })
+    .await;
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let cluster = std::env::temp_dir().join(format!("fresco-demo-pg-{}", child.id()));
+    assert!(!cluster.exists(), "the demo's cluster is removed when the demo stops");
+}
