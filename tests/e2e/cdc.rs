@@ -565,3 +565,38 @@ async fn design_4_the_demo_starts_a_database_whose_update_purges_at_its_edge() {
     let cluster = std::env::temp_dir().join(format!("fresco-demo-pg-{}", child.id()));
     assert!(!cluster.exists(), "the demo's cluster is removed when the demo stops");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn design_4_the_relay_follows_through_a_postgres_restart_and_refuses_a_second_relay_on_its_slot() {
+    let pg = Postgres::start();
+    pg.psql(PRODUCTS);
+    let origin = Origin::start().await;
+    let node = Fresco::start(&origin.url(), &[]);
+    let mapping = write_mapping(&pg, MAPPING);
+    let _relay = Relay::start(&pg, &mapping, &node);
+
+    let admin = node.admin_url("");
+    let token = node.token();
+    let (code, out) = run_cdc(&[
+        "--postgres",
+        &pg.url(),
+        "--mapping",
+        mapping.to_str().unwrap(),
+        "--admin",
+        &admin,
+        "--token",
+        &token,
+    ]);
+    assert!(code != 0 && out.contains("in use by another session"), "{out}");
+
+    let restart =
+        as_postgres(&format!("{}/pg_ctl -D {}/data restart -m fast -w >/dev/null", pgbin(), pg.dir.display()))
+            .status()
+            .unwrap();
+    assert!(restart.success());
+    pg.psql("UPDATE products SET price = 8 WHERE id = 44");
+    eventually("the change after the restart is invalidated", Duration::from_secs(30), async || {
+        invalidated(&node, "product-44").await
+    })
+    .await;
+}
