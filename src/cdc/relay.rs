@@ -43,10 +43,8 @@ pub(crate) struct Options {
 
 /// `fresco cdc --setup`.
 pub(crate) async fn setup(target: &Target, mapping: &Mapping, slot: &str, publication: &str) -> Result<(), CliError> {
-    let (_client, report) = open(target, mapping, slot, publication).await.map_err(|e| match e {
-        Unfit::Settings(_) => CliError::Failed(e.to_string()),
-        Unfit::Other(m) => CliError::Failed(m),
-    })?;
+    let (_client, report) =
+        open(target, mapping, slot, publication).await.map_err(|e| CliError::Failed(e.to_string()))?;
     for line in &report.done {
         println!("ok: {line}");
     }
@@ -80,7 +78,7 @@ struct Delivered {
 pub(crate) async fn run(target: Target, mapping: Mapping, sink: Sink, options: Options) -> Result<(), CliError> {
     let (mut client, report) = open(&target, &mapping, &options.slot, &options.publication)
         .await
-        .map_err(|e| CliError::Usage(e.to_string()))?;
+        .map_err(|e| CliError::Failed(e.to_string()))?;
     for line in &report.done {
         tracing::info!("{line}");
     }
