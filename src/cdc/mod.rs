@@ -13,7 +13,8 @@
 //! Modules: [`postgres`] (URL, checks, setup), [`pgoutput`] (decoding row
 //! changes), [`mapping`] (tables to tag templates), [`batch`] (merging and
 //! confirmation), [`sink`] (the admin API or the bus), [`relay`] (the event loop),
-//! [`metrics`] (the relay's own Prometheus listener).
+//! [`metrics`] (the relay's own Prometheus listener), [`demo`] (the
+//! database part of `fresco demo`).
 
 pub(crate) mod batch;
 pub mod demo;
