@@ -166,7 +166,7 @@ async fn latency(client: &HttpClient, origin: &str, edge: &str, admin: &str, tok
                 .body(Full::new(Bytes::from(body)))
                 .unwrap();
             let resp = client.request(req).await.expect("purge");
-            assert_eq!(resp.status(), 202);
+            assert_eq!(resp.status(), 202, "the app's purge was not accepted");
         }
         loop {
             if get_text(client, &url).await == expected {
