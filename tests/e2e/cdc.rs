@@ -428,10 +428,15 @@ async fn design_4_an_outbox_message_invalidates_only_if_its_transaction_commits(
     pg.psql(PRODUCTS);
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
-    let _relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
     pg.psql(
         "BEGIN; SELECT pg_logical_emit_message(true, 'fresco', '{\"tags\":[\"search-shoes\"],\"mode\":\"soft\"}'); ROLLBACK;",
     );
+    // Hostile or mistaken messages are ignored and counted; the relay goes on.
+    pg.psql("SELECT pg_logical_emit_message(true, 'fresco', '{\"tags\": \"not-a-list\"}')");
+    pg.psql("SELECT pg_logical_emit_message(true, 'fresco', 'garbage')");
+    pg.psql("SELECT pg_logical_emit_message(false, 'fresco', '{\"tags\":[\"untransactional\"]}')");
+    pg.psql("SELECT pg_logical_emit_message(true, 'other-app', '{\"tags\":[\"not-ours\"]}')");
     pg.psql(
         "BEGIN; UPDATE products SET price = 3 WHERE id = 44;
          SELECT pg_logical_emit_message(true, 'fresco', '{\"tags\":[\"page-home\"],\"mode\":\"soft\"}'); COMMIT;",
@@ -442,7 +447,52 @@ async fn design_4_an_outbox_message_invalidates_only_if_its_transaction_commits(
     .await;
     let all = cdc_invalidations(&node).await;
     assert!(all.iter().any(|(mode, tags)| mode == "soft" && tags.contains(&"page-home".to_string())), "{all:?}");
-    assert!(!all.iter().any(|(_, tags)| tags.iter().any(|t| t == "search-shoes")), "{all:?}");
+    for never in ["search-shoes", "not-a-list", "untransactional", "not-ours"] {
+        assert!(!all.iter().any(|(_, tags)| tags.iter().any(|t| t == never)), "{never}: {all:?}");
+    }
+    assert_eq!(relay.metric("fresco_cdc_bad_messages_total").await, 3.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn design_4_a_relay_whose_token_is_refused_stops_and_the_change_waits_for_a_fixed_one() {
+    let pg = Postgres::start();
+    pg.psql(PRODUCTS);
+    let origin = Origin::start().await;
+    let node = Fresco::start(&origin.url(), &[]);
+    let mapping = write_mapping(&pg, MAPPING);
+    let wrong = "0123456789abcdef0123456789abcdef";
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(["cdc", "--postgres", &pg.url(), "--mapping", mapping.to_str().unwrap()])
+        .args(["--admin", &node.admin_url(""), "--token", wrong])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let collected =
+        std::thread::spawn(move || BufReader::new(stderr).lines().map_while(Result::ok).collect::<Vec<_>>().join("\n"));
+    // Wait until the relay follows the slot, then commit.
+    eventually("the relay holds the slot", Duration::from_secs(30), async || {
+        pg.psql("SELECT count(*) FROM pg_replication_slots WHERE active") == "1"
+    })
+    .await;
+    pg.psql("UPDATE products SET price = 4 WHERE id = 42");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the relay kept running with a refused token");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let err = collected.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("401"), "the node's answer is shown: {err}");
+    let _relay = Relay::start(&pg, &mapping, &node);
+    eventually("the change is delivered with the right token", Duration::from_secs(30), async || {
+        invalidated(&node, "product-42").await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
