@@ -781,9 +781,9 @@ async fn settle(
             assert_eq!(now, *before, "seed {seed}: a rolled-back change to {id} was invalidated; history {history:?}");
         }
     }
-    for id in 1..price.len() {
+    for (id, price) in price.iter().enumerate().skip(1) {
         let got = get(&node.url(&format!("/product/{id}"))).await;
-        let want = format!("price={}", price[id]);
+        let want = format!("price={price}");
         assert_eq!(got.text(), want, "seed {seed}: product {id} served {}; history {history:?}", got.cache_status());
     }
     unverified.iter_mut().for_each(|u| *u = None);
