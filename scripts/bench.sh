@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Load benchmarks on loopback: Fresco beside Varnish (and nginx for the
-# stampede), the same origin behind each, driven alternately by wrk in one
+# Load benchmarks on loopback: Fresco beside Varnish, nginx proxy_cache and
+# haproxy's cache, the same origin behind each, driven alternately by wrk in one
 # run so drift between runs cancels out. Prints req/s, p50/p99 and ratios.
 #
 #   scripts/bench.sh            # hot 1 KiB hits + stampede
 #   DURATION=20 scripts/bench.sh
 #   ONLY="cluster invalidation" scripts/bench.sh   # sections: hot stampede swr invalidation cluster
 #
-# Peers come from Debian (varnish, nginx, wrk); as root the script installs
+# Peers come from Debian (varnish, nginx, haproxy, wrk); as root the script installs
 # what is missing, otherwise it skips the peers it cannot find.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 
 if [ "$(id -u)" = 0 ]; then
   missing=()
-  for pkg in wrk varnish nginx; do
+  for pkg in wrk varnish nginx haproxy; do
     bin=$pkg; [ "$pkg" = varnish ] && bin=varnishd
     command -v "$bin" >/dev/null 2>&1 || [ -x "/usr/sbin/$bin" ] || missing+=("$pkg")
   done
@@ -94,6 +94,34 @@ NGX
   TARGETS+=("nginx=http://127.0.0.1:$NGINX_PORT")
 fi
 
+if command -v haproxy >/dev/null; then
+  HAPROXY_PORT=$(free_port)
+  cat > "$WORK/haproxy.cfg" <<HAP
+global
+  nbthread 1
+  maxconn 20000
+defaults
+  mode http
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+cache c
+  total-max-size 512
+  max-object-size 1048576
+  max-age 3600
+frontend f
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend b
+backend b
+  http-request cache-use c
+  http-response cache-store c
+  server origin 127.0.0.1:$ORIGIN_PORT
+HAP
+  taskset -c 0 haproxy -f "$WORK/haproxy.cfg" -db >/dev/null 2>&1 & PIDS+=($!)
+  wait_port $HAPROXY_PORT
+  TARGETS+=("haproxy=http://127.0.0.1:$HAPROXY_PORT")
+fi
+
 # wrk --latency prints "50% 1.23ms" lines; convert to microseconds.
 to_us() { awk '{v=$1; if (v ~ /us$/) {sub(/us/,"",v); print v} else if (v ~ /ms$/) {sub(/ms/,"",v); print v*1000} else if (v ~ /s$/) {sub(/s/,"",v); print v*1000000} else print v}'; }
 
@@ -119,10 +147,12 @@ for t in "${TARGETS[@]}"; do
   printf "  %-8s %10.0f req/s  p50 %7.0f us  p99 %7.0f us\n" "$name" \
     "$(echo "${RPS[$name]} / ${N[$name]}" | bc -l)" "$(echo "${P50[$name]} / ${N[$name]}" | bc -l)" "$(echo "${P99[$name]} / ${N[$name]}" | bc -l)"
 done
-if [ -n "${RPS[varnish]:-}" ]; then
-  printf "  fresco/varnish: throughput x%.2f, p99 x%.2f (target: >= 1.00 and <= 1.00)\n" \
-    "$(echo "${RPS[fresco]} / ${RPS[varnish]}" | bc -l)" "$(echo "${P99[fresco]} / ${P99[varnish]}" | bc -l)"
-fi
+for peer in varnish nginx haproxy; do
+  if [ -n "${RPS[$peer]:-}" ]; then
+    printf "  fresco/%-8s throughput x%.2f, p99 x%.2f (target: >= 1.00 and <= 1.00)\n" "$peer" \
+      "$(echo "${RPS[fresco]} / ${RPS[$peer]}" | bc -l)" "$(echo "${P99[fresco]} / ${P99[$peer]}" | bc -l)"
+  fi
+done
 
 fi
 cargo bench --quiet --bench stampede --no-run 2>/dev/null

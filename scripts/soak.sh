@@ -6,8 +6,7 @@
 #   RELEASE=1 ./scripts/soak.sh          # fresco and the test in release (faster, more cases per minute)
 #   SEED=123 ROUNDS=1 ./scripts/soak.sh  # replay one seed
 #   IGNORE='Set-Cookie|X-Secret' ./scripts/soak.sh   # skip invariants whose bug is known, to look for others
-#   WIPES=0 ./scripts/soak.sh            # leave out the bus losing its storage (on by default here, off in CI:
-#                                        # open findings F9, F10, F12)
+#   WIPES=0 ./scripts/soak.sh            # leave out the bus losing its storage (the stream recreated)
 #
 # Each round prints its seed; a failure prints the broken invariant, the
 # response and the shortest history found, and the script stops there

@@ -33,12 +33,22 @@ impl Scope {
         }
     }
 
-    fn covers(&self, selector: &Selector) -> bool {
+    pub(crate) fn covers(&self, selector: &Selector) -> bool {
         match (self, selector) {
             (Scope::All, _) => true,
             (Scope::TagPrefix(p), Selector::Tag(t)) => t.starts_with(p.as_str()),
             (Scope::Host(h), Selector::Url(u) | Selector::Prefix(u)) => url_host(u) == Some(h.as_str()),
             _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Scope::All => f.write_str("all"),
+            Scope::TagPrefix(p) => write!(f, "tag:{p}"),
+            Scope::Host(h) => write!(f, "host:{h}"),
         }
     }
 }

@@ -4,6 +4,7 @@
 //! - `GET  /api/v1/invalidations/{id}` → status with per-node applied times
 //! - `GET  /api/v1/invalidations?limit=N&before=V` → audit log, newest first
 //! - `GET  /api/v1/nodes`, `GET /healthz`, `GET /readyz`, `GET /metrics`
+//! - `GET  /` the dashboard, fed by `GET /api/v1/dashboard` ([`crate::dashboard`])
 //!
 //! `/healthz` says the process runs; `/readyz` (200 or 503, with a JSON body
 //! naming each check) says whether the node may take traffic: it applied
@@ -42,6 +43,8 @@ pub struct AdminState {
     pub service: Arc<Service>,
     pub metrics: PrometheusHandle,
     pub health: Arc<Health>,
+    /// The dashboard's chart history.
+    pub samples: Arc<crate::dashboard::Samples>,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -53,6 +56,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/api/v1/invalidations/{id}", get(status))
         .route("/api/v1/invalidation-events", axum::routing::post(event))
         .route("/api/v1/nodes", get(nodes))
+        .merge(crate::dashboard::routes())
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
@@ -81,7 +85,14 @@ async fn readyz(State(state): State<AdminState>) -> Response {
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let position = state.service.membership.position();
-    let body = crate::metrics::render(&state.metrics, state.proxy.store.as_ref(), &state.proxy.invalidations, position);
+    let cluster = state.service.membership.view().await;
+    let body = crate::metrics::render(
+        &state.metrics,
+        state.proxy.store.as_ref(),
+        &state.proxy.invalidations,
+        position,
+        &cluster,
+    );
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body)
 }
 
@@ -103,7 +114,7 @@ pub fn refusal(r: Refused) -> Response {
     }
 }
 
-fn denial(d: Denied) -> Response {
+pub(crate) fn denial(d: Denied) -> Response {
     match d {
         Denied::Unauthenticated(msg) => error(StatusCode::UNAUTHORIZED, msg),
         Denied::Forbidden(msg) => error(StatusCode::FORBIDDEN, msg),
@@ -120,7 +131,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<IdempotencyKey>, String
     headers.get("idempotency-key").map(|v| IdempotencyKey::from_client(v.as_bytes())).transpose()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok())
 }
 
@@ -182,7 +193,7 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
     };
     let deadline = tokio::time::Instant::now() + EVENT_WAIT;
     loop {
-        let view = state.service.membership.view().await;
+        let view = view(&state).await;
         let converged = state.service.audit.get(entry.version).is_some_and(|r| status_of(&view, r).converged);
         if converged {
             return (StatusCode::OK, axum::Json(json!({ "id": entry.id(), "version": entry.version }))).into_response();
@@ -197,7 +208,7 @@ async fn event(State(state): State<AdminState>, headers: HeaderMap, body: Bytes)
 
 /// One node's view of an invalidation.
 #[derive(Serialize)]
-struct NodeStatus {
+pub(crate) struct NodeStatus {
     node: String,
     applied: bool,
     /// When it applied it, if its acknowledgement was seen.
@@ -206,7 +217,7 @@ struct NodeStatus {
 }
 
 #[derive(Serialize)]
-struct Status {
+pub(crate) struct Status {
     #[serde(flatten)]
     record: AuditRecord,
     id: String,
@@ -219,11 +230,15 @@ struct Status {
     /// Nodes that may still answer from their stores and have not
     /// confirmed applying the invalidation.
     unconfirmed: Vec<String>,
-    /// True when no node that may still answer from its store is unconfirmed.
+    /// Layers (`[[layer]]`) whose scope covers the invalidation and that
+    /// have not taken it yet (their attempts are under `layers`).
+    layers_pending: Vec<String>,
+    /// True when no node that may still answer from its store is
+    /// unconfirmed and every layer concerned has taken it.
     converged: bool,
 }
 
-fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
+pub(crate) fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
     let version = record.entry.version;
     let counted: Vec<&NodeInfo> = view.nodes.iter().filter(|n| n.live || n.may_serve).collect();
     let nodes: Vec<NodeStatus> = counted
@@ -246,8 +261,18 @@ fn status_of(view: &ClusterView, record: AuditRecord) -> Status {
         .filter(|(info, status)| info.may_serve && !status.applied)
         .map(|(info, _)| info.node.clone())
         .collect();
-    let converged = nodes.iter().any(|n| n.applied) && unconfirmed.is_empty();
-    Status { id: record.entry.id(), record, nodes, down, unconfirmed, converged }
+    let layers_pending: Vec<String> = view
+        .layers
+        .iter()
+        .filter(|l| l.concerned(&record.entry.invalidation.selectors))
+        // At or below its position a layer has taken it, or it came before
+        // the layer was configured.
+        .filter(|l| record.entry.version > l.delivered)
+        .filter(|l| !record.layers.iter().any(|o| o.layer == l.name && o.ok))
+        .map(|l| l.name.clone())
+        .collect();
+    let converged = nodes.iter().any(|n| n.applied) && unconfirmed.is_empty() && layers_pending.is_empty();
+    Status { id: record.entry.id(), record, nodes, down, unconfirmed, layers_pending, converged }
 }
 
 async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): Path<String>) -> Response {
@@ -259,7 +284,7 @@ async fn status(State(state): State<AdminState>, headers: HeaderMap, Path(id): P
     };
     match state.service.audit.get(version) {
         Some(record) => {
-            let view = state.service.membership.view().await;
+            let view = view(&state).await;
             axum::Json(status_of(&view, record)).into_response()
         }
         None => error(StatusCode::NOT_FOUND, format!("no invalidation with id {id}")),
@@ -288,18 +313,25 @@ async fn list(
     if !(1..=1000).contains(&limit) {
         return error(StatusCode::BAD_REQUEST, format!("limit {limit} out of range 1..=1000"));
     }
-    let view = state.service.membership.view().await;
+    let view = view(&state).await;
     let records: Vec<Status> =
         state.service.audit.page(page.before, limit).into_iter().map(|r| status_of(&view, r)).collect();
     let next = if records.len() == limit { records.last().map(|s| s.record.entry.version) } else { None };
     axum::Json(json!({ "invalidations": records, "next_before": next })).into_response()
 }
 
+/// The cluster as this node sees it, with the layers it forwards to.
+async fn view(state: &AdminState) -> ClusterView {
+    let mut view = state.service.membership.view().await;
+    view.layers = state.service.layers.infos();
+    view
+}
+
 async fn nodes(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if let Err(d) = state.service.access.authenticate(bearer(&headers)) {
         return denial(d);
     }
-    axum::Json(state.service.membership.view().await).into_response()
+    axum::Json(view(&state).await).into_response()
 }
 
 pub async fn serve(listener: TcpListener, state: AdminState, mut shutdown: watch::Receiver<bool>) {
@@ -330,6 +362,7 @@ mod tests {
         AuditRecord {
             entry: Entry { version, invalidation, accepted_ms: 0 },
             applied: acked_by.iter().map(|n| Applied { node: n.to_string(), applied_ms: 1 }).collect(),
+            layers: Vec::new(),
         }
     }
 
@@ -348,7 +381,7 @@ mod tests {
     }
 
     fn view(nodes: Vec<NodeInfo>) -> ClusterView {
-        ClusterView { stream: "s2".into(), head: Some(10), nodes }
+        ClusterView { stream: "s2".into(), base: 0, head: Some(10), nodes, layers: Vec::new() }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Content classes: named matchers (path prefix, content type) that give
 //! stale-serving defaults when the origin sends none, forbid serving stale
 //! for what must never be stale, and decide whether Set-Cookie responses may
-//! be stored. The first matching class wins.
+//! be stored, and set freshness SLOs. The first matching class wins.
 
 use std::time::Duration;
 
@@ -17,6 +17,10 @@ pub struct ContentClass {
     pub stale: StaleDefaults,
     /// Overrides the node's `store_set_cookie` for this class.
     pub store_set_cookie: Option<bool>,
+    /// The most staleness this class's users may see (design §6): measured
+    /// on every response, and a cap on serving stale unless
+    /// `freshness_slo_cap = false` (then only measured).
+    pub freshness_slo: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -51,9 +55,10 @@ fn type_matches(want: &str, content_type: Option<&str>) -> bool {
     content_type.is_some_and(|ct| ct.trim().to_ascii_lowercase().starts_with(&want.to_ascii_lowercase()))
 }
 
-/// Builds a class's stale defaults from its configured windows.
-pub fn stale(swr: Option<Duration>, sie: Option<Duration>, forbid: bool) -> StaleDefaults {
-    StaleDefaults { stale_while_revalidate: swr, stale_if_error: sie, forbid }
+/// Builds a class's stale defaults from its configured windows and, when
+/// its freshness SLO is enforced, the cap on staleness.
+pub fn stale(swr: Option<Duration>, sie: Option<Duration>, forbid: bool, cap: Option<Duration>) -> StaleDefaults {
+    StaleDefaults { stale_while_revalidate: swr, stale_if_error: sie, forbid, max_staleness: cap }
 }
 
 #[cfg(test)]
@@ -65,7 +70,8 @@ mod tests {
             name: name.into(),
             path_prefix: path.map(str::to_string),
             content_type: ct.map(str::to_string),
-            stale: stale(None, Some(Duration::from_secs(sie)), false),
+            stale: stale(None, Some(Duration::from_secs(sie)), false, None),
+            freshness_slo: None,
             store_set_cookie: None,
         }
     }

@@ -38,11 +38,22 @@ pub enum Command {
         /// Demo origin listener.
         #[arg(long, default_value = "127.0.0.1:8080")]
         origin: SocketAddr,
+        /// A NATS server with JetStream: runs a second edge node on the same invalidation log
+        #[arg(long)]
+        bus: Option<String>,
     },
     /// Invalidate cached objects through a node's admin API.
     Purge(crate::purge::PurgeArgs),
     /// Show the cluster: each node's applied version, lag, heartbeat, hit ratio.
     Status(crate::purge::StatusArgs),
+    /// Synthetic freshness checks: compare what each node serves with the origin.
+    Watch(crate::watch::WatchArgs),
+    /// Check a site's caching headers against the practices and say what to fix.
+    Audit(crate::tools::audit::AuditArgs),
+    /// Find which layer (origin instance, edge node, any HTTP cache) serves a stale copy, and why.
+    Diagnose(crate::tools::diagnose::DiagnoseArgs),
+    /// Deploy steps; for now `warm`: fetch a list of URLs through every node.
+    Deploy(crate::tools::warm::DeployArgs),
     /// Generate an API token: prints a random secret for the client and the
     /// `[[token]]` table (with only its SHA-256) for the node's config.
     Token {
@@ -97,12 +108,31 @@ pub fn serve_config(config: Option<PathBuf>, flags: RawConfig) -> Result<Config,
     Config::from_raw(flags.or(file)).map_err(|e| e.to_string())
 }
 
+/// The log level and format a command asks for: `serve`'s `log_level` and
+/// `log_format` (flags over the file); other commands log as text at
+/// `info`. A bad value is reported when the configuration is validated.
+pub fn log_settings(command: &Command) -> (Option<String>, crate::logging::LogFormat) {
+    let Command::Serve { config, flags } = command else {
+        return (None, crate::logging::LogFormat::Text);
+    };
+    let file = config.as_ref().and_then(|path| RawConfig::from_file(path).ok()).unwrap_or_default();
+    let level = flags.log_level.clone().or(file.log_level);
+    let format = flags.log_format.clone().or(file.log_format);
+    (level, format.as_deref().and_then(crate::logging::LogFormat::parse).unwrap_or_default())
+}
+
 pub async fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Serve { config, flags } => serve(config, flags).await.map_err(CliError::Usage),
-        Command::Demo { listen, admin, origin } => demo(listen, admin, origin).await.map_err(CliError::Usage),
+        Command::Demo { listen, admin, origin, bus } => {
+            crate::demo::run(listen, admin, origin, bus).await.map_err(CliError::Usage)
+        }
         Command::Purge(args) => crate::purge::run(args).await,
         Command::Status(args) => crate::purge::status(args).await,
+        Command::Watch(args) => crate::watch::run(args).await,
+        Command::Audit(args) => crate::tools::audit::run(args).await,
+        Command::Diagnose(args) => crate::tools::diagnose::run(args).await,
+        Command::Deploy(args) => crate::tools::warm::run(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
         Command::Cdc(args) => crate::cdc::run(args).await,
         Command::Token { name } => token(&name).map_err(CliError::Failed),
@@ -124,25 +154,6 @@ fn token(name: &str) -> Result<(), String> {
 
 async fn serve(config: Option<PathBuf>, flags: RawConfig) -> Result<(), String> {
     let cfg = serve_config(config, flags)?;
-    crate::server::run(cfg, crate::server::shutdown_signal()).await
-}
-
-async fn demo(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr) -> Result<(), String> {
-    let origin_listener = tokio::net::TcpListener::bind(origin)
-        .await
-        .map_err(|e| format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin"))?;
-    let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(crate::demo::serve_origin(origin_listener));
-    let raw = RawConfig {
-        listen: Some(listen.to_string()),
-        admin: Some(admin.to_string()),
-        origin: Some(format!("http://{origin_addr}")),
-        ..Default::default()
-    };
-    let cfg = Config::from_raw(raw).map_err(|e| e.to_string())?;
-    crate::demo::print_guide(listen, admin, origin_addr);
-    // Stopped (its cluster removed) when the demo ends.
-    let _database = crate::cdc::demo::start(listen, admin, cfg.data_dir.clone()).await;
     crate::server::run(cfg, crate::server::shutdown_signal()).await
 }
 

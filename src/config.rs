@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// Largest response body that is stored; larger ones stream through [default: 16MiB]
     #[arg(long)]
     pub max_object_size: Option<String>,
+    /// Responses larger than this are fetched and stored in slices of this size (0: off) [default: 1MiB]
+    #[arg(long)]
+    pub slice_size: Option<String>,
     /// Largest request head accepted; larger gets 431 [default: 64KiB]
     #[arg(long)]
     pub max_header_size: Option<String>,
@@ -61,6 +64,9 @@ pub struct RawConfig {
     /// Keep Surrogate-Key / Cache-Tag / Cache-Groups on client responses [default: false]
     #[arg(long)]
     pub expose_tag_headers: Option<bool>,
+    /// Remove CDN-Cache-Control from client responses (it is forwarded for downstream CDNs, RFC 9213 §2.1) [default: false]
+    #[arg(long)]
+    pub strip_cdn_cache_control: Option<bool>,
     /// Parent node to fetch through (origin shield); repeat for several, chosen per object by rendezvous hashing
     #[arg(long = "parent")]
     pub parent: Option<Vec<String>>,
@@ -101,6 +107,10 @@ pub struct RawConfig {
     #[arg(skip)]
     #[serde(rename = "token")]
     pub tokens: Option<Vec<RawToken>>,
+    /// Other cache layers invalidations are forwarded to (file only: `[[layer]]` tables)
+    #[arg(skip)]
+    #[serde(rename = "layer")]
+    pub layers: Option<Vec<RawLayer>>,
     /// Name of this cache in Cache-Status and Via [default: fresco]
     #[arg(long)]
     pub node_name: Option<String>,
@@ -151,6 +161,15 @@ pub struct RawConfig {
     /// Host names clients reach this node by; URL and prefix invalidations must name one (repeat, or a list in the file) [default: any]
     #[arg(long = "host")]
     pub hosts: Option<Vec<String>>,
+    /// Log level or tracing directives, e.g. warn or fresco=debug,info; RUST_LOG wins when set [default: info]
+    #[arg(long)]
+    pub log_level: Option<String>,
+    /// Log line format: text or json [default: text]
+    #[arg(long)]
+    pub log_format: Option<String>,
+    /// Access log: "stdout" or a file path; one line per response [default: off]
+    #[arg(long)]
+    pub access_log: Option<String>,
 }
 
 /// One `[[token]]` table.
@@ -177,6 +196,23 @@ impl std::fmt::Debug for RawToken {
     }
 }
 
+/// One `[[layer]]` table.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLayer {
+    pub name: String,
+    /// `varnish` or `redis`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub url: String,
+    /// What it is told about, as token scopes [default: ["all"]]
+    pub scopes: Option<Vec<String>>,
+    /// Entries it may fall behind before it is owed a gap [default: 10000]
+    pub backlog: Option<usize>,
+    /// Redis: the prefix of the application's tag and URL sets [default: "fresco:"]
+    pub key_prefix: Option<String>,
+}
+
 /// One `[[class]]` table.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +224,10 @@ pub struct RawClass {
     pub stale_if_error: Option<String>,
     pub forbid_stale: Option<bool>,
     pub store_set_cookie: Option<bool>,
+    /// The most staleness this class's users may see, e.g. "60s".
+    pub freshness_slo: Option<String>,
+    /// Enforce `freshness_slo` as a cap on serving stale [default: true]; false only measures it.
+    pub freshness_slo_cap: Option<bool>,
 }
 
 impl RawConfig {
@@ -199,6 +239,7 @@ impl RawConfig {
             admin: self.admin.or(base.admin),
             memory: self.memory.or(base.memory),
             max_object_size: self.max_object_size.or(base.max_object_size),
+            slice_size: self.slice_size.or(base.slice_size),
             max_header_size: self.max_header_size.or(base.max_header_size),
             connect_timeout: self.connect_timeout.or(base.connect_timeout),
             first_byte_timeout: self.first_byte_timeout.or(base.first_byte_timeout),
@@ -208,6 +249,7 @@ impl RawConfig {
             store_set_cookie: self.store_set_cookie.or(base.store_set_cookie),
             sort_query: self.sort_query.or(base.sort_query),
             expose_tag_headers: self.expose_tag_headers.or(base.expose_tag_headers),
+            strip_cdn_cache_control: self.strip_cdn_cache_control.or(base.strip_cdn_cache_control),
             node_name: self.node_name.or(base.node_name),
             ignore_query_params: self.ignore_query_params.or(base.ignore_query_params),
             key_headers: self.key_headers.or(base.key_headers),
@@ -220,6 +262,7 @@ impl RawConfig {
             sweep_interval: self.sweep_interval.or(base.sweep_interval),
             purge_allow: self.purge_allow.or(base.purge_allow),
             tokens: self.tokens.or(base.tokens),
+            layers: self.layers.or(base.layers),
             bus: self.bus.or(base.bus),
             node_id: self.node_id.or(base.node_id),
             bus_replicas: self.bus_replicas.or(base.bus_replicas),
@@ -237,6 +280,9 @@ impl RawConfig {
             upstream_max_connections: self.upstream_max_connections.or(base.upstream_max_connections),
             upstream_queue: self.upstream_queue.or(base.upstream_queue),
             hosts: self.hosts.or(base.hosts),
+            log_level: self.log_level.or(base.log_level),
+            log_format: self.log_format.or(base.log_format),
+            access_log: self.access_log.or(base.access_log),
         }
     }
 
@@ -272,6 +318,8 @@ pub struct Config {
     pub admin: SocketAddr,
     pub memory: u64,
     pub max_object_size: u64,
+    /// Objects above this are stored in slices of this size; 0 turns slicing off.
+    pub slice_size: u64,
     pub max_header_size: usize,
     pub connect_timeout: Duration,
     pub first_byte_timeout: Duration,
@@ -280,6 +328,7 @@ pub struct Config {
     pub store_set_cookie: bool,
     pub sort_query: bool,
     pub expose_tag_headers: bool,
+    pub strip_cdn_cache_control: bool,
     pub node_name: String,
     pub ignore_query_params: Vec<String>,
     pub key_headers: Vec<http::HeaderName>,
@@ -293,6 +342,7 @@ pub struct Config {
     pub purge_allow: Vec<(std::net::IpAddr, u8)>,
     /// Configured tokens; empty means a local admin token is generated.
     pub tokens: Vec<Token>,
+    pub layers: Vec<crate::layers::LayerConfig>,
     pub bus: Option<String>,
     pub node_id: String,
     pub bus_replicas: usize,
@@ -304,6 +354,8 @@ pub struct Config {
     /// Host names (lower case, with a port if not the scheme's default)
     /// clients use; empty: any.
     pub hosts: Vec<String>,
+    /// Where the access log goes; None: off.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// What one client connection may take from the node.
@@ -359,12 +411,21 @@ impl Config {
                     if c.name.is_empty() {
                         return Err(ConfigError("a [[class]] has an empty `name`".into()));
                     }
+                    let slo = window("freshness_slo", c.freshness_slo)?;
+                    if c.freshness_slo_cap.is_some() && slo.is_none() {
+                        return Err(ConfigError(format!(
+                            "class {:?}: `freshness_slo_cap` without `freshness_slo`",
+                            c.name
+                        )));
+                    }
                     Ok(ContentClass {
                         stale: crate::classes::stale(
                             window("stale_while_revalidate", c.stale_while_revalidate)?,
                             window("stale_if_error", c.stale_if_error)?,
                             c.forbid_stale.unwrap_or(false),
+                            slo.filter(|_| c.freshness_slo_cap.unwrap_or(true)),
                         ),
+                        freshness_slo: slo,
                         store_set_cookie: c.store_set_cookie,
                         name: c.name,
                         path_prefix: c.path_prefix,
@@ -388,6 +449,14 @@ impl Config {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let tokens = raw.tokens.unwrap_or_default().into_iter().map(token).collect::<Result<Vec<_>, _>>()?;
+        let layers = raw.layers.unwrap_or_default().into_iter().map(layer).collect::<Result<Vec<_>, _>>()?;
+        if let Some(twice) = layers
+            .iter()
+            .enumerate()
+            .find_map(|(i, l)| layers[..i].iter().any(|other| other.name == l.name).then_some(&l.name))
+        {
+            return Err(ConfigError(format!("two [[layer]] tables are named `{twice}`; names must differ")));
+        }
         let tls = match (raw.tls_cert, raw.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -470,7 +539,22 @@ impl Config {
                     .ok_or_else(|| invalid("hosts", h, "host names such as shop.example or shop.example:8443"))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(level) = &raw.log_level {
+            crate::logging::filter(level).map_err(ConfigError)?;
+        }
+        // The log is set up before the configuration is read (`cli::log_settings`);
+        // a bad value still stops the node here, with the usual message.
+        if let Some(f) = raw.log_format.as_deref().filter(|f| crate::logging::LogFormat::parse(f).is_none()) {
+            return Err(invalid("log_format", f, "text or json"));
+        }
+        let access_log = match raw.access_log.as_deref() {
+            None => None,
+            Some("") => return Err(invalid("access_log", "", "\"stdout\" or a file path")),
+            Some("stdout") => Some(crate::access_log::Target::Stdout),
+            Some(path) => Some(crate::access_log::Target::File(PathBuf::from(path))),
+        };
         Ok(Config {
+            access_log,
             limits,
             hosts,
             listen,
@@ -478,6 +562,7 @@ impl Config {
             admin: addr("admin", raw.admin, "127.0.0.1:9091")?,
             memory,
             max_object_size: size("max_object_size", raw.max_object_size, "16MiB")?,
+            slice_size: size("slice_size", raw.slice_size, "1MiB")?,
             max_header_size: max_header_size as usize,
             connect_timeout: upstream.connect_timeout,
             first_byte_timeout,
@@ -486,6 +571,7 @@ impl Config {
             store_set_cookie: raw.store_set_cookie.unwrap_or(false),
             sort_query: raw.sort_query.unwrap_or(false),
             expose_tag_headers: raw.expose_tag_headers.unwrap_or(false),
+            strip_cdn_cache_control: raw.strip_cdn_cache_control.unwrap_or(false),
             node_name,
             ignore_query_params: raw.ignore_query_params.unwrap_or_default(),
             key_headers,
@@ -498,6 +584,7 @@ impl Config {
             sweep_interval: duration("sweep_interval", raw.sweep_interval, "10s")?,
             purge_allow,
             tokens,
+            layers,
             node_id,
             bus: match raw.bus {
                 Some(url) if url.split(',').all(|u| u.trim().starts_with("nats://")) => Some(url),
@@ -522,6 +609,52 @@ fn default_node_id(port: u16) -> String {
     let host: String =
         host.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '-' }).collect();
     format!("{host}-{port}")
+}
+
+/// Parses the `scopes` list at `key` of `what` (a token, a layer): at
+/// least one, each `all`, `tag:PREFIX` or `host:NAME`.
+fn scopes(key: &str, list: &[String], what: &str) -> Result<Vec<Scope>, ConfigError> {
+    let scopes = list
+        .iter()
+        .map(|s| Scope::parse(s).ok_or_else(|| invalid(key, s, "`all`, `tag:PREFIX` or `host:NAME`")))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scopes.is_empty() {
+        return Err(ConfigError(format!("{key}: {what} needs at least one scope")));
+    }
+    Ok(scopes)
+}
+
+/// Validates one `[[layer]]`.
+fn layer(l: RawLayer) -> Result<crate::layers::LayerConfig, ConfigError> {
+    use crate::layers::Kind;
+    let key = |k: &str| format!("layer.{k} (layer `{}`)", l.name);
+    let safe_name = !l.name.is_empty()
+        && l.name.len() <= 64
+        && l.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !safe_name {
+        return Err(ConfigError(format!(
+            "layer name {:?}: 1 to 64 letters, digits, `-` or `_` (it names a file in the data directory)",
+            l.name
+        )));
+    }
+    let kind = match l.kind.as_str() {
+        "varnish" => Kind::Varnish,
+        "redis" => Kind::Redis,
+        other => return Err(invalid(&key("type"), other, "`varnish` or `redis`")),
+    };
+    let scopes = scopes(&key("scopes"), &l.scopes.unwrap_or_else(|| vec!["all".into()]), "a layer")?;
+    let backlog = l.backlog.unwrap_or(10_000);
+    if backlog == 0 {
+        return Err(ConfigError(format!("{}: must be at least 1", key("backlog"))));
+    }
+    Ok(crate::layers::LayerConfig {
+        name: l.name,
+        kind,
+        url: l.url,
+        scopes,
+        backlog,
+        key_prefix: l.key_prefix.unwrap_or_else(|| "fresco:".into()),
+    })
 }
 
 /// Validates one `[[token]]`.
@@ -556,14 +689,7 @@ fn token(t: RawToken) -> Result<Token, ConfigError> {
             )));
         }
     };
-    let scopes = t
-        .scopes
-        .iter()
-        .map(|s| Scope::parse(s).ok_or_else(|| invalid(&key("scopes"), s, "`all`, `tag:PREFIX` or `host:NAME`")))
-        .collect::<Result<Vec<_>, _>>()?;
-    if scopes.is_empty() {
-        return Err(ConfigError(format!("{}: a token needs at least one scope", key("scopes"))));
-    }
+    let scopes = scopes(&key("scopes"), &t.scopes, "a token")?;
     let rate = t.rate.unwrap_or(50.0);
     let burst = t.burst.unwrap_or(200.0);
     if !(rate > 0.0 && rate.is_finite() && burst >= 1.0 && burst.is_finite()) {

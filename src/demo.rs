@@ -24,6 +24,9 @@ struct App {
     /// Requests received per path and query, for the benchmarks' stampede
     /// count (`GET /__hits?path=...`). Bounded: cleared when large.
     hits: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Until when the app answers 503 to everything (`POST /__outage?seconds=N`),
+    /// so the demo can show stale-if-error and the dashboard's charts react.
+    down_until: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Serves the demo origin on `listener` forever.
@@ -69,6 +72,27 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let wanted = req.uri().query().and_then(|q| q.strip_prefix("path=")).map(percent_decode).unwrap_or_default();
         let n = app.hits.lock().unwrap_or_else(|e| e.into_inner()).get(&wanted).copied().unwrap_or(0);
         return respond(StatusCode::OK, &[("cache-control", "no-store".into())], format!("{n}\n"));
+    }
+    if path == "/__outage" && method == Method::POST {
+        let seconds: u64 =
+            req.uri().query().and_then(|q| q.strip_prefix("seconds=")).and_then(|n| n.parse().ok()).unwrap_or(30);
+        let seconds = seconds.min(600);
+        *app.down_until.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(std::time::Instant::now() + Duration::from_secs(seconds));
+        return respond(
+            StatusCode::OK,
+            &[("cache-control", "no-store".into())],
+            format!("origin down for {seconds} s\n"),
+        );
+    }
+    let down = app.down_until.lock().unwrap_or_else(|e| e.into_inner()).is_some_and(|t| t > std::time::Instant::now());
+    if down {
+        let _ = req.into_body().collect().await;
+        return respond(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &[("cache-control", "no-store".into())],
+            "the demo origin is down (POST /__outage)\n",
+        );
     }
     {
         let mut hits = app.hits.lock().unwrap_or_else(|e| e.into_inner());
@@ -220,10 +244,128 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// `fresco demo`: the demo origin and an edge node in front of it, with
+/// its own data directory (a fresh one under the system's temporary
+/// directory, removed at exit), so that a later `fresco serve` neither
+/// replays the demo's invalidations nor reuses its token. With `bus` (a
+/// NATS server with JetStream), a second edge node runs as a child process
+/// on the same log, so purges show their convergence on two nodes. The
+/// guide is printed once the nodes listen, with the addresses they have.
+pub async fn run(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr, bus: Option<String>) -> Result<(), String> {
+    let origin_listener = TcpListener::bind(origin)
+        .await
+        .map_err(|e| format!("cannot listen on {origin} for the demo origin: {e}; pick another with --origin"))?;
+    let origin_addr = origin_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(serve_origin(origin_listener));
+    let data_dir = std::env::temp_dir().join(format!("fresco-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+    let exe = std::env::current_exe().map_or_else(|_| "fresco".to_string(), |p| p.display().to_string());
+    let result = async {
+        let second = match &bus {
+            Some(bus) => Some(second_edge(&exe, origin_addr, bus, &data_dir.join("edge-2")).await?),
+            None => None,
+        };
+        let raw = crate::config::RawConfig {
+            listen: Some(listen.to_string()),
+            admin: Some(admin.to_string()),
+            origin: Some(format!("http://{origin_addr}")),
+            data_dir: Some(data_dir.clone()),
+            node_id: bus.as_ref().map(|_| "edge-1".to_string()),
+            bus: bus.clone(),
+            ..Default::default()
+        };
+        let cfg = crate::config::Config::from_raw(raw).map_err(|e| e.to_string())?;
+        // With PostgreSQL installed: a throwaway cluster followed by `fresco
+        // cdc` into this node (design §4); stopped and removed when the demo ends.
+        let _database = crate::cdc::demo::start(listen, admin, data_dir.clone()).await;
+        let addrs = second.as_ref().map(|s| (s.data, s.admin));
+        crate::server::run_then(cfg, crate::server::shutdown_signal(), |edge, admin| {
+            print_guide(&Guide { edge, admin, origin: origin_addr, second: addrs, data_dir: &data_dir, exe: &exe })
+        })
+        .await
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&data_dir);
+    result
+}
+
+/// The second edge node of a demo on a bus: a `fresco serve` child process
+/// (killed when dropped), its log in its data directory.
+struct SecondEdge {
+    _child: tokio::process::Child,
+    data: SocketAddr,
+    admin: SocketAddr,
+}
+
+async fn second_edge(exe: &str, origin: SocketAddr, bus: &str, dir: &std::path::Path) -> Result<SecondEdge, String> {
+    use tokio::io::AsyncBufReadExt;
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("node.log")).map_err(|e| format!("cannot create the node log: {e}"))?;
+    let origin_url = format!("http://{origin}");
+    let dir_arg = dir.display().to_string();
+    let args = ["serve", "--origin", &origin_url, "--listen", "127.0.0.1:0", "--admin", "127.0.0.1:0"];
+    let mut child = tokio::process::Command::new(exe)
+        .args(args)
+        .args(["--bus", bus, "--node-id", "edge-2", "--data-dir", &dir_arg])
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| format!("cannot start the second edge node: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout from the second edge node")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if line.starts_with("fresco ready") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .ok_or_else(|| format!("the second edge node did not start; see {}/node.log", dir.display()))?;
+    // Keep reading its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |name: &str| -> Result<SocketAddr, String> {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("unexpected ready line from the second edge node: {ready}"))
+    };
+    Ok(SecondEdge { data: field("data=")?, admin: field("admin=")?, _child: child })
+}
+
+/// What the guide's commands need: the addresses the demo listens on, its
+/// data directory (the admin token) and the binary that is running.
+struct Guide<'a> {
+    edge: SocketAddr,
+    admin: SocketAddr,
+    origin: SocketAddr,
+    /// The second edge node's data and admin addresses, with a bus.
+    second: Option<(SocketAddr, SocketAddr)>,
+    data_dir: &'a std::path::Path,
+    exe: &'a str,
+}
+
 /// Prints what to try against a running demo.
-pub fn print_guide(edge: SocketAddr, admin: SocketAddr, origin: SocketAddr) {
+fn print_guide(g: &Guide<'_>) {
+    let Guide { edge, admin, origin, exe, .. } = g;
+    let dir = g.data_dir.display();
+    let second = match g.second {
+        Some((data, admin2)) => {
+            format!("  edge 2:       http://{data}/ (admin http://{admin2}/, same invalidation log)\n")
+        }
+        None => "  (one edge node; `fresco demo --bus nats://127.0.0.1:4222` runs two on a NATS JetStream server)\n"
+            .to_string(),
+    };
+    // The fragment never reaches the server; the page keeps the token in the tab.
+    let token = std::fs::read_to_string(g.data_dir.join("admin-token")).unwrap_or_default();
+    let token = token.trim();
     println!(
-        "\nFresco demo\n  edge (cache): http://{edge}/\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n\n\
+        "\nFresco demo\n  edge (cache): http://{edge}/\n  dashboard:    http://{admin}/#token={token}\n  admin:        http://{admin}/metrics\n  origin:       http://{origin}/\n  data:         {dir} (removed at exit)\n{second}\n\
 Try:\n\
   curl -si http://{edge}/                       # twice: Cache-Status goes from fwd=uri-miss to hit\n\
   curl -si http://{edge}/assets/app.3f9a1c.js   # immutable, cached for a year\n\
@@ -234,12 +376,15 @@ Try:\n\
                                                 # the POST invalidates /api/counter (RFC 9111 §4.4)\n\
   curl -si -H 'If-None-Match: \"home-v1\"' http://{edge}/   # 304 from cache\n\
   curl -si http://{edge}/private                # never stored: Cache-Status detail=private\n\
+  for i in $(seq 50); do curl -s -o /dev/null http://{edge}/about; done   # makes the dashboard's charts move\n\
+  curl -s -X POST 'http://{origin}/__outage?seconds=30'   # origin down for 30 s: 503s, and stale-if-error for /assets/app.js\n\
 \n\
-Invalidate (the admin token is in fresco-data/admin-token):\n\
-  cargo run --release -- purge --tag product-42 --reason 'price change' --wait\n\
-  cargo run --release -- purge --prefix http://{edge}/assets --soft\n\
-  curl -si -X PURGE -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{edge}/about\n\
-  curl -s -H \"Authorization: Bearer $(cat fresco-data/admin-token)\" http://{admin}/api/v1/invalidations\n\
+Invalidate (the admin token is in {dir}/admin-token):\n\
+  {exe} purge --admin http://{admin} --data-dir {dir} --tag product-42 --reason 'price change' --wait\n\
+  {exe} purge --admin http://{admin} --data-dir {dir} --prefix http://{edge}/assets --soft\n\
+  {exe} status --admin http://{admin} --data-dir {dir}\n\
+  curl -si -X PURGE -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{edge}/about\n\
+  curl -s -H \"Authorization: Bearer $(cat {dir}/admin-token)\" http://{admin}/api/v1/invalidations\n\
   curl -si -X POST http://{edge}/api/products/42/price   # the origin's Cache-Group-Invalidation purges product-42\n\
   curl -s  http://{admin}/metrics | grep fresco_  # requests by cache status, objects, bytes\n\n\
 Ctrl-C stops it.\n"

@@ -4,13 +4,8 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = fresco::cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let (level, format) = fresco::cli::log_settings(&cli.command);
+    fresco::logging::init(level.as_deref(), format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -56,9 +56,9 @@ pub struct PurgeArgs {
     pub timeout: u64,
 }
 
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+pub(crate) type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
 
-async fn call(
+pub(crate) async fn call(
     client: &HttpClient,
     method: &str,
     url: &str,
@@ -72,7 +72,7 @@ async fn call(
         .header("content-type", "application/json")
         .body(Full::new(body.map(|b| Bytes::from(b.to_string())).unwrap_or_default()))
         .map_err(|e| CliError::Usage(format!("bad admin URL {url} (`--admin`): {e}")))?;
-    let resp = client.request(req).await.map_err(|e| CliError::Failed(format!("cannot reach {url}: {e}")))?;
+    let resp = client.request(req).await.map_err(|e| CliError::Failed(format!("cannot reach {url}: {}", cause(&e))))?;
     let status = resp.status().as_u16();
     let bytes = resp
         .into_body()
@@ -84,7 +84,43 @@ async fn call(
     Ok((status, value))
 }
 
-fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, CliError> {
+/// What went wrong, in the operator's words: the innermost cause
+/// (`Connection refused (os error 111)`), which is what tells them whether
+/// the node is down, the port wrong or the host unknown.
+pub(crate) fn cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    let text = innermost.to_string();
+    if text.contains("Connection refused") {
+        format!("connection refused ({text}): is a node listening there? `--admin` is its admin listener")
+    } else {
+        text
+    }
+}
+
+/// The base URL of the admin API from `--admin`. A bare `host:port` gets a
+/// hint rather than an obscure parse error.
+pub(crate) fn admin_base(admin: &str) -> Result<String, CliError> {
+    let base = admin.trim_end_matches('/');
+    let parsed: Option<http::Uri> = base.parse().ok();
+    match parsed {
+        Some(u) if matches!(u.scheme_str(), Some("http")) && u.authority().is_some() => Ok(base.to_string()),
+        Some(u) if u.scheme_str() == Some("https") => Err(CliError::Usage(format!(
+            "bad admin URL {admin} (`--admin`): the admin listener speaks plain HTTP; use http://{}",
+            u.authority().map_or("", |a| a.as_str())
+        ))),
+        _ if !base.contains("://") => {
+            Err(CliError::Usage(format!("bad admin URL {admin} (`--admin`): did you mean http://{base} ?")))
+        }
+        _ => Err(CliError::Usage(format!(
+            "bad admin URL {admin} (`--admin`): expected an http:// URL such as http://127.0.0.1:9091"
+        ))),
+    }
+}
+
+pub(crate) fn token_from(given: Option<&String>, data_dir: &std::path::Path) -> Result<String, CliError> {
     if let Some(t) = given {
         return Ok(t.clone());
     }
@@ -115,9 +151,9 @@ pub struct StatusArgs {
 /// `fresco status`: every node, its applied version, lag behind the log,
 /// heartbeat age and hit ratio.
 pub async fn status(args: StatusArgs) -> Result<(), CliError> {
+    let url = format!("{}/api/v1/nodes", admin_base(&args.admin)?);
     let token = token_from(args.token.as_ref(), &args.data_dir)?;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let url = format!("{}/api/v1/nodes", args.admin.trim_end_matches('/'));
     let (code, view) = call(&client, "GET", &url, &token, None).await?;
     if code != 200 {
         return Err(CliError::Failed(format!(
@@ -143,6 +179,16 @@ pub async fn status(args: StatusArgs) -> Result<(), CliError> {
             ratio,
         );
     }
+    for l in view["layers"].as_array().into_iter().flatten() {
+        println!(
+            "layer {:<18} {:>8} delivered {:>8} backlog {}{}",
+            l["name"].as_str().unwrap_or("?"),
+            l["kind"].as_str().unwrap_or("?"),
+            l["delivered"].as_u64().unwrap_or(0),
+            l["backlog"].as_u64().unwrap_or(0),
+            l["last_error"].as_str().map_or(String::new(), |e| format!("  last error: {e}")),
+        );
+    }
     Ok(())
 }
 
@@ -150,13 +196,14 @@ pub async fn run(args: PurgeArgs) -> Result<(), CliError> {
     if args.urls.is_empty() && args.prefixes.is_empty() && args.tags.is_empty() && !args.all {
         return Err(CliError::Usage("nothing to purge: give --url, --prefix, --tag or --all".into()));
     }
+    let base = admin_base(&args.admin)?;
     let token = token_from(args.token.as_ref(), &args.data_dir)?;
     let body = json!({
         "urls": args.urls, "prefixes": args.prefixes, "tags": args.tags, "all": args.all,
         "break_glass": args.break_glass, "mode": if args.soft { "soft" } else { "hard" }, "reason": args.reason,
     });
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let base = args.admin.trim_end_matches('/');
+    let base = base.as_str();
     let (status, accepted) = call(&client, "POST", &format!("{base}/api/v1/invalidations"), &token, Some(body)).await?;
     if status != 202 {
         let why = accepted["error"].as_str().unwrap_or("no reason given");

@@ -51,9 +51,14 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
     };
     settings.total_timeout = cfg.total_timeout;
     settings.expose_tag_headers = cfg.expose_tag_headers;
+    settings.strip_cdn_cache_control = cfg.strip_cdn_cache_control;
     settings.lock_timeout = cfg.lock_timeout;
     settings.uncacheable_ttl = cfg.uncacheable_ttl;
     settings.classes = cfg.classes.clone();
+    settings.freshness = Arc::new(crate::freshness::Freshness::new(&cfg.classes));
+    if let Some(target) = &cfg.access_log {
+        settings.access_log = Some(Arc::new(crate::access_log::AccessLog::open(target)?));
+    }
     let store = Arc::new(MemoryStore::new(cfg.memory, cfg.max_object_size));
     if store.max_object_size() < cfg.max_object_size {
         tracing::warn!(
@@ -64,6 +69,8 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         );
     }
     settings.max_object_size = store.max_object_size() as usize;
+    // A slice is an object: it must fit what the store keeps.
+    settings.slice_size = (cfg.slice_size as usize).min(settings.max_object_size);
     let upstream = Upstream::new(cfg.origin.clone(), cfg.parents.clone(), &cfg.upstream);
     let invalidations = Arc::new(Invalidations::default());
     let audit = Arc::new(Audit::default());
@@ -96,9 +103,11 @@ pub async fn build_node(cfg: &Config, shutdown: watch::Receiver<bool>) -> Result
         }
     };
     let tokens = if cfg.tokens.is_empty() { vec![local_admin_token(&cfg.data_dir)?] } else { cfg.tokens.clone() };
+    let layers = crate::layers::start(&cfg.layers, &cfg.data_dir, audit.clone(), &supervisor)?;
     let service = Arc::new(Service {
         log,
         audit,
+        layers,
         invalidations: invalidations.clone(),
         access: Access::new(tokens, cfg.purge_allow.clone()),
         node: cfg.node_id.clone(),
@@ -152,6 +161,16 @@ fn local_admin_token(dir: &Path) -> Result<Token, String> {
 /// Runs a node until `shutdown` turns true. Prints one `ready` line with
 /// the bound addresses once both listeners accept connections.
 pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    run_then(cfg, shutdown, |_, _| {}).await
+}
+
+/// [`run`], calling `ready` with the data and admin addresses once both
+/// listeners accept connections (the demo prints its guide then).
+pub async fn run_then(
+    cfg: Config,
+    shutdown: watch::Receiver<bool>,
+    ready: impl FnOnce(std::net::SocketAddr, std::net::SocketAddr),
+) -> Result<(), String> {
     // First, so that what start-up records (replay, catch-up) is counted.
     let metrics_handle = metrics::install();
     let Node { proxy, supervisor, bus } = build_node(&cfg, shutdown.clone()).await?;
@@ -170,7 +189,13 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Str
         service: proxy.service.clone(),
         metrics: metrics_handle,
         health: supervisor.health.clone(),
+        samples: Arc::new(crate::dashboard::Samples::default()),
     };
+    supervisor.spawn_until_done(
+        "dashboard-sampler",
+        Role::Auxiliary,
+        crate::dashboard::sample(proxy.counters.clone(), state.samples.clone(), shutdown.clone()),
+    );
     supervisor.spawn_until_done(
         "sweeper",
         Role::Auxiliary,
@@ -178,12 +203,14 @@ pub async fn run(cfg: Config, shutdown: watch::Receiver<bool>) -> Result<(), Str
     );
     supervisor.spawn_until_done("admin-server", Role::Auxiliary, admin::serve(admin_listener, state, shutdown.clone()));
     println!("fresco ready data={data_addr} admin={admin_addr} origin={}", cfg.origin);
+    ready(data_addr, admin_addr);
     tracing::info!(%data_addr, %admin_addr, origin = %cfg.origin, "node started");
 
     connections::serve(data, proxy, tls, cfg.limits.clone(), shutdown).await;
     supervisor.join(DRAIN).await;
     if let Some(bus) = bus {
         bus.flush().await;
+        bus.leave().await;
     }
     Ok(())
 }

@@ -45,8 +45,14 @@ pub type Nodes<'a> = Pin<Box<dyn Future<Output = ClusterView> + Send + 'a>>;
 pub struct ClusterView {
     /// The log this node follows: its identity and newest version, when known.
     pub stream: String,
+    /// The versions of this log are `base` plus its sequence numbers (0
+    /// for the embedded log).
+    pub base: u64,
     pub head: Option<u64>,
     pub nodes: Vec<NodeInfo>,
+    /// Other cache layers this node forwards invalidations to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub layers: Vec<crate::layers::LayerInfo>,
 }
 
 /// One readiness check, named for `/readyz`.

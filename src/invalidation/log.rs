@@ -1,10 +1,9 @@
 //! The invalidation log: what orders invalidations and makes them durable.
 //!
-//! [`InvalidationLog`] is the interface; [`EmbeddedLog`] is the one-node
-//! implementation, an append-only file of JSON lines in the data directory
-//! (`log_file.rs`) whose older history is folded into a snapshot. A
-//! distributed log (a replicated stream whose sequence numbers are the
-//! versions) implements the same trait.
+//! [`EmbeddedLog`] is the one-node log, an append-only file of JSON lines
+//! in the data directory (`log_file.rs`) whose older history is folded into
+//! a snapshot; the cluster's log is a JetStream stream (`nats.rs`). Both
+//! are appended to through `service::KeyedLog`.
 //!
 //! The embedded log commits in groups: one writer task takes every request
 //! queued while the previous fsync ran, gives identical requests (same
@@ -13,12 +12,19 @@
 //! a merged request gets a version assigned after it arrived, which outranks
 //! every fetch that started before.
 //!
+//! A request with a client's `Idempotency-Key` is written with its key and
+//! never merged with others; a request under a key the log holds from the
+//! last `IDEMPOTENCY_WINDOW` (read back from the file at start-up, so a
+//! restart in between changes nothing) gets that entry instead of a new
+//! one, as the cluster's stream deduplicates by message id.
+//!
 //! Nothing acknowledged is lost and no version is handed out twice: a
 //! record is acknowledged only after its fsync; a write that fails is cut
 //! back to the last acknowledged record (or, if even that fails, the log
 //! refuses everything until a restart) and its versions are skipped; a torn
 //! tail left by a crash is cut at start-up before anything is appended.
 
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::future::Future;
 use std::io::Write;
@@ -33,6 +39,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::audit::Audit;
 use super::log_file;
 use super::selectors::{Invalidations, Mode, Selector};
+use super::service::{IDEMPOTENCY_WINDOW, MAX_KEYS};
 use crate::data_dir::{self, DataDirLock};
 
 /// An invalidation as requested, before it has a version.
@@ -84,12 +91,6 @@ impl std::fmt::Display for LogError {
 
 pub type Accepting<'a> = Pin<Box<dyn Future<Output = Result<Entry, LogError>> + Send + 'a>>;
 
-/// Orders invalidations and makes them durable. `append` resolves once the
-/// invalidation is durable; a node applies what the log orders.
-pub trait InvalidationLog: Send + Sync + 'static {
-    fn append(&self, invalidation: NewInvalidation) -> Accepting<'_>;
-}
-
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -99,7 +100,9 @@ const QUEUE: usize = 10_000;
 /// Most requests one commit takes.
 const BATCH: usize = 1_000;
 
-type Pending = (NewInvalidation, oneshot::Sender<Result<Entry, LogError>>);
+/// A request, the client's `Idempotency-Key` if it sent one, and where the
+/// outcome goes.
+type Pending = (NewInvalidation, Option<String>, oneshot::Sender<Result<Entry, LogError>>);
 
 /// How much of the log compaction keeps: the newest entries, as many as
 /// both limits allow, stay in the log (and so in the audit after a
@@ -155,12 +158,19 @@ impl EmbeddedLog {
     }
 }
 
-impl InvalidationLog for EmbeddedLog {
-    fn append(&self, invalidation: NewInvalidation) -> Accepting<'_> {
+impl EmbeddedLog {
+    /// Resolves once the invalidation is durable and applied.
+    pub fn append(&self, invalidation: NewInvalidation) -> Accepting<'_> {
+        self.append_under(invalidation, None)
+    }
+
+    /// As `append`, under a client's `Idempotency-Key`: a key the log holds
+    /// from the last `IDEMPOTENCY_WINDOW` answers with its entry.
+    pub fn append_under(&self, invalidation: NewInvalidation, key: Option<String>) -> Accepting<'_> {
         Box::pin(async move {
             let (tx, rx) = oneshot::channel();
             let queue = self.queue.as_ref().ok_or_else(|| LogError::Unavailable("the log is closed".into()))?;
-            queue.try_send((invalidation, tx)).map_err(|e| match e {
+            queue.try_send((invalidation, key, tx)).map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => LogError::Busy,
                 mpsc::error::TrySendError::Closed(_) => LogError::Unavailable("the log writer stopped".into()),
             })?;
@@ -171,6 +181,39 @@ impl InvalidationLog for EmbeddedLog {
 
 fn apply(invalidations: &Invalidations, entry: &Entry) {
     invalidations.apply(&entry.invalidation.selectors, entry.invalidation.mode, entry.version);
+}
+
+/// Says that this node applied `entry` (id, selectors, who, why, how long
+/// after its acceptance): one info line, and the lag in
+/// `fresco_invalidation_lag_seconds`. Replays at start-up are summed up in
+/// one line instead.
+pub(crate) fn report_applied(entry: &Entry, applied_ms: u64) {
+    let lag_ms = applied_ms.saturating_sub(entry.accepted_ms);
+    metrics::histogram!("fresco_invalidation_lag_seconds").record(lag_ms as f64 / 1000.0);
+    let inv = &entry.invalidation;
+    let selectors: Vec<String> = inv
+        .selectors
+        .iter()
+        .map(|s| match s {
+            Selector::Url(u) => format!("url:{u}"),
+            Selector::Prefix(p) => format!("prefix:{p}"),
+            Selector::Tag(t) => format!("tag:{t}"),
+            Selector::All => "all".to_string(),
+        })
+        .collect();
+    let mode = match inv.mode {
+        Mode::Hard => "hard",
+        Mode::Soft => "soft",
+    };
+    tracing::info!(
+        id = entry.version,
+        selectors = %selectors.join(" "),
+        mode,
+        issuer = %inv.issuer,
+        reason = %inv.reason,
+        lag_ms,
+        "invalidation applied"
+    );
 }
 
 struct Writer {
@@ -199,6 +242,8 @@ struct Writer {
     invalidations: Arc<Invalidations>,
     audit: Arc<Audit>,
     node: String,
+    /// Client keys of the entries accepted in the last IDEMPOTENCY_WINDOW.
+    keys: Keys,
     /// Held while the writer lives.
     _lock: DataDirLock,
 }
@@ -259,6 +304,8 @@ impl Writer {
         }
         let last = scan.entries.last().map_or(snapshot.version, |e| e.version.max(snapshot.version));
         let next = snapshot.next.max(last + 1);
+        // Entries folded into the snapshot are not in the audit.
+        audit.complete_from(scan.entries.first().map_or(next, |e| e.version));
         if last > 0 {
             tracing::info!(
                 snapshot_version = snapshot.version,
@@ -270,6 +317,13 @@ impl Writer {
         }
         metrics::gauge!("fresco_invalidation_log_version").set(last as f64);
         let lines = scan.entries.len();
+        let mut keys = Keys::default();
+        for entry in &scan.entries {
+            if let Some(key) = scan.keys.get(&entry.version) {
+                keys.insert(key.clone(), entry.clone());
+            }
+        }
+        keys.expire(now);
         Ok(Writer {
             file,
             dir: dir.to_path_buf(),
@@ -284,6 +338,7 @@ impl Writer {
             invalidations,
             audit,
             node: node.to_string(),
+            keys,
             _lock: lock,
         })
     }
@@ -313,27 +368,36 @@ impl Writer {
 
     fn commit(&mut self, batch: Vec<Pending>) {
         if let Some(why) = &self.broken {
-            for (_, tx) in batch {
+            for (_, _, tx) in batch {
                 let _ = tx.send(Err(LogError::Unavailable(why.clone())));
             }
             return;
         }
         let accepted_ms = now_ms();
-        let mut entries: Vec<Entry> = Vec::new();
+        self.keys.expire(accepted_ms);
+        let mut entries: Vec<(Entry, Option<String>)> = Vec::new();
         let mut waiters: Vec<(usize, oneshot::Sender<Result<Entry, LogError>>)> = Vec::with_capacity(batch.len());
-        for (inv, tx) in batch {
-            let same = entries
-                .iter()
-                .position(|e| e.invalidation.selectors == inv.selectors && e.invalidation.mode == inv.mode);
+        for (inv, key, tx) in batch {
+            if let Some(held) = key.as_ref().and_then(|k| self.keys.get(k)) {
+                let _ = tx.send(Ok(held.clone()));
+                continue;
+            }
+            let same = entries.iter().position(|(e, k)| match &key {
+                Some(_) => *k == key,
+                None => k.is_none() && e.invalidation.selectors == inv.selectors && e.invalidation.mode == inv.mode,
+            });
             let index = match same {
                 Some(i) => i,
                 None => {
-                    entries.push(Entry { version: self.next, invalidation: inv, accepted_ms });
+                    entries.push((Entry { version: self.next, invalidation: inv, accepted_ms }, key));
                     self.next += 1;
                     entries.len() - 1
                 }
             };
             waiters.push((index, tx));
+        }
+        if entries.is_empty() {
+            return;
         }
         if let Err(msg) = self.write(&entries) {
             for (_, tx) in waiters {
@@ -342,16 +406,20 @@ impl Writer {
             return;
         }
         let applied_ms = now_ms();
-        for e in &entries {
+        for (e, key) in &entries {
             apply(&self.invalidations, e);
+            report_applied(e, applied_ms);
             self.audit.record(e.clone());
             self.audit.applied(e.version, &self.node, applied_ms);
+            if let Some(key) = key {
+                self.keys.insert(key.clone(), e.clone());
+            }
         }
         metrics::counter!("fresco_invalidations_accepted_total").increment(waiters.len() as u64);
         metrics::counter!("fresco_invalidations_applied_total").increment(entries.len() as u64);
         metrics::gauge!("fresco_invalidation_log_version").set(self.last as f64);
         for (i, tx) in waiters {
-            let _ = tx.send(Ok(entries[i].clone()));
+            let _ = tx.send(Ok(entries[i].0.clone()));
         }
         if (self.lines >= self.compact_at || self.good >= 2 * self.retain.bytes) && self.good >= self.snapshot_bytes {
             self.compact();
@@ -361,13 +429,14 @@ impl Writer {
     /// Appends `entries` and makes them durable, or leaves the file as it
     /// was: a failed write (a full disk, an I/O error) may have put part of
     /// a record in the file, which the next record must not be glued onto.
-    fn write(&mut self, entries: &[Entry]) -> Result<(), String> {
-        let text = entries.iter().map(log_file::encode).collect::<Result<String, String>>()?;
+    fn write(&mut self, entries: &[(Entry, Option<String>)]) -> Result<(), String> {
+        let text =
+            entries.iter().map(|(e, k)| log_file::encode(e, k.as_deref())).collect::<Result<String, String>>()?;
         let written = self.file.write_all(text.as_bytes()).and_then(|()| self.file.sync_data());
         let Err(err) = written else {
             self.good += text.len() as u64;
             self.lines += entries.len();
-            self.last = entries.last().map_or(self.last, |e| e.version);
+            self.last = entries.last().map_or(self.last, |(e, _)| e.version);
             return Ok(());
         };
         let path = self.path();
@@ -413,7 +482,7 @@ impl Writer {
         let mut kept: Vec<String> = Vec::new();
         let mut bytes = 0;
         for entry in scan.entries.iter().rev().take(self.retain.entries) {
-            let line = log_file::encode(entry)?;
+            let line = log_file::encode(entry, scan.keys.get(&entry.version).map(String::as_str))?;
             bytes += line.len() as u64;
             if bytes > self.retain.bytes {
                 break;
@@ -426,6 +495,38 @@ impl Writer {
         self.good = text.len() as u64;
         self.lines = kept.len();
         Ok(())
+    }
+}
+
+/// The client keys of recent entries, oldest first for expiry.
+#[derive(Default)]
+struct Keys {
+    entries: HashMap<String, Entry>,
+    order: VecDeque<(u64, String)>,
+}
+
+impl Keys {
+    fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    fn insert(&mut self, key: String, entry: Entry) {
+        self.order.push_back((entry.accepted_ms, key.clone()));
+        self.entries.insert(key, entry);
+    }
+
+    /// Forgets keys accepted IDEMPOTENCY_WINDOW before `now_ms`, and the
+    /// oldest beyond MAX_KEYS.
+    fn expire(&mut self, now_ms: u64) {
+        let window = IDEMPOTENCY_WINDOW.as_millis() as u64;
+        while let Some((at, _)) = self.order.front() {
+            if now_ms.saturating_sub(*at) < window && self.order.len() <= MAX_KEYS {
+                break;
+            }
+            if let Some((_, key)) = self.order.pop_front() {
+                self.entries.remove(&key);
+            }
+        }
     }
 }
 
@@ -502,6 +603,40 @@ mod tests {
         assert_eq!(log.append(tag("c")).await.unwrap().version, 3, "versions continue after a restart");
     }
 
+    /// Issue 8 item 11: a retry under the same `Idempotency-Key` yields the
+    /// same entry, also after a restart and after a compaction; keyed
+    /// requests are never merged with others.
+    #[tokio::test]
+    async fn a_client_key_finds_its_entry_after_a_restart() {
+        let d = dir("keys");
+        let (log, _, _) = open(&d).unwrap();
+        let first = log.append_under(tag("k"), Some("key-1".into())).await.unwrap();
+        let unkeyed = log.append(tag("k")).await.unwrap();
+        assert_ne!(first.version, unkeyed.version, "a keyed request is its own entry");
+        assert_eq!(log.append_under(tag("k"), Some("key-1".into())).await.unwrap(), first);
+        drop(log);
+        let (log, _, _) = open(&d).unwrap();
+        assert_eq!(log.append_under(tag("k"), Some("key-1".into())).await.unwrap(), first, "after a restart");
+        let other = log.append_under(tag("k"), Some("key-2".into())).await.unwrap();
+        assert!(other.version > unkeyed.version);
+        drop(log);
+        let (_, _, audit) = open(&d).unwrap();
+        assert_eq!(history(&audit).len(), 3, "three entries in all");
+    }
+
+    #[test]
+    fn client_keys_are_forgotten_after_the_window() {
+        let mut keys = Keys::default();
+        let entry = |ms| Entry { version: 1, invalidation: tag("a"), accepted_ms: ms };
+        keys.insert("old".into(), entry(1_000));
+        keys.insert("new".into(), entry(60_000));
+        let window = IDEMPOTENCY_WINDOW.as_millis() as u64;
+        keys.expire(1_000 + window - 1);
+        assert!(keys.get("old").is_some() && keys.get("new").is_some());
+        keys.expire(1_000 + window);
+        assert!(keys.get("old").is_none() && keys.get("new").is_some());
+    }
+
     #[tokio::test]
     async fn identical_requests_in_one_commit_share_an_entry() {
         let d = dir("merge");
@@ -523,7 +658,7 @@ mod tests {
         let path = d.join(log_file::LOG);
         let acknowledged = std::fs::metadata(&path).unwrap().len();
         // A crash in the middle of writing entry 3.
-        let torn = log_file::encode(&Entry { version: 3, invalidation: tag("torn"), accepted_ms: 1 }).unwrap();
+        let torn = log_file::encode(&Entry { version: 3, invalidation: tag("torn"), accepted_ms: 1 }, None).unwrap();
         OpenOptions::new().append(true).open(&path).unwrap().write_all(&torn.as_bytes()[..25]).unwrap();
         let (log, _, _) = open(&d).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), acknowledged, "the torn tail is cut before appending");
@@ -555,7 +690,7 @@ mod tests {
         let at = content.len();
         content.extend_from_slice(b"{\"type\":\"inv\n");
         content.extend_from_slice(
-            log_file::encode(&Entry { version: 2, invalidation: tag("b"), accepted_ms: 1 }).unwrap().as_bytes(),
+            log_file::encode(&Entry { version: 2, invalidation: tag("b"), accepted_ms: 1 }, None).unwrap().as_bytes(),
         );
         std::fs::write(&path, &content).unwrap();
         let err = open(&d).err().expect("refused");
@@ -586,7 +721,7 @@ mod tests {
         let mut writer = Writer::open(&d, "n1", inv.clone(), audit, Retain::DEFAULT).unwrap();
         let commit = |writer: &mut Writer, t: &str| {
             let (tx, mut rx) = oneshot::channel();
-            writer.commit(vec![(tag(t), tx)]);
+            writer.commit(vec![(tag(t), None, tx)]);
             rx.try_recv().expect("answered")
         };
         assert_eq!(commit(&mut writer, "a").unwrap().version, 1);

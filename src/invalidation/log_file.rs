@@ -27,12 +27,24 @@ pub(super) const SNAPSHOT: &str = "invalidations.snapshot";
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Line {
-    Invalidation(Entry),
+    Invalidation(Logged),
 }
 
-/// The line for `entry`, newline included.
-pub(super) fn encode(entry: &Entry) -> Result<String, String> {
-    let mut line = serde_json::to_string(&Line::Invalidation(entry.clone()))
+/// An entry with the client's `Idempotency-Key`, if it sent one: kept in
+/// the log (not in the audit the API shows) so that a retry after a
+/// restart still finds its entry.
+#[derive(Serialize, Deserialize)]
+struct Logged {
+    #[serde(flatten)]
+    entry: Entry,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key: Option<String>,
+}
+
+/// The line for `entry` appended under `key`, newline included.
+pub(super) fn encode(entry: &Entry, key: Option<&str>) -> Result<String, String> {
+    let logged = Logged { entry: entry.clone(), key: key.map(str::to_string) };
+    let mut line = serde_json::to_string(&Line::Invalidation(logged))
         .map_err(|e| format!("cannot encode invalidation {}: {e}", entry.version))?;
     line.push('\n');
     Ok(line)
@@ -42,6 +54,8 @@ pub(super) fn encode(entry: &Entry) -> Result<String, String> {
 #[derive(Debug, Default)]
 pub(super) struct Scan {
     pub entries: Vec<Entry>,
+    /// The `Idempotency-Key` of each entry that has one, by version.
+    pub keys: HashMap<u64, String>,
     /// Where the last good record ends: everything after it is a torn tail.
     pub good: u64,
     /// The file's length.
@@ -82,7 +96,7 @@ pub(super) fn read_log(path: &Path) -> Result<Scan, String> {
             }),
         };
         match parsed {
-            Ok(Some(Line::Invalidation(entry))) => {
+            Ok(Some(Line::Invalidation(Logged { entry, key }))) => {
                 if let Some((at, n, why)) = bad {
                     return Err(format!(
                         "{} offset {at} (line {n}): {why}; acknowledged entries follow it, so the log is damaged \
@@ -99,6 +113,9 @@ pub(super) fn read_log(path: &Path) -> Result<Scan, String> {
                         entry.version,
                         last.version
                     ));
+                }
+                if let Some(key) = key {
+                    scan.keys.insert(entry.version, key);
                 }
                 scan.entries.push(entry);
                 scan.good = end.unwrap_or(bytes.len()) as u64;
@@ -214,8 +231,8 @@ mod tests {
 
     #[test]
     fn a_torn_tail_ends_the_good_part_and_is_reported_for_cutting() {
-        let good = encode(&entry(1, "a", Mode::Hard)).unwrap();
-        let second = encode(&entry(2, "b", Mode::Hard)).unwrap();
+        let good = encode(&entry(1, "a", Mode::Hard), None).unwrap();
+        let second = encode(&entry(2, "b", Mode::Hard), None).unwrap();
         // Half a record, a complete record without its newline, and the
         // zero-filled block a crash can leave behind.
         for tail in [&second.as_bytes()[..20], second.trim_end().as_bytes(), &[0u8; 512][..]] {
@@ -232,8 +249,8 @@ mod tests {
 
     #[test]
     fn damage_before_a_good_record_is_an_error_naming_file_and_offset() {
-        let good = encode(&entry(1, "a", Mode::Hard)).unwrap();
-        let later = encode(&entry(2, "b", Mode::Hard)).unwrap();
+        let good = encode(&entry(1, "a", Mode::Hard), None).unwrap();
+        let later = encode(&entry(2, "b", Mode::Hard), None).unwrap();
         let content = format!("{good}garbage\n{later}");
         let p = file("middle", content.as_bytes());
         let err = read_log(&p).unwrap_err();
@@ -243,9 +260,9 @@ mod tests {
 
     #[test]
     fn an_entry_glued_onto_a_torn_record_by_an_older_writer_is_recovered() {
-        let good = encode(&entry(1, "a", Mode::Hard)).unwrap();
-        let torn = encode(&entry(2, "torn", Mode::Hard)).unwrap();
-        let acknowledged = encode(&entry(2, "b", Mode::Hard)).unwrap();
+        let good = encode(&entry(1, "a", Mode::Hard), None).unwrap();
+        let torn = encode(&entry(2, "torn", Mode::Hard), None).unwrap();
+        let acknowledged = encode(&entry(2, "b", Mode::Hard), None).unwrap();
         let content = format!("{good}{}{acknowledged}", &torn[..30]);
         let scan = read_log(&file("glued", content.as_bytes())).unwrap();
         assert_eq!(scan.entries.iter().map(|e| e.version).collect::<Vec<_>>(), vec![1, 2]);
@@ -255,8 +272,11 @@ mod tests {
 
     #[test]
     fn a_version_that_does_not_increase_is_damage() {
-        let content =
-            format!("{}{}", encode(&entry(5, "a", Mode::Hard)).unwrap(), encode(&entry(5, "b", Mode::Hard)).unwrap());
+        let content = format!(
+            "{}{}",
+            encode(&entry(5, "a", Mode::Hard), None).unwrap(),
+            encode(&entry(5, "b", Mode::Hard), None).unwrap()
+        );
         let err = read_log(&file("reused", content.as_bytes())).unwrap_err();
         assert!(err.contains("version 5 after version 5"), "{err}");
     }

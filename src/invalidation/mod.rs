@@ -19,5 +19,5 @@ pub mod service;
 pub mod sweeper;
 
 pub use audit::Audit;
-pub use log::{EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
+pub use log::{EmbeddedLog, Entry, LogError, NewInvalidation};
 pub use selectors::{Invalidations, Mode, Selector, Stamp, Validity, Verified};

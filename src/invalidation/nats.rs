@@ -1,7 +1,11 @@
 //! The cluster log on NATS JetStream (design §3, items 3 and 4).
 //!
-//! Every node appends to one stream; the stream sequence number of an
-//! invalidation is its version. Every node consumes the stream in order
+//! Every node appends to one stream. An invalidation's version (its id in
+//! the API) is the stream's base plus its sequence number, the base being
+//! the stream's creation time in milliseconds × 1024: a stream recreated
+//! after its storage was lost starts its sequence at 1 again, and the base
+//! keeps its versions apart from the old stream's, on every node alike
+//! without agreeing on anything (see `base`). Every node consumes the stream in order
 //! from the version it last applied (persisted in its data directory with
 //! the identity of the stream, its creation time), applies each entry, and
 //! reports: its position and counters in a heartbeat on a subject every
@@ -25,7 +29,8 @@
 //! stream's retention, or the stream is not the one it followed (recreated
 //! after its storage was lost: the sequence starts again at 1). Internally a
 //! node numbers versions `offset + sequence`, and a new stream gets a new
-//! offset above everything applied before, so stamps stay ordered.
+//! offset above everything applied before, so stamps stay ordered even if
+//! the new stream's clock-derived base is not above the old one's.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -73,6 +78,8 @@ const PUBLISH_RETRY_FOR: Duration = Duration::from_secs(5);
 /// may follow its last heartbeat by a heartbeat interval, plus its judge's
 /// tick and delivery delays on a loaded machine.
 const SERVE_SLACK: Duration = Duration::from_secs(2);
+/// How long the membership view waits for the log's head.
+const VIEW_HEAD_WAIT: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct BusConfig {
@@ -110,6 +117,10 @@ struct Heartbeat {
     /// Its bound: after this much silence it no longer answers from its store.
     #[serde(default)]
     max_log_silence_ms: u64,
+    /// Its last word at a clean shutdown: it has stopped serving, so the
+    /// others drop it at once instead of waiting `down_after` for it.
+    #[serde(default)]
+    leaving: bool,
 }
 
 /// An applied range of one stream, published after each applied batch.
@@ -162,6 +173,8 @@ struct Following {
 /// What the watcher last learned about the log.
 struct Contact {
     last: Instant,
+    /// The identity of the stream last seen, and its newest sequence.
+    stream: String,
     head: u64,
     /// The applied version last seen to move, and when.
     progress: (u64, Instant),
@@ -202,6 +215,22 @@ pub struct NatsBus {
 /// not share (the same on every server of a NATS cluster).
 fn identity(info: &stream::Info) -> String {
     info.created.unix_timestamp_nanos().to_string()
+}
+
+/// Versions per millisecond of a stream's creation time.
+const VERSIONS_PER_MS: u64 = 1024;
+
+/// The version of sequence 0 of the stream with `identity`: its creation
+/// time in milliseconds × 1024. Every node computes it from the stream
+/// alone, so every node gives an entry the same version, and a recreated
+/// stream's versions are above the old one's unless the old one held more
+/// than 1024 entries per millisecond between the two creations (a million
+/// invalidations a second) or the bus's clock went back. Versions stay
+/// below 2^53 (exact in JSON numbers) until the year 2248. An unknown
+/// stream (a node that never reached its bus) has base 0.
+fn base(identity: &str) -> u64 {
+    let ms = identity.parse::<i128>().unwrap_or(0).max(0) / 1_000_000;
+    u64::try_from(ms).unwrap_or(u64::MAX).saturating_mul(VERSIONS_PER_MS)
 }
 
 impl NatsBus {
@@ -313,6 +342,8 @@ impl NatsBus {
             Position::fresh(stream_id)
         };
         invalidations.advance(pos.applied);
+        // Entries applied before this start are not in the audit.
+        audit.complete_from(base(&pos.stream) + pos.applied + 1);
 
         let (tx, rx) = mpsc::channel(QUEUE);
         let now = Instant::now();
@@ -331,6 +362,7 @@ impl NatsBus {
             // the trust judge distrusts the store from the first tick.
             contact: Mutex::new(Contact {
                 last: if info.is_some() { now } else { now.checked_sub(cfg.max_log_silence * 2).unwrap_or(now) },
+                stream: info.as_ref().map(identity).unwrap_or_default(),
                 head,
                 progress: (0, now),
                 silent: false,
@@ -437,10 +469,13 @@ impl NatsBus {
                 waiters.push((i, tx));
             }
             let accepted_ms = now_ms();
-            let results: Vec<Result<Entry, LogError>> = futures_util::future::join_all(
-                unique.into_iter().map(|(inv, key)| self.publish(inv, key, accepted_ms)),
-            )
-            .await;
+            // The stream seen before publishing: if it is still the one
+            // after the confirmations, they are sequences of that stream.
+            let before = self.lock_contact().stream.clone();
+            let confirmed: Vec<Result<Confirmed, LogError>> =
+                futures_util::future::join_all(unique.iter().map(|(inv, key)| self.publish(inv, key, accepted_ms)))
+                    .await;
+            let results = self.settle(&before, unique, confirmed, accepted_ms).await;
             let accepted = waiters.len();
             for (i, tx) in waiters {
                 let _ = tx.send(results[i].clone());
@@ -451,9 +486,13 @@ impl NatsBus {
 
     /// Publishes one entry with its key as the JetStream message id, so the
     /// stream keeps one entry however often it is sent (within the stream's
-    /// duplicate window, two minutes); a duplicate answers with the entry
-    /// first stored under the key.
-    async fn publish(&self, inv: NewInvalidation, key: IdempotencyKey, accepted_ms: u64) -> Result<Entry, LogError> {
+    /// duplicate window, two minutes). Returns what the bus confirmed.
+    async fn publish(
+        &self,
+        inv: &NewInvalidation,
+        key: &IdempotencyKey,
+        accepted_ms: u64,
+    ) -> Result<Confirmed, LogError> {
         let payload = serde_json::to_vec(&Published { invalidation: inv.clone(), accepted_ms })
             .map_err(|e| LogError::Unavailable(format!("cannot encode the invalidation: {e}")))?;
         let payload = bytes::Bytes::from(payload);
@@ -465,8 +504,7 @@ impl NatsBus {
                 Err(e) => Err(format!("cannot publish to the bus: {e}")),
             };
             match outcome {
-                Ok(ack) if ack.duplicate => return Ok(self.original(ack.sequence, inv, accepted_ms).await),
-                Ok(ack) => return Ok(Entry { version: ack.sequence, invalidation: inv, accepted_ms }),
+                Ok(ack) => return Ok(Confirmed { seq: ack.sequence, duplicate: ack.duplicate }),
                 Err(e) if Instant::now() < deadline && self.connected() => {
                     tracing::debug!(error = %e, key = %key.id, "publish not confirmed; retrying with the same id");
                     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -476,20 +514,65 @@ impl NatsBus {
         }
     }
 
-    /// The entry stored at `seq`, for a duplicate publish.
-    async fn original(&self, seq: u64, requested: NewInvalidation, accepted_ms: u64) -> Entry {
-        if let Ok(stream) = self.js.get_stream(STREAM).await
-            && let Ok(message) = stream.get_raw_message(seq).await
-            && let Ok(p) = serde_json::from_slice::<Published>(&message.payload)
-        {
-            return Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
+    /// Turns confirmed sequences into entries with their versions. A
+    /// confirmation names a sequence but not the stream: when the stream
+    /// seen before publishing (`before`) is still the stream now, that is
+    /// the one; otherwise (it was recreated meanwhile) an entry counts only
+    /// if the current stream holds it under its key at that sequence, and
+    /// is refused if not (it went into the lost stream; the client's retry
+    /// with the same key appends it to the new one). A duplicate answers
+    /// with the entry first stored under its key.
+    async fn settle(
+        &self,
+        before: &str,
+        published: Vec<(NewInvalidation, IdempotencyKey)>,
+        confirmed: Vec<Result<Confirmed, LogError>>,
+        accepted_ms: u64,
+    ) -> Vec<Result<Entry, LogError>> {
+        let stream = self.js.get_stream(STREAM).await.ok();
+        let mut out = Vec::with_capacity(published.len());
+        for ((inv, key), confirmation) in published.into_iter().zip(confirmed) {
+            let entry = match (confirmation, &stream) {
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => Err(LogError::Unavailable(
+                    "the bus confirmed the invalidation but its stream could not be read back; send it again with the same Idempotency-Key".into(),
+                )),
+                (Ok(Confirmed { seq, duplicate }), Some(stream)) => {
+                    let now = identity(stream.cached_info());
+                    if !duplicate && now == before {
+                        out.push(Ok(Entry { version: base(&now) + seq, invalidation: inv, accepted_ms }));
+                        continue;
+                    }
+                    let held = async {
+                        let m = stream.get_raw_message(seq).await.ok()?;
+                        let id = m.headers.get(async_nats::header::NATS_MESSAGE_ID)?;
+                        (id.as_str() == key.id).then_some(serde_json::from_slice::<Published>(&m.payload).ok()?)
+                    };
+                    match held.await {
+                        Some(p) => Ok(Entry { version: base(&now) + seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms }),
+                        // The message may have been trimmed already (retention):
+                        // the stream did not change, so the sequence is ours.
+                        None if now == before => Ok(Entry { version: base(&now) + seq, invalidation: inv, accepted_ms }),
+                        None => Err(LogError::Unavailable(
+                            "the bus lost its storage while accepting the invalidation; send it again with the same Idempotency-Key".into(),
+                        )),
+                    }
+                }
+            };
+            out.push(entry);
         }
-        Entry { version: seq, invalidation: requested, accepted_ms }
+        out
     }
 
     /// Applies the stream in order from the position, starting over on a
-    /// reconnect (the server may have lost the consumer) and when the node
-    /// starts following another stream.
+    /// reconnect (the server may have lost the consumer), on any error of
+    /// the consumer, and when the node starts following another stream.
+    ///
+    /// The consumer is a plain pull consumer, not JetStream's "ordered"
+    /// one: that one recreates itself after an error, on whatever stream
+    /// has the name by then, so a recreated stream's entries would be
+    /// applied as the old stream's. A plain consumer belongs to its stream
+    /// and fails with it; every setup checks which stream it is on.
     async fn consume(self: Arc<Self>) {
         loop {
             let (generation, start) = {
@@ -498,11 +581,24 @@ impl NatsBus {
             };
             let setup = async {
                 let stream = self.js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
-                let config = consumer::pull::OrderedConfig {
+                let before = identity(stream.cached_info());
+                if !self.on_followed_stream(stream.cached_info()) {
+                    return Err("the stream is not the one followed; starting over on the new one".to_string());
+                }
+                let config = consumer::pull::Config {
                     deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start },
+                    ack_policy: consumer::AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(30),
+                    memory_storage: true,
                     ..Default::default()
                 };
                 let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+                // The same stream before and after: the consumer was made on
+                // it (a recreated stream never has an old identity).
+                let after = self.js.get_stream(STREAM).await.map_err(|e| e.to_string())?;
+                if identity(after.cached_info()) != before {
+                    return Err("the stream was recreated while the consumer was set up".to_string());
+                }
                 consumer.messages().await.map_err(|e| e.to_string())
             };
             // A request the bus never answers (it went away mid-setup) must
@@ -555,12 +651,16 @@ impl NatsBus {
             self.invalidations.apply(&[Selector::All], Mode::Soft, f.offset + seq - 1);
             metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
             f.pos.from = seq;
+            self.audit.complete_from(base(&f.pos.stream) + seq);
         }
         let version = f.offset + seq;
+        let public = base(&f.pos.stream) + seq;
         match serde_json::from_slice::<Published>(payload) {
             Ok(p) => {
                 self.invalidations.apply(&p.invalidation.selectors, p.invalidation.mode, version);
-                self.audit.record(Entry { version: seq, invalidation: p.invalidation, accepted_ms: p.accepted_ms });
+                let entry = Entry { version: public, invalidation: p.invalidation, accepted_ms: p.accepted_ms };
+                super::log::report_applied(&entry, now_ms());
+                self.audit.record(entry);
             }
             Err(e) => {
                 // Skipping it could lose a purge: assume it selects everything.
@@ -571,9 +671,9 @@ impl NatsBus {
         }
         f.pos.applied = seq;
         metrics::counter!("fresco_invalidations_applied_total").increment(1);
-        metrics::gauge!("fresco_invalidation_log_version").set(seq as f64);
+        metrics::gauge!("fresco_invalidation_log_version").set(public as f64);
         let applied_ms = now_ms();
-        self.audit.applied(seq, &self.cfg.node_id, applied_ms);
+        self.audit.applied(public, &self.cfg.node_id, applied_ms);
         self.last_applied_ms.store(applied_ms, Ordering::Release);
         true
     }
@@ -607,20 +707,37 @@ impl NatsBus {
         }
     }
 
-    /// The log answered with `info`, asked when `applied_before` was applied.
-    fn reached(&self, info: &stream::Info, applied_before: u64, reconnected: bool) {
+    /// Is `info` the stream this node follows? If it is another, the node
+    /// starts following it (and false is the answer).
+    fn on_followed_stream(&self, info: &stream::Info) -> bool {
         let id = identity(info);
-        let head = info.state.last_sequence;
         let mut f = self.lock_following();
         if f.pos.stream.is_empty() {
             // First contact of a node that started without the bus and had
             // never followed a stream: this one is its stream.
             f.pos.stream = id;
-        } else if f.pos.stream != id || head < applied_before.min(f.pos.applied) {
-            self.follow_new_stream(&mut f, id, head);
+            true
+        } else if f.pos.stream != id {
+            self.follow_new_stream(&mut f, id, info.state.last_sequence);
+            false
+        } else {
+            true
         }
-        let offset = f.offset;
-        drop(f);
+    }
+
+    /// The log answered with `info`, asked when `applied_before` was applied.
+    fn reached(&self, info: &stream::Info, applied_before: u64, reconnected: bool) {
+        let id_seen = identity(info);
+        let head = info.state.last_sequence;
+        if self.on_followed_stream(info) {
+            let mut f = self.lock_following();
+            if head < applied_before.min(f.pos.applied) {
+                // The same creation time but fewer entries: storage lost
+                // and the stream restored under its old identity.
+                self.follow_new_stream(&mut f, id_seen.clone(), head);
+            }
+        }
+        let offset = self.lock_following().offset;
         let mut c = self.lock_contact();
         if reconnected || c.last.elapsed() > self.cfg.max_log_silence {
             // Invalidations may have been missed meanwhile: none of the
@@ -631,13 +748,14 @@ impl NatsBus {
             self.restart.notify_one();
         }
         c.last = Instant::now();
+        c.stream = id_seen;
         c.head = head;
     }
 
-    /// The stream was replaced: its versions start again and name other
-    /// invalidations. Soft-purge everything stored so far, renumber above
-    /// it, forget the old stream's audit, and consume the new one from its
-    /// start.
+    /// The stream was replaced: its sequences start again. Soft-purge
+    /// everything stored so far, renumber above it, and consume the new one
+    /// from its start. The old stream's audit records stay: their versions
+    /// are the old stream's, which the new one's do not reuse.
     fn follow_new_stream(&self, f: &mut Following, id: String, head: u64) {
         tracing::warn!(
             followed = %f.pos.stream,
@@ -649,9 +767,9 @@ impl NatsBus {
         let base = self.invalidations.applied() + 1;
         self.invalidations.apply(&[Selector::All], Mode::Soft, base);
         f.offset = base;
+        self.audit.complete_from(self::base(&id) + 1);
         f.pos = Position::fresh(id);
         f.generation += 1;
-        self.audit.clear();
         self.invalidations.catch_up_to(base + head);
         metrics::counter!("fresco_invalidation_retention_gaps_total").increment(1);
         self.restart.notify_one();
@@ -737,9 +855,37 @@ impl NatsBus {
             hits: self.counters.hits.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
             max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
+            leaving: false,
         };
         if let Ok(payload) = serde_json::to_vec(&hb) {
             let _ = self.client.publish(HEARTBEATS, payload.into()).await;
+        }
+    }
+
+    /// At a clean shutdown, once the node no longer serves (its connections
+    /// are drained and its heartbeat task stopped): tells the others it
+    /// left, on the heartbeat subject so that it arrives after its last
+    /// heartbeat. Bounded: a bus out of reach does not hold the shutdown.
+    pub async fn leave(&self) {
+        let pos = self.lock_following().pos.clone();
+        let hb = Heartbeat {
+            node: self.cfg.node_id.clone(),
+            stream: pos.stream,
+            applied_version: pos.applied,
+            applied_from: pos.from,
+            heartbeat_ms: now_ms(),
+            hits: self.counters.hits.load(Ordering::Relaxed),
+            requests: self.counters.requests.load(Ordering::Relaxed),
+            max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
+            leaving: true,
+        };
+        let Ok(payload) = serde_json::to_vec(&hb) else { return };
+        let sent = async {
+            self.client.publish(HEARTBEATS, payload.into()).await.ok()?;
+            self.client.flush().await.ok()
+        };
+        if tokio::time::timeout(Duration::from_secs(2), sent).await.ok().flatten().is_some() {
+            tracing::info!(node = %self.cfg.node_id, "announced this node's leave to the cluster");
         }
     }
 
@@ -762,7 +908,13 @@ impl NatsBus {
     async fn listen_heartbeats(self: Arc<Self>) {
         self.each(HEARTBEATS, |hb: Heartbeat| {
             let mut members = self.members.lock().unwrap_or_else(|e| e.into_inner());
-            members.insert(hb.node.clone(), (hb, Instant::now()));
+            if hb.leaving {
+                if members.remove(&hb.node).is_some() {
+                    tracing::info!(node = %hb.node, "a node left the cluster");
+                }
+            } else {
+                members.insert(hb.node.clone(), (hb, Instant::now()));
+            }
         })
         .await;
     }
@@ -774,12 +926,24 @@ impl NatsBus {
         }
     }
 
-    /// Records other nodes' applied ranges of the followed stream in the
-    /// local audit.
+    /// Records other nodes' applied ranges in the local audit, in the
+    /// versions of the stream each range is of.
     async fn collect_acks(self: Arc<Self>) {
         self.each(ACKS, |a: Applied| {
-            if a.stream == self.lock_following().pos.stream {
-                self.audit.applied_range(a.from, a.to, &a.node, a.applied_ms);
+            if !a.stream.is_empty() {
+                // The membership view moves with acknowledgements too, and
+                // before the audit does, so that it is as current as an
+                // invalidation's status (`fresco status` right after
+                // `purge --wait`), not a heartbeat late. Both count in the
+                // stream's own sequence.
+                if let Some((hb, _)) = self.members.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&a.node)
+                    && hb.stream == a.stream
+                    && a.from <= hb.applied_version + 1
+                {
+                    hb.applied_version = hb.applied_version.max(a.to);
+                }
+                let b = base(&a.stream);
+                self.audit.applied_range(b + a.from, b + a.to, &a.node, a.applied_ms);
             }
         })
         .await;
@@ -809,7 +973,15 @@ pub async fn publish_external(
     Ok(ack.sequence)
 }
 
-/// The message body in the stream; the version is the stream sequence.
+/// What the bus confirmed for one publish: the sequence of the entry, or
+/// of the entry first stored under its key.
+struct Confirmed {
+    seq: u64,
+    duplicate: bool,
+}
+
+/// The message body in the stream; the version is the stream's base plus
+/// its sequence.
 #[derive(Serialize, Deserialize)]
 struct Published {
     #[serde(flatten)]
@@ -835,7 +1007,8 @@ impl KeyedLog for NatsBus {
 
 impl Membership for NatsBus {
     fn position(&self) -> u64 {
-        self.lock_following().pos.applied
+        let f = self.lock_following();
+        base(&f.pos.stream) + f.pos.applied
     }
 
     fn view(&self) -> Nodes<'_> {
@@ -847,11 +1020,12 @@ impl Membership for NatsBus {
                     .map(|(hb, heard)| {
                         let age = heard.elapsed();
                         let bound = Duration::from_millis(hb.max_log_silence_ms) + SERVE_SLACK;
+                        let b = base(&hb.stream);
                         NodeInfo {
                             node: hb.node.clone(),
                             stream: hb.stream.clone(),
-                            applied_version: hb.applied_version,
-                            applied_from: hb.applied_from,
+                            applied_version: b + hb.applied_version,
+                            applied_from: b + hb.applied_from,
                             heartbeat_age_ms: age.as_millis() as u64,
                             live: age <= self.cfg.down_after,
                             // A node that never said its bound is assumed to serve while live.
@@ -864,11 +1038,15 @@ impl Membership for NatsBus {
             };
             nodes.sort_by(|a, b| a.node.cmp(&b.node));
             let stream = self.lock_following().pos.stream.clone();
-            let head = match self.js.get_stream(STREAM).await {
-                Ok(s) if identity(s.cached_info()) == stream => Some(s.cached_info().state.last_sequence),
+            // Bounded: with the bus out of reach the view (and /metrics, the
+            // dashboard, `fresco status`) answers at once, without the head.
+            let head = match tokio::time::timeout(VIEW_HEAD_WAIT, self.js.get_stream(STREAM)).await {
+                Ok(Ok(s)) if identity(s.cached_info()) == stream => {
+                    Some(base(&stream) + s.cached_info().state.last_sequence)
+                }
                 _ => None,
             };
-            ClusterView { stream, head, nodes }
+            ClusterView { base: base(&stream), stream, head, nodes, layers: Vec::new() }
         })
     }
 
@@ -930,6 +1108,7 @@ impl Membership for Alone {
             let applied = self.invalidations.applied();
             ClusterView {
                 stream: String::new(),
+                base: 0,
                 head: Some(applied),
                 nodes: vec![NodeInfo {
                     node: self.node.clone(),
@@ -942,6 +1121,7 @@ impl Membership for Alone {
                     hits: self.counters.hits.load(Ordering::Relaxed),
                     requests: self.counters.requests.load(Ordering::Relaxed),
                 }],
+                layers: Vec::new(),
             }
         })
     }

@@ -12,7 +12,7 @@ use futures_util::future::{BoxFuture, Shared};
 use serde::Deserialize;
 
 use super::audit::Audit;
-use super::log::{APPEND_TIMEOUT, Accepting, EmbeddedLog, Entry, InvalidationLog, LogError, NewInvalidation};
+use super::log::{APPEND_TIMEOUT, Accepting, EmbeddedLog, Entry, LogError, NewInvalidation};
 use super::selectors::{Invalidations, Mode, Selector};
 use crate::access::{Access, Denied};
 use crate::key::{KeyPolicy, normalise_host};
@@ -129,7 +129,7 @@ pub const IDEMPOTENCY_WINDOW: Duration = Duration::from_secs(120);
 pub const MAX_KEY_LEN: usize = 128;
 /// Most keys remembered; the oldest are forgotten first (their retries are
 /// still deduplicated by the cluster's stream).
-const MAX_KEYS: usize = 100_000;
+pub const MAX_KEYS: usize = 100_000;
 
 /// What makes a retried request the same request: the client's
 /// `Idempotency-Key`, or a key generated for one request so that the log's
@@ -159,11 +159,11 @@ pub trait KeyedLog: Send + Sync + 'static {
     fn append_keyed(&self, invalidation: NewInvalidation, key: IdempotencyKey) -> Accepting<'_>;
 }
 
-/// The embedded log has one writer, this node: the service's memory of
-/// recent keys is its deduplication.
+/// The embedded log keeps a client's key with its entry; a key generated
+/// for one request needs no keeping (this node is the log's only writer).
 impl KeyedLog for EmbeddedLog {
-    fn append_keyed(&self, invalidation: NewInvalidation, _key: IdempotencyKey) -> Accepting<'_> {
-        self.append(invalidation)
+    fn append_keyed(&self, invalidation: NewInvalidation, key: IdempotencyKey) -> Accepting<'_> {
+        self.append_under(invalidation, key.client.then_some(key.id))
     }
 }
 
@@ -358,6 +358,8 @@ pub fn normalise_url(field: &str, text: &str, keys: &KeyPolicy) -> Result<String
 pub struct Service {
     pub log: Arc<dyn KeyedLog>,
     pub audit: Arc<Audit>,
+    /// Other cache layers this node forwards invalidations to.
+    pub layers: Arc<crate::layers::Layers>,
     pub invalidations: Arc<Invalidations>,
     pub access: Access,
     pub node: String,

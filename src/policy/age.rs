@@ -10,9 +10,92 @@ use http::header::{AGE, DATE, HeaderName};
 use super::cache_control::DELTA_SECONDS_MAX;
 
 /// Parses an HTTP-date (RFC 9110 §5.6.7): IMF-fixdate, and the obsolete
-/// RFC 850 and asctime forms, which recipients must accept.
+/// RFC 850 and asctime forms, which recipients must accept. Recipients are
+/// "encouraged to be robust" (same section), so a date that is none of these
+/// exactly is read leniently: names in any case, the weekday optional,
+/// one-digit days, extra spaces, and the Internet Message Format's zones
+/// (`UT`, `UTC`, `Z`, `+hhmm`). A two-digit year below 70 is 20xx (as the
+/// `httpdate` crate reads RFC 850 dates; RFC 9110's 50-year rule would need
+/// the current time for years 70–76).
 pub fn parse_http_date(text: &str) -> Option<SystemTime> {
-    httpdate::parse_http_date(text.trim()).ok()
+    let text = text.trim();
+    httpdate::parse_http_date(text).ok().or_else(|| lenient_date(text))
+}
+
+const MONTHS: [&str; 12] = ["jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"];
+
+/// The forgiving reading of [`parse_http_date`].
+fn lenient_date(text: &str) -> Option<SystemTime> {
+    if text.len() > 64 {
+        return None;
+    }
+    let lower = text.to_ascii_lowercase().replace([',', '-'], " ");
+    let mut words: Vec<&str> = lower.split_ascii_whitespace().collect();
+    // A leading weekday, full or abbreviated, says nothing the date does not.
+    if words.first().is_some_and(|w| w.bytes().all(|b| b.is_ascii_alphabetic()) && !is_month(w)) {
+        words.remove(0);
+    }
+    let (day, month, year, time, zone) = match words.as_slice() {
+        // 6 Nov 1994 08:49:37 GMT (IMF-fixdate, RFC 850, RFC 5322)
+        [d, m, y, t, rest @ ..] if is_month(m) => (*d, *m, *y, *t, rest.first().copied()),
+        // Nov 6 08:49:37 1994 (asctime)
+        [m, d, t, y] if is_month(m) => (*d, *m, *y, *t, None),
+        _ => return None,
+    };
+    let day: u64 = small_number(day, 2)?;
+    let month = MONTHS.iter().position(|m| month.starts_with(m))? as u64 + 1;
+    let year: u64 = match (year.len(), small_number(year, 4)?) {
+        (2, y) if y < 70 => 2000 + y,
+        (2, y) => 1900 + y,
+        (4, y) => y,
+        _ => return None,
+    };
+    let mut hms = time.split(':');
+    let (h, m, s) = (small_number(hms.next()?, 2)?, small_number(hms.next()?, 2)?, small_number(hms.next()?, 2)?);
+    if hms.next().is_some() || h > 23 || m > 59 || s > 60 || !(1..=31).contains(&day) || year < 1970 {
+        return None;
+    }
+    let offset: i64 = match zone {
+        None | Some("gmt" | "ut" | "utc" | "z") => 0,
+        Some(z) if z.len() == 5 && (z.starts_with('+') || z.starts_with('-')) => {
+            let hh = small_number(&z[1..3], 2)? as i64;
+            let mm = small_number(&z[3..5], 2)? as i64;
+            let sign = if z.starts_with('-') { -1 } else { 1 };
+            sign * (hh * 3600 + mm * 60)
+        }
+        Some(_) => return None,
+    };
+    let days = days_from_civil(year, month, day)?;
+    let secs = (days * 86_400 + h * 3600 + m * 60 + s.min(59)) as i64 - offset;
+    Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
+}
+
+fn is_month(word: &str) -> bool {
+    word.len() >= 3 && MONTHS.iter().any(|m| word.starts_with(m)) && word.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
+/// Digits only, at most `width` of them.
+fn small_number(text: &str, width: usize) -> Option<u64> {
+    (!text.is_empty() && text.len() <= width && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+/// Days from 1970-01-01 to a date of the proleptic Gregorian calendar
+/// (H. Hinnant's algorithm); `None` for a day the month does not have.
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let leap = year.is_multiple_of(4) && (!year.is_multiple_of(100) || year.is_multiple_of(400));
+    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    if day > month_days[(month - 1) as usize] {
+        return None;
+    }
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some(era * 146_097 + doe - 719_468)
 }
 
 /// Formats `t` as an IMF-fixdate.
@@ -83,6 +166,42 @@ mod tests {
         assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), want);
         assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), want);
         assert_eq!(parse_http_date("0"), None);
+    }
+
+    /// RFC 9110 §5.6.7: recipients are encouraged to be robust in parsing
+    /// timestamps: case, a missing weekday, one-digit days, extra spaces,
+    /// and RFC 5322 zones.
+    #[test]
+    fn rfc9110_5_6_7_dates_are_parsed_leniently() {
+        let want = Some(at(784111777));
+        for text in [
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUN, 06 NOV 1994 08:49:37 GMT",
+            "06 Nov 1994 08:49:37 GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sun,  06  Nov 1994   08:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49:37 UTC",
+            "Sun, 06 Nov 1994 08:49:37 +0000",
+            "Sun, 06 Nov 1994 09:49:37 +0100",
+            "Sun, 06 Nov 1994 08:49:37",
+            "sunday, 06-nov-94 08:49:37 gmt",
+            "sun nov  6 08:49:37 1994",
+            "Sun, 06 November 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(text), want, "{text}");
+        }
+        for bad in [
+            "Sun, 31 Feb 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:00:00 GMT",
+            "Sun, 06 Nov 1994 08:49:37 EST5",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "06 Nov 1994",
+            "1994-11-06T08:49:37Z",
+            "Sun, 06 Nov 1969 08:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        assert_eq!(parse_http_date("Thu, 29 Feb 2024 00:00:00 GMT"), Some(at(1_709_164_800)));
     }
 
     #[test]

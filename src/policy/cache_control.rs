@@ -240,9 +240,33 @@ pub fn unquote(arg: &str) -> String {
     }
 }
 
+/// The structured-field type a response directive's value must have in a
+/// targeted field (RFC 9213 §2.1: a delta is an Integer, a flag a Boolean,
+/// a field list a String); extension directives may have any.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Expected {
+    Delta,
+    Flag,
+    FlagOrFields,
+    Any,
+}
+
+fn expected(directive: &str) -> Expected {
+    match directive {
+        "max-age" | "s-maxage" | "stale-while-revalidate" | "stale-if-error" => Expected::Delta,
+        "no-cache" | "private" => Expected::FlagOrFields,
+        "no-store" | "no-transform" | "public" | "must-revalidate" | "proxy-revalidate" | "must-understand"
+        | "immutable" => Expected::Flag,
+        _ => Expected::Any,
+    }
+}
+
 /// Parses `CDN-Cache-Control` (RFC 9213 §2.1): a structured-field
-/// dictionary. Returns `None` when the field is absent, empty or does not
-/// parse, in which case the cache falls back to `Cache-Control` (RFC 9213 §2.1).
+/// dictionary. Returns `None` when the field is absent, empty, does not
+/// parse, or gives a directive a value of the wrong type (a decimal or
+/// negative `max-age`, a string `no-store`): RFC 9213 §2.1 says such values
+/// are not to be consumed and a field with a parsing error is ignored, so
+/// the cache falls back to `Cache-Control` rather than guessing.
 pub fn parse_cdn_cache_control(headers: &HeaderMap, name: &HeaderName) -> Option<CacheControl> {
     let mut joined = String::new();
     for value in headers.get_all(name) {
@@ -266,18 +290,32 @@ pub fn parse_cdn_cache_control(headers: &HeaderMap, name: &HeaderName) -> Option
             Ok(None) => break,
             Ok(Some((key, value))) => {
                 let key = key.to_string();
+                let want = expected(&key);
+                let typed = match want {
+                    Expected::Any => true,
+                    Expected::Flag => matches!(value, sfparse::Value::Bool(_)),
+                    Expected::Delta => matches!(value, sfparse::Value::Integer(i) if i >= 0),
+                    Expected::FlagOrFields => matches!(value, sfparse::Value::Bool(_) | sfparse::Value::String { .. }),
+                };
+                if !typed {
+                    return None;
+                }
                 let arg = match value {
                     sfparse::Value::Bool(true) => None,
-                    sfparse::Value::Bool(false) => continue,
+                    // `?0`: the directive is absent.
+                    sfparse::Value::Bool(false) => {
+                        members.retain(|(k, _)| *k != key);
+                        continue;
+                    }
                     sfparse::Value::Integer(i) if i >= 0 => Some(i.to_string()),
                     sfparse::Value::Token(r) => Some(joined[r].to_string()),
                     sfparse::Value::String { range, escape } => {
                         let raw = &joined[range];
                         Some(if escape { raw.replace("\\\"", "\"").replace("\\\\", "\\") } else { raw.to_string() })
                     }
-                    // Negative integers, decimals and the like are not valid
-                    // arguments for any directive.
-                    _ => Some(String::from("invalid")),
+                    // A decimal, byte sequence, date or the like for an
+                    // extension directive, which is ignored anyway.
+                    _ => continue,
                 };
                 members.retain(|(k, _)| *k != key);
                 members.push((key, arg));
@@ -427,11 +465,30 @@ mod tests {
         assert!(parse_cdn_cache_control(&HeaderMap::new(), &name).is_none());
     }
 
+    /// RFC 9213 §2.1: a value of the wrong type is not consumed, and the
+    /// field is ignored as a whole (Cache-Control governs).
     #[test]
-    fn rfc9213_cdn_cache_control_decimal_max_age_is_invalid() {
+    fn rfc9213_2_1_a_directive_of_the_wrong_type_voids_the_field() {
         let name = HeaderName::from_static("cdn-cache-control");
-        let cc = parse_cdn_cache_control(&headers(&[("cdn-cache-control", "max-age=1.5")]), &name).unwrap();
-        assert_eq!(cc.max_age, Some(Delta::Invalid));
+        for bad in [
+            "max-age=1.5",
+            "max-age=-1",
+            r#"max-age="60""#,
+            "max-age=abc",
+            "max-age",
+            "no-store=1",
+            r#"no-store="yes""#,
+            "must-revalidate=now",
+            "private=5",
+            "s-maxage=60, no-cache=1",
+        ] {
+            assert!(parse_cdn_cache_control(&headers(&[("cdn-cache-control", bad)]), &name).is_none(), "{bad}");
+        }
+        for good in ["max-age=60", "no-store", r#"private="set-cookie""#, "no-cache, max-age=0", "foo=1.5, max-age=9"] {
+            assert!(parse_cdn_cache_control(&headers(&[("cdn-cache-control", good)]), &name).is_some(), "{good}");
+        }
+        let cc = parse_cdn_cache_control(&headers(&[("cdn-cache-control", "no-store, no-store=?0, max-age=5")]), &name);
+        assert!(!cc.unwrap().no_store, "?0 is absent; the last member wins (RFC 9651 §3.2)");
     }
 
     #[test]

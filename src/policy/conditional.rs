@@ -104,7 +104,7 @@ pub fn not_modified_applies(stored: &HeaderMap, response: &HeaderMap) -> bool {
         (Some(new), Some(old)) => new.opaque == old.opaque,
         (Some(_), None) => false,
         (None, _) => match (response.get(LAST_MODIFIED), stored.get(LAST_MODIFIED)) {
-            (Some(a), Some(b)) => a == b,
+            (Some(a), Some(b)) => same_date(a, b),
             (Some(_), None) => false,
             // No validator in the 304: it updates the one response we asked about.
             (None, _) => true,
@@ -119,7 +119,18 @@ pub fn head_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
         Some(v) => stored.get(name) == Some(v),
         None => true,
     };
-    same(&ETAG) && same(&LAST_MODIFIED) && same(&CONTENT_LENGTH)
+    let same_lm = match head.get(LAST_MODIFIED) {
+        Some(v) => stored.get(LAST_MODIFIED).is_some_and(|s| same_date(s, v)),
+        None => true,
+    };
+    same(&ETAG) && same_lm && same(&CONTENT_LENGTH)
+}
+
+/// Two Last-Modified values name the same instant, however each is written
+/// (RFC 9110 §5.6.7 lets a sender use an obsolete form).
+fn same_date(a: &HeaderValue, b: &HeaderValue) -> bool {
+    let parse = |v: &HeaderValue| v.to_str().ok().and_then(age::parse_http_date);
+    a == b || parse(a).is_some_and(|t| parse(b) == Some(t))
 }
 
 /// True when `head` carries a validator (a strong ETag, or Last-Modified)
@@ -130,7 +141,7 @@ pub fn validator_matches(stored: &HeaderMap, head: &HeaderMap) -> bool {
     }
     match (strong_tag(stored), strong_tag(head)) {
         (Some(a), Some(b)) => a.opaque == b.opaque,
-        _ => head.get(LAST_MODIFIED).is_some_and(|lm| stored.get(LAST_MODIFIED) == Some(lm)),
+        _ => head.get(LAST_MODIFIED).is_some_and(|lm| stored.get(LAST_MODIFIED).is_some_and(|s| same_date(s, lm))),
     }
 }
 
@@ -198,6 +209,57 @@ mod tests {
         assert!(!not_modified(&headers(&[("if-modified-since", &earlier)]), &stored, at(500)));
         let stored = headers(&[("date", &age::format_http_date(at(200)))]);
         assert!(not_modified(&headers(&[("if-modified-since", &age::format_http_date(at(200)))]), &stored, at(500)));
+    }
+
+    /// RFC 9111 §4.3.2 with RFC 9110 §13.2.2: every combination of the
+    /// client's validators (none, If-None-Match matching or not, `*`,
+    /// If-Modified-Since before, at or after the stored time, invalid, both)
+    /// against every kind of stored response (ETag and Last-Modified, ETag
+    /// only, Last-Modified only, Date only).
+    #[test]
+    fn rfc9111_4_3_2_every_combination_of_validators() {
+        let (t, before, after) =
+            (age::format_http_date(at(1_000)), age::format_http_date(at(999)), age::format_http_date(at(1_001)));
+        let date = age::format_http_date(at(1_000));
+        let stored_kinds: [(&str, HeaderMap); 4] = [
+            ("etag+lm", headers(&[("etag", "\"a\""), ("last-modified", &t), ("date", &date)])),
+            ("etag", headers(&[("etag", "\"a\""), ("date", &date)])),
+            ("lm", headers(&[("last-modified", &t), ("date", &date)])),
+            ("date", headers(&[("date", &date)])),
+        ];
+        // The request's fields, and whether each stored kind above answers 304.
+        type Case<'a> = (Vec<(&'a str, &'a str)>, [bool; 4]);
+        let cases: Vec<Case> = vec![
+            (vec![], [false; 4]),
+            (vec![("if-none-match", "\"a\"")], [true, true, false, false]),
+            (vec![("if-none-match", "W/\"a\"")], [true, true, false, false]),
+            (vec![("if-none-match", "\"b\"")], [false; 4]),
+            (vec![("if-none-match", "*")], [true; 4]),
+            (vec![("if-modified-since", &t)], [true; 4]),
+            (vec![("if-modified-since", &after)], [true; 4]),
+            (vec![("if-modified-since", &before)], [false; 4]),
+            (vec![("if-modified-since", "not a date")], [false; 4]),
+            (vec![("if-modified-since", "tue, 14 nov 2023 22:30:00 gmt")], [true; 4]),
+            // If-None-Match decides; If-Modified-Since is ignored.
+            (vec![("if-none-match", "\"b\""), ("if-modified-since", &after)], [false; 4]),
+            (vec![("if-none-match", "\"a\""), ("if-modified-since", &before)], [true, true, false, false]),
+        ];
+        for (request, want) in &cases {
+            for ((kind, stored), want) in stored_kinds.iter().zip(want) {
+                assert_eq!(not_modified(&headers(request), stored, at(5_000)), *want, "{request:?} against {kind}");
+            }
+        }
+    }
+
+    /// RFC 9111 §4.3.4: a 304 with only Last-Modified updates the response
+    /// with the same one, however the date is written.
+    #[test]
+    fn rfc9111_4_3_4_last_modified_only_updates_the_same_time() {
+        let stored = headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")]);
+        assert!(not_modified_applies(&stored, &headers(&[("last-modified", "Sunday, 06-Nov-94 08:49:37 GMT")])));
+        assert!(!not_modified_applies(&stored, &headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:38 GMT")])));
+        assert!(!not_modified_applies(&headers(&[]), &headers(&[("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT")])));
+        assert!(head_matches(&stored, &headers(&[("last-modified", "Sun Nov  6 08:49:37 1994")])));
     }
 
     #[test]

@@ -75,6 +75,18 @@ pub struct StaleDefaults {
     pub stale_if_error: Option<Duration>,
     /// Forbid serving stale for this class, whatever the origin says.
     pub forbid: bool,
+    /// The class's freshness SLO, enforced (design §6): no response staler
+    /// than this is served, whatever stale-while-revalidate,
+    /// stale-if-error or max-stale allow. A soft-purged object is not
+    /// served stale at all under a cap: how long ago its invalidation was
+    /// applied is not kept per object, so its staleness cannot be shown to
+    /// be within the cap.
+    pub max_staleness: Option<Duration>,
+}
+
+/// Within the class's staleness cap, if it has one?
+fn within_cap(defaults: StaleDefaults, state: ObjectState, staleness: Duration) -> bool {
+    defaults.max_staleness.is_none_or(|cap| !state.soft_invalidated && staleness <= cap)
 }
 
 fn window(directive: Option<Delta>, default: Option<Duration>) -> Option<Duration> {
@@ -123,10 +135,10 @@ pub fn reuse(
     }
     // Stale from here on. RFC 8246: immutable never makes a stale response
     // fresh, so it plays no part.
-    if stored.forbids_stale() || defaults.forbid {
+    let staleness = stored.staleness(now);
+    if stored.forbids_stale() || defaults.forbid || !within_cap(defaults, state, staleness) {
         return Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
     }
-    let staleness = stored.staleness(now);
     // A response stale on arrival (no freshness, or max-age=0) to a request
     // with credentials may have been personalised for that client: it was
     // kept only to be revalidated, so a client's max-stale does not reach it.
@@ -168,6 +180,9 @@ pub fn stale_if_error(
         return true;
     }
     let staleness = stored.staleness(now);
+    if !within_cap(defaults, state, staleness) {
+        return false;
+    }
     let client = if stored.only_revalidated() {
         None
     } else {
@@ -217,6 +232,30 @@ mod tests {
     }
 
     const STALE: Reuse = Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: false };
+
+    #[test]
+    fn design_6_a_freshness_slo_caps_every_way_of_serving_stale() {
+        let capped = StaleDefaults { max_staleness: Some(Duration::from_secs(2)), ..StaleDefaults::default() };
+        let s = stored("max-age=10, stale-while-revalidate=60, stale-if-error=60");
+        let fine = ObjectState::default();
+        let served_meanwhile = Reuse::Validate { reason: ValidateReason::Stale, serve_stale_meanwhile: true };
+        // 2 s past its lifetime: within the cap, the origin's windows apply.
+        assert_eq!(reuse(&req(""), &s, fine, capped, at(12)), served_meanwhile);
+        assert!(stale_if_error(&req(""), &s, fine, capped, at(12)));
+        assert_eq!(reuse(&req("max-stale"), &s, fine, capped, at(12)), Reuse::StaleAccepted);
+        // Past it: validated first, no stale fallback, whatever is allowed.
+        assert_eq!(reuse(&req(""), &s, fine, capped, at(13)), STALE);
+        assert!(!stale_if_error(&req(""), &s, fine, capped, at(13)));
+        assert_eq!(reuse(&req("max-stale"), &s, fine, capped, at(13)), STALE);
+        assert!(!stale_if_error(&req("stale-if-error=600"), &s, fine, capped, at(13)));
+        // Without a cap the windows alone decide.
+        assert_eq!(reuse(&req(""), &s, fine, StaleDefaults::default(), at(13)), served_meanwhile);
+        // A soft purge's staleness is not known per object: never served stale under a cap.
+        let soft = ObjectState { soft_invalidated: true };
+        assert_eq!(reuse(&req(""), &s, soft, capped, at(1)), STALE);
+        assert!(!stale_if_error(&req(""), &s, soft, capped, at(1)));
+        assert_eq!(reuse(&req(""), &s, soft, StaleDefaults::default(), at(1)), served_meanwhile);
+    }
     const BY_REQUEST: Reuse = Reuse::Validate { reason: ValidateReason::Request, serve_stale_meanwhile: false };
 
     #[test]

@@ -3,7 +3,9 @@
 //! A stored response with `Vary` can only answer requests whose listed
 //! header fields match those of the request that produced it. Values are
 //! normalised first (lines combined, whitespace around list commas removed,
-//! case folded for fields whose values are case-insensitive), so trivially
+//! case folded for fields whose values are case-insensitive, and the members
+//! of the content-negotiation lists put in one order, since their preference
+//! is carried by `q` weights, not by order: RFC 9110 §12.4.2), so trivially
 //! different requests share one variant.
 
 use http::HeaderMap;
@@ -52,27 +54,38 @@ fn case_insensitive(name: &HeaderName) -> bool {
     matches!(name.as_str(), "accept" | "accept-encoding" | "accept-language" | "accept-charset" | "origin" | "host")
 }
 
+/// Proactive-negotiation fields (RFC 9110 §12.5): lists whose members are
+/// weighted by `q`, so their order carries no meaning.
+fn weighted_list(name: &HeaderName) -> bool {
+    matches!(name.as_str(), "accept" | "accept-encoding" | "accept-language" | "accept-charset")
+}
+
 /// The normalised value of `name` in `request`, or None when absent.
 pub fn normalised(request: &HeaderMap, name: &HeaderName) -> Option<String> {
-    let mut out = String::new();
+    let mut members: Vec<String> = Vec::new();
     let mut any = false;
     for value in request.get_all(name) {
         any = true;
         let text = String::from_utf8_lossy(value.as_bytes());
         for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-            if !out.is_empty() {
-                out.push(',');
-            }
-            out.push_str(&member.split_whitespace().collect::<Vec<_>>().join(" "));
+            members.push(member.split_whitespace().collect::<Vec<_>>().join(" "));
         }
     }
     if !any {
         return None;
     }
     if case_insensitive(name) {
-        out.make_ascii_lowercase();
+        members.iter_mut().for_each(|m| m.make_ascii_lowercase());
     }
-    Some(out)
+    if weighted_list(name) {
+        // `en; q=0.8` is `en;q=0.8` (OWS around parameters, §5.6.6).
+        for m in &mut members {
+            *m = m.split(';').map(str::trim).collect::<Vec<_>>().join(";").replace(" =", "=").replace("= ", "=");
+        }
+        members.sort();
+        members.dedup();
+    }
+    Some(members.join(","))
 }
 
 impl VaryKey {
@@ -115,7 +128,23 @@ mod tests {
         let key = VaryKey::for_request(&names, &headers(&[("accept-encoding", "gzip,  br")]));
         assert!(key.matches(&headers(&[("accept-encoding", "GZIP, br")])));
         assert!(key.matches(&headers(&[("accept-encoding", "gzip"), ("accept-encoding", "br")])));
-        assert!(!key.matches(&headers(&[("accept-encoding", "br, gzip")])));
+        assert!(key.matches(&headers(&[("accept-encoding", "br, gzip")])), "weighted list: order is no difference");
+        assert!(!key.matches(&headers(&[("accept-encoding", "gzip")])));
+    }
+
+    /// RFC 9110 §12.5: Accept-* lists weigh their members by `q`, so order
+    /// and whitespace around parameters do not make another variant; any
+    /// other field keeps its order.
+    #[test]
+    fn rfc9111_4_1_weighted_lists_match_in_any_order() {
+        let names = [HeaderName::from_static("accept-language")];
+        let key = VaryKey::for_request(&names, &headers(&[("accept-language", "en-GB, fr;q=0.8, de; q=0.5")]));
+        assert!(key.matches(&headers(&[("accept-language", "de;q=0.5, FR ; q=0.8,en-gb")])));
+        assert!(key.matches(&headers(&[("accept-language", "fr;q=0.8"), ("accept-language", "en-GB, de;q=0.5")])));
+        assert!(!key.matches(&headers(&[("accept-language", "en-GB, fr;q=0.9, de;q=0.5")])), "another weight");
+        let names = [HeaderName::from_static("x-list")];
+        let key = VaryKey::for_request(&names, &headers(&[("x-list", "a, b")]));
+        assert!(!key.matches(&headers(&[("x-list", "b, a")])), "order kept where it may matter");
     }
 
     #[test]

@@ -17,6 +17,7 @@ use http::{HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 
 use super::fill::{FetchedHead, Fill, Outcome, Producer, Reader};
+use super::slice::{self, SliceJob};
 use super::upstream::{UpstreamBody, UpstreamError};
 use super::{Candidate, Client, Proxy, Target};
 use crate::invalidation::{Stamp, Validity};
@@ -36,6 +37,8 @@ struct Job {
     directives: RequestDirectives,
     /// The stored object being revalidated, if any.
     stale: Option<Arc<CachedObject>>,
+    /// The slice of a large object this fill asks for with `Range`.
+    slice: Option<SliceJob>,
 }
 
 /// The request a response answers, as the admission rule needs it.
@@ -53,7 +56,7 @@ impl Job {
 }
 
 /// How a request gets its response from upstream.
-enum Start {
+pub(super) enum Start {
     /// Joined another request's fill.
     Joined(Reader),
     /// Started a fill of its own.
@@ -71,7 +74,7 @@ fn is_server_error(status: StatusCode) -> bool {
 /// fill's answer is not for it (another Vary selection, credentials, an
 /// invalidation that outranks it), it joins the next one once, then asks
 /// by itself so it can never be handed yet another client's response.
-const SHARED_TRIES: usize = 2;
+pub(super) const SHARED_TRIES: usize = 2;
 
 impl Proxy {
     /// Fetches (or revalidates `stale`) through a shared fill and answers the
@@ -91,7 +94,11 @@ impl Proxy {
         let mut share = !rd.cc.no_store;
         let mut tries = 0;
         let (outcome, reader) = loop {
-            match self.join_or_start(&parts, &target, client, &rd, stale_obj.clone(), share) {
+            match self.join_or_start(&parts, &target, client, &rd, stale_obj.clone(), share, None) {
+                // A manifest: the object is stored in slices.
+                Start::Stored(obj) if slice::layout(&obj).is_some() => {
+                    return self.serve_sliced(parts, target, client, rd, Some(obj)).await;
+                }
                 Start::Stored(obj) => return self.serve_stored_hit(&parts, &obj),
                 Start::Started(mut reader) => break (reader.outcome().await, reader),
                 Start::Joined(mut reader) => {
@@ -127,7 +134,7 @@ impl Proxy {
                 }
                 status.fwd_status = Some(head.status.as_u16());
                 match &head.admitted {
-                    Ok(_) if head.shareable => {
+                    Ok(_) if head.shareable || head.sliced => {
                         status.stored = true;
                         status.ttl = Some(head.policy.ttl(now));
                     }
@@ -139,12 +146,12 @@ impl Proxy {
             // A failed shared fetch is the answer for everyone who waited on
             // it: retrying for each waiter would multiply the load on an
             // origin that is already failing.
-            Outcome::Failed(err) => self.fetch_failed(&parts, &target, &rd, stale.as_ref(), status, err, now),
+            Outcome::Failed(err) => self.fetch_failed(&parts, &rd, stale.as_ref(), status, err, now),
         }
     }
 
     /// May a client that waited on someone else's fetch use its outcome?
-    fn waiter_may_use(&self, outcome: &Outcome, request: &HeaderMap) -> bool {
+    pub(super) fn waiter_may_use(&self, outcome: &Outcome, request: &HeaderMap) -> bool {
         let shared = match outcome {
             Outcome::Response(head) => head.shared(),
             Outcome::Refreshed { shared, .. } => shared.as_ref(),
@@ -155,11 +162,9 @@ impl Proxy {
         shared.is_some_and(|obj| matches!(self.may_answer(obj, request), Ok(state) if state == ObjectState::default()))
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn fetch_failed(
         &self,
         parts: &Parts,
-        target: &Target,
         rd: &RequestDirectives,
         stale: Option<&(Arc<CachedObject>, ObjectState)>,
         mut status: CacheStatus,
@@ -169,12 +174,11 @@ impl Proxy {
         if let Some(obj) = self.stale_if_error(rd, stale, now) {
             return self.serve_stale_on_error(parts, &obj, status, 0, now);
         }
-        tracing::warn!(url = %target.key.url, error = %err, "upstream failed");
         status.detail = Some(err.detail().into());
         // §5.2.2.2: a stored response that may not be served stale turns a
         // failed validation into 504.
         let code = if stale.is_some() { StatusCode::GATEWAY_TIMEOUT } else { err.status() };
-        self.error(code, status, &format!("{err}\n"))
+        self.error(code, status, err.client_message())
     }
 
     /// A waiter whose leader has not answered within `lock_timeout`: stale
@@ -229,7 +233,11 @@ impl Proxy {
         upstream: u16,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
-        metrics::stale_served("stale-if-error");
+        metrics::stale_served(if status.detail.as_deref() == Some("invalidated") {
+            metrics::StaleReason::SoftPurged
+        } else {
+            metrics::StaleReason::StaleIfError
+        });
         status.fwd = Some(Fwd::Stale);
         status.fwd_status = (upstream != 0).then_some(upstream);
         status.ttl = Some(obj.policy.ttl(now));
@@ -252,15 +260,17 @@ impl Proxy {
         obj: &Arc<CachedObject>,
     ) {
         // Joined or already refreshed: someone else's revalidation covers it.
-        if let Start::Started(_) = self.join_or_start(parts, target, client, rd, Some(obj.clone()), true) {
+        if let Start::Started(_) = self.join_or_start(parts, target, client, rd, Some(obj.clone()), true, None) {
             metrics::background_revalidation();
         }
     }
 
     /// Joins the fill in progress for this key, or finds that one just
     /// stored what this request needs, or starts one. `share` false starts a
-    /// private fill that nobody else joins.
-    fn join_or_start(
+    /// private fill that nobody else joins; `slice` makes it a fill of one
+    /// slice of a large object.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn join_or_start(
         self: &Arc<Self>,
         parts: &Parts,
         target: &Target,
@@ -268,6 +278,7 @@ impl Proxy {
         rd: &RequestDirectives,
         stale: Option<Arc<CachedObject>>,
         share: bool,
+        slice: Option<SliceJob>,
     ) -> Start {
         let key = &target.key.key;
         let share = share && !self.recently_uncacheable(key);
@@ -275,8 +286,14 @@ impl Proxy {
         let Some(reader) = fill.reader() else { unreachable!("a new fill accepts readers") };
         {
             let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            // Only a fetch still under way is shared: one that has ended
+            // answered the requests that came while it ran. A request
+            // after it (a client's next request, sent as soon as it read
+            // the last byte) gets what the store holds, or its own fetch,
+            // as it would had the producer already left the table.
             if share
                 && let Some(existing) = inflight.get(key)
+                && !existing.ended()
                 && let Some(r) = existing.reader()
             {
                 return Start::Joined(r);
@@ -306,13 +323,20 @@ impl Proxy {
             }
         };
         let producer = Producer::new(fill, release);
-        let job = Job { target: target.clone(), client, headers: parts.headers.clone(), directives: rd.clone(), stale };
+        let job = Job {
+            target: target.clone(),
+            client,
+            headers: parts.headers.clone(),
+            directives: rd.clone(),
+            stale,
+            slice,
+        };
         let this = self.clone();
         tokio::spawn(async move { this.run_fill(producer, job).await });
         Start::Started(reader)
     }
 
-    fn recently_uncacheable(&self, key: &str) -> bool {
+    pub(super) fn recently_uncacheable(&self, key: &str) -> bool {
         let mut map = self.uncacheable.lock().unwrap_or_else(|e| e.into_inner());
         match map.get(key) {
             Some(until) if *until > Instant::now() => true,
@@ -353,7 +377,7 @@ impl Proxy {
             let request_time = SystemTime::now();
             let validators =
                 validate.as_ref().map(|o| conditional::validation_headers(&o.headers.to_map())).unwrap_or_default();
-            let req = self.upstream_request(
+            let mut req = self.upstream_request(
                 &Method::GET,
                 &job.target,
                 job.client,
@@ -361,9 +385,23 @@ impl Proxy {
                 Some(validators),
                 super::respond::empty(),
             );
-            metrics::origin_request(if validate.is_some() { "revalidate" } else { "fetch" });
+            // A slice is asked for by its span; its validators (when it is
+            // revalidated) are the object's.
+            if let Some(slice) = &job.slice {
+                req.headers_mut().insert(http::header::RANGE, slice.range_header());
+            }
+            let kind = match (&validate, &job.slice) {
+                (Some(_), _) => "revalidate",
+                (None, Some(_)) => "slice",
+                (None, None) => "fetch",
+            };
+            metrics::origin_request(kind);
+            let sent = Instant::now();
             let resp = match self.upstream.send(req, &job.target.key.key).await {
-                Ok(r) => r,
+                Ok(r) => {
+                    metrics::origin_response(kind, sent.elapsed());
+                    r
+                }
                 Err(e) => {
                     metrics::origin_error(e.detail());
                     fill.set_outcome(Outcome::Failed(e), false);
@@ -408,21 +446,68 @@ impl Proxy {
         started: Instant,
     ) {
         let (parts, mut body) = resp.into_parts();
+        let mut status = parts.status;
         let mut hdrs = parts.headers;
         headers::remove_hop_by_hop(&mut hdrs);
+        // Only Fresco marks its manifests.
+        hdrs.remove(slice::MARKER);
         add_date(&mut hdrs, response_time);
-        let (policy, admitted) = self.admit(job.asked(), parts.status, &hdrs, (request_time, response_time), stamp);
+        // Where the answer goes: a slice fill stores the slice it asked
+        // for under the slice's key, a whole representation under the
+        // object's key, and nothing else.
+        let answer = match &job.slice {
+            Some(s) => slice::classify(s, &mut status, &mut hdrs),
+            None => slice::SliceAnswer::Whole,
+        };
+        let main_key = job.slice.as_ref().map_or(&job.target.key.key, |s| &s.main_key);
+        let store_key = if answer == slice::SliceAnswer::Slice { &job.target.key.key } else { main_key };
+        let (policy, admitted) = self.admit(job.asked(), status, &hdrs, (request_time, response_time), stamp);
         let declared = hdrs.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-        let shareable = admitted.is_ok() && declared.is_none_or(|n| n <= self.settings.max_object_size);
+        // A whole response larger than a slice is stored in slices as it
+        // streams through (one origin request stores every slice).
+        let size = self.settings.slice_size;
+        let cutter = match &admitted {
+            Ok(template)
+                if job.slice.is_none()
+                    && size > 0
+                    && status == StatusCode::OK
+                    && declared.is_some_and(|n| n > size && (n as u64).div_ceil(size as u64) <= slice::MAX_SLICES)
+                    && slice::sliceable(&hdrs) =>
+            {
+                let total = declared.unwrap_or_default() as u64;
+                Some(slice::Cutter::new(template.clone(), main_key.clone(), total, size as u64))
+            }
+            _ => None,
+        };
+        let shareable = admitted.is_ok()
+            && answer != slice::SliceAnswer::Other
+            && cutter.is_none()
+            && declared.is_none_or(|n| n <= self.settings.max_object_size);
         // Hit-for-pass is a property of the response (as in Varnish): a
         // refusal caused by this request's own credentials or no-store says
-        // nothing about what other clients will get.
+        // nothing about what other clients will get. A slice fill's answer
+        // speaks for the object.
         match &admitted {
             Err(why) if why.caused_by_request() => {}
-            _ => self.mark_uncacheable(&job.target.key.key, !shareable),
+            _ if status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT => {
+                self.mark_uncacheable(main_key, !shareable && cutter.is_none())
+            }
+            _ => {}
         }
-        let head = Arc::new(FetchedHead { status: parts.status, headers: hdrs, policy, admitted, shareable });
+        if let Some(cutter) = &cutter {
+            self.store_object(main_key, Arc::new(cutter.manifest()));
+        }
+        let head = Arc::new(FetchedHead {
+            status,
+            headers: hdrs,
+            policy,
+            admitted,
+            shareable,
+            slice: answer == slice::SliceAnswer::Slice,
+            sliced: cutter.is_some(),
+        });
         fill.set_outcome(Outcome::Response(head.clone()), shareable);
+        let mut cutter = cutter;
 
         let deadline = tokio::time::Instant::from_std(started + self.settings.total_timeout);
         let mut last = None;
@@ -433,6 +518,11 @@ impl Proxy {
                 Ok(Some(Err(e))) => break Err(format!("upstream body failed: {e}")),
                 Ok(Some(Ok(frame))) => {
                     let Ok(data) = frame.into_data() else { continue };
+                    if let Some(cutter) = &mut cutter {
+                        for (key, slice) in cutter.push(&data) {
+                            self.store_object(&key, slice);
+                        }
+                    }
                     // The chunk that completes a declared length is
                     // published together with the stored object.
                     if http_body::Body::is_end_stream(&body) {
@@ -453,7 +543,7 @@ impl Proxy {
         fill.finish(last, result, |bytes: Bytes| {
             if let Some(template) = head.shared() {
                 let object = CachedObject { body: bytes, ..(**template).clone() };
-                self.store_object(&job.target.key.key, Arc::new(object));
+                self.store_object(store_key, Arc::new(object));
             }
         });
     }
@@ -479,9 +569,16 @@ impl Proxy {
         if let Some(store_set_cookie) = class.and_then(|c| c.store_set_cookie) {
             cfg.to_mut().store_set_cookie = store_set_cookie;
         }
-        let mut policy = ResponsePolicy::new(status, hdrs, request_time, response_time, &cfg);
+        // A slice is a part of a 200 and is admitted as one; it is stored
+        // as the 206 it is, under a key no client request reaches.
+        let judged = if status == StatusCode::PARTIAL_CONTENT && slice::is_slice_key(&target.key.key) {
+            StatusCode::OK
+        } else {
+            status
+        };
+        let mut policy = ResponsePolicy::new(judged, hdrs, request_time, response_time, &cfg);
         policy.credentialed = response::carries_credentials(request_headers);
-        let admitted = response::admit(rd, request_headers, status, hdrs, &policy, &cfg).and_then(|kept| {
+        let admitted = response::admit(rd, request_headers, judged, hdrs, &policy, &cfg).and_then(|kept| {
             if self.settings.classes.refuses(path, content_type) { Err(NotStorable::ContentType) } else { Ok(kept) }
         });
         let admitted = admitted.map(|kept| {

@@ -41,6 +41,11 @@ pub struct FetchedHead {
     /// Whether other clients may be given this response: it was admitted
     /// and is small enough to keep.
     pub shareable: bool,
+    /// The part a slice fill asked for, of a sliceable object (stored
+    /// under the slice's key when shareable).
+    pub slice: bool,
+    /// A whole response stored in slices as it streams (not kept whole).
+    pub sliced: bool,
 }
 
 impl FetchedHead {
@@ -223,6 +228,13 @@ impl Fill {
         stored
     }
 
+    /// Has the whole response (or its failure) been published? The fill
+    /// stays in the in-flight table until its producer is gone, which may
+    /// be after a client has read the last byte.
+    pub fn ended(&self) -> bool {
+        self.lock().end.is_some()
+    }
+
     /// The outcome, if published.
     pub fn outcome(&self) -> Option<Outcome> {
         self.lock().outcome.clone()
@@ -355,6 +367,8 @@ mod tests {
             policy: ResponsePolicy::new(StatusCode::OK, &HeaderMap::new(), now, now, &Default::default()),
             admitted: Ok(Arc::new(object)),
             shareable: true,
+            slice: false,
+            sliced: false,
         }))
     }
 

@@ -170,7 +170,10 @@ impl Proxy {
         metrics::origin_request("pass");
         let started = Instant::now();
         let resp = match self.upstream.send(upstream_req, &target.key.key).await {
-            Ok(r) => r,
+            Ok(r) => {
+                metrics::origin_response("pass", started.elapsed());
+                r
+            }
             Err(_) if client_body.load(Ordering::Acquire) == BODY_TOO_LARGE => {
                 status.detail = Some("body-too-large".into());
                 return self.error(
@@ -186,7 +189,7 @@ impl Proxy {
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());
-                return self.error(e.status(), status, &format!("{e}\n"));
+                return self.error(e.status(), status, e.client_message());
             }
         };
         let (resp_parts, resp_body) = resp.into_parts();
@@ -229,8 +232,12 @@ impl Proxy {
         let fetch = self.invalidations.begin_fetch();
         let req = self.upstream_request(&Method::HEAD, target, client, &parts.headers, None, super::respond::empty());
         metrics::origin_request("head");
+        let sent = std::time::Instant::now();
         let resp = match self.upstream.send(req, &target.key.key).await {
-            Ok(r) => r,
+            Ok(r) => {
+                metrics::origin_response("head", sent.elapsed());
+                r
+            }
             Err(e) => {
                 metrics::origin_error(e.detail());
                 status.detail = Some(e.detail().into());

@@ -8,12 +8,14 @@
 //! - [`forward`]: pass-through of uncacheable requests, RFC 9111 §4.4 and §4.3.5
 //! - [`respond`]: building client responses (Age, Cache-Status, 304s, HEAD)
 //! - [`fill`]: one upstream body streamed to many clients
+//! - [`slice`]: large objects stored in slices, ranges that never fetch the whole file
 //! - [`upstream`]: the pooled client to the origin or a parent
 
 pub mod fetch;
 pub mod fill;
 pub mod forward;
 pub mod respond;
+pub mod slice;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -49,9 +51,14 @@ pub struct ProxySettings {
     pub policy: PolicyConfig,
     pub keys: KeyPolicy,
     pub max_object_size: usize,
+    /// Responses larger than this are stored in slices of this size (0: off).
+    pub slice_size: usize,
     /// Limit on a whole upstream response, body included.
     pub total_timeout: Duration,
     pub expose_tag_headers: bool,
+    /// Remove the targeted fields (`CDN-Cache-Control`) from client
+    /// responses; by default they go on to downstream CDNs (RFC 9213 §2.1).
+    pub strip_cdn_cache_control: bool,
     /// How long a client waits on another client's fetch before fetching
     /// itself.
     pub lock_timeout: Duration,
@@ -60,6 +67,10 @@ pub struct ProxySettings {
     pub uncacheable_ttl: Duration,
     pub max_variants: usize,
     pub classes: Classes,
+    /// One line per response when `access_log` is set.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Served staleness per content class, against its freshness SLO.
+    pub freshness: Arc<crate::freshness::Freshness>,
 }
 
 impl ProxySettings {
@@ -69,12 +80,16 @@ impl ProxySettings {
             policy: PolicyConfig::default(),
             keys: KeyPolicy::default(),
             max_object_size: 16 << 20,
+            slice_size: 1 << 20,
             total_timeout: Duration::from_secs(300),
             expose_tag_headers: false,
+            strip_cdn_cache_control: false,
             lock_timeout: Duration::from_secs(30),
             uncacheable_ttl: Duration::from_secs(10),
             max_variants: 16,
             classes: Classes::default(),
+            access_log: None,
+            freshness: Arc::default(),
         }
     }
 }
@@ -167,6 +182,9 @@ impl Proxy {
     /// response with a status and a Cache-Status detail.
     pub async fn handle(self: Arc<Self>, req: Request<UpstreamBody>, client: Client) -> Response<UpstreamBody> {
         let started = Instant::now();
+        // The content class needs the path; only kept when classes exist.
+        let path = (!self.settings.classes.0.is_empty()).then(|| req.uri().path().to_string());
+        let request_line = self.settings.access_log.as_ref().map(|_| crate::access_log::RequestLine::of(&req));
         let loop_ids: Vec<String> = req
             .headers()
             .get_all(forward::CDN_LOOP)
@@ -187,7 +205,18 @@ impl Proxy {
         if loop_ids.is_empty() {
             self.strip_cache_fields(resp.headers_mut());
         }
-        let label = metrics::request_finished(&resp, started.elapsed());
+        let content_class = path.as_deref().and_then(|p| {
+            let content_type = resp.headers().get(http::header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+            self.settings.classes.classify(p, content_type)
+        });
+        let label = metrics::request_finished(&resp, started.elapsed(), content_class.map(|c| c.name.as_str()));
+        if let Some(class) = content_class {
+            let staleness = resp.extensions().get::<crate::freshness::Staleness>().map_or(Duration::ZERO, |s| s.0);
+            self.settings.freshness.record(class, staleness);
+        }
+        if let (Some(log), Some(line)) = (&self.settings.access_log, request_line) {
+            log.response(&line, client.addr.ip(), &resp, started.elapsed());
+        }
         self.counters.requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if label == "hit" {
             self.counters.hits.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -276,6 +305,10 @@ impl Proxy {
         // GET and HEAD carry no content Fresco would forward.
         let (parts, _) = req.into_parts();
         let (fwd, detail) = match self.candidate(&target, &parts.headers) {
+            // A manifest: the object is stored in slices.
+            Candidate::Found(obj, _) if slice::layout(&obj).is_some() => {
+                return self.serve_sliced(parts, target, client, rd, Some(obj)).await;
+            }
             Candidate::Found(obj, state) => return self.reuse_stored(parts, target, client, rd, obj, state).await,
             Candidate::Missing { fwd, detail } => (fwd, detail),
         };
@@ -284,6 +317,16 @@ impl Proxy {
         }
         if head {
             return self.forward_head(parts, &target, client, None, fwd).await;
+        }
+        // RFC 9110 §14: a range of an object not stored is fetched by its
+        // slices, or passed through when nothing will be stored; never as
+        // the whole file.
+        if parts.headers.contains_key(http::header::RANGE) {
+            match self.range_miss(&target.key.key, &parts.headers, &rd) {
+                slice::RangeMiss::Slices => return self.serve_sliced(parts, target, client, rd, None).await,
+                slice::RangeMiss::Pass => return self.pass_range(parts, &target, client, fwd).await,
+                slice::RangeMiss::Whole => {}
+            }
         }
         let status = CacheStatus { fwd: Some(fwd), detail: detail.map(str::to_string), ..Default::default() };
         self.fetch(parts, target, client, rd, None, status).await
@@ -358,6 +401,11 @@ impl Proxy {
                     status.ttl = status.ttl.map(|t| t.min(0));
                     status.detail = Some("invalidated".into());
                 }
+                metrics::stale_served(if state.soft_invalidated {
+                    metrics::StaleReason::SoftPurged
+                } else {
+                    metrics::StaleReason::MaxStale
+                });
                 self.serve_stored(&parts, &obj, status, false, now)
             }
             Reuse::Validate { reason, serve_stale_meanwhile } => {
@@ -374,7 +422,11 @@ impl Proxy {
                 }
                 if serve_stale_meanwhile {
                     self.revalidate_in_background(&parts, &target, client, &rd, &obj);
-                    metrics::stale_served("stale-while-revalidate");
+                    metrics::stale_served(if state.soft_invalidated {
+                        metrics::StaleReason::SoftPurged
+                    } else {
+                        metrics::StaleReason::StaleWhileRevalidate
+                    });
                     status.ttl = Some(obj.policy.ttl(now));
                     status.detail = Some("stale-while-revalidate".into());
                     return self.serve_stored(&parts, &obj, status, false, now);

@@ -52,6 +52,20 @@ impl Proxy {
         validated: bool,
         now: SystemTime,
     ) -> Response<UpstreamBody> {
+        let mut resp = self.stored_response(req, obj, status, validated, now);
+        // Measured against the content class's freshness SLO (design §6).
+        resp.extensions_mut().insert(crate::freshness::Staleness(obj.policy.staleness(now)));
+        resp
+    }
+
+    fn stored_response(
+        &self,
+        req: &Parts,
+        obj: &CachedObject,
+        status: CacheStatus,
+        validated: bool,
+        now: SystemTime,
+    ) -> Response<UpstreamBody> {
         let mut h = obj.headers.to_map();
         let conditional_match =
             obj.status == StatusCode::OK && conditional::not_modified(&req.headers, &h, obj.policy.response_time);
@@ -149,12 +163,16 @@ impl Proxy {
         resp
     }
 
-    /// Removes the fields that are meant for caches (RFC 9213 targeted
-    /// fields, and the tag fields unless configured otherwise) from a
-    /// response going to a client that is not a Fresco node.
+    /// Removes the fields that are meant for this cache (`Surrogate-Control`,
+    /// `Cache-Group-Invalidation`, the tag fields unless configured
+    /// otherwise) from a response going to a client that is not a Fresco
+    /// node. The targeted fields (`CDN-Cache-Control`) go on, for the CDNs
+    /// downstream (RFC 9213 §2.1), unless configured otherwise.
     pub(super) fn strip_cache_fields(&self, h: &mut HeaderMap) {
-        for name in &self.settings.policy.targeted_fields {
-            h.remove(name);
+        if self.settings.strip_cdn_cache_control {
+            for name in &self.settings.policy.targeted_fields {
+                h.remove(name);
+            }
         }
         h.remove("surrogate-control");
         h.remove("cache-group-invalidation");

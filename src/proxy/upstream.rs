@@ -36,6 +36,11 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
+    /// Every [`UpstreamError::detail`], so that the error counters are
+    /// exported (at 0) before the first error.
+    pub const DETAILS: [&'static str; 5] =
+        ["upstream-connect", "upstream-timeout", "upstream-error", "upstream-queue-full", "upstream-queue-timeout"];
+
     /// A short token for Cache-Status `detail` and metrics.
     pub fn detail(&self) -> &'static str {
         match self {
@@ -44,6 +49,21 @@ impl UpstreamError {
             UpstreamError::Protocol(_) => "upstream-error",
             UpstreamError::QueueFull => "upstream-queue-full",
             UpstreamError::QueueTimeout => "upstream-queue-timeout",
+        }
+    }
+
+    /// The body of the error response a client gets: short and stable, so
+    /// no internal error text (addresses, library messages) reaches
+    /// clients; the Cache-Status detail says which case it was and the
+    /// node's log has the cause.
+    pub fn client_message(&self) -> &'static str {
+        match self {
+            UpstreamError::Connect(_) => "the upstream server could not be reached\n",
+            UpstreamError::Timeout => "the upstream server did not answer in time\n",
+            UpstreamError::Protocol(_) => "the upstream server sent no valid response\n",
+            UpstreamError::QueueFull | UpstreamError::QueueTimeout => {
+                "too many requests are waiting for the upstream server\n"
+            }
         }
     }
 
@@ -294,7 +314,28 @@ impl Upstream {
 
     /// One exchange with one upstream: a connection slot, then the request.
     /// The slot wait and the response head share the first-byte timeout.
+    /// A failure is logged here, where the upstream URL that failed is
+    /// known (the origin or a parent), with its cause.
     async fn send_once(
+        &self,
+        req: Request<UpstreamBody>,
+        slots: &Slots,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let url = req.uri().clone();
+        let result = self.exchange(req, slots).await;
+        match &result {
+            // Overload is counted (fresco_origin_errors_total) rather than
+            // logged per request, which would flood the log when it matters.
+            Err(e @ (UpstreamError::QueueFull | UpstreamError::QueueTimeout)) => {
+                tracing::debug!(upstream = %url, error = %e, "upstream request refused")
+            }
+            Err(e) => tracing::warn!(upstream = %url, error = %e, "upstream request failed"),
+            Ok(_) => {}
+        }
+        result
+    }
+
+    async fn exchange(
         &self,
         req: Request<UpstreamBody>,
         slots: &Slots,
@@ -368,17 +409,21 @@ fn closed_under_request(e: &hyper_util::client::legacy::Error) -> bool {
     false
 }
 
+/// The error with its causes (`client error (Connect): tcp connect error:
+/// Connection refused (os error 111)`), for the log.
 fn classify(e: hyper_util::client::legacy::Error) -> UpstreamError {
-    if e.is_connect() {
-        let mut msg = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            msg = format!("{msg}: {s}");
-            source = s.source();
-        }
-        if msg.contains("timed out") { UpstreamError::Timeout } else { UpstreamError::Connect(msg) }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    if !e.is_connect() {
+        UpstreamError::Protocol(msg)
+    } else if msg.contains("timed out") {
+        UpstreamError::Timeout
     } else {
-        UpstreamError::Protocol(e.to_string())
+        UpstreamError::Connect(msg)
     }
 }
 
@@ -402,6 +447,18 @@ fn with_base(base: &Uri, path_and_query: &str) -> Uri {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn details_lists_every_detail() {
+        let all = [
+            UpstreamError::Connect(String::new()),
+            UpstreamError::Timeout,
+            UpstreamError::Protocol(String::new()),
+            UpstreamError::QueueFull,
+            UpstreamError::QueueTimeout,
+        ];
+        assert_eq!(all.map(|e| e.detail()), UpstreamError::DETAILS);
+    }
 
     /// Nodes of different builds, versions and machines must rank parents
     /// alike: the ranks are pinned, so a change of hash fails here first.

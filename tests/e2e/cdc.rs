@@ -90,23 +90,25 @@ impl Drop for Postgres {
             self.dir.display()
         ))
         .status();
+        // A cluster is tens of megabytes: do not leave one per test behind.
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
 /// A `fresco cdc` process.
-struct Relay {
+struct CdcRelay {
     child: Child,
     metrics: SocketAddr,
 }
 
-impl Relay {
+impl CdcRelay {
     /// Starts the relay sending to `node`'s admin API and waits for its ready line.
-    fn start(pg: &Postgres, mapping: &Path, node: &Fresco) -> Relay {
+    fn start(pg: &Postgres, mapping: &Path, node: &Fresco) -> CdcRelay {
         Self::start_to(pg, mapping, &["--admin", &node.admin_url(""), "--token", &node.token()])
     }
 
     /// Starts the relay with `destination` (`--admin ...` or `--bus ...`).
-    fn start_to(pg: &Postgres, mapping: &Path, destination: &[&str]) -> Relay {
+    fn start_to(pg: &Postgres, mapping: &Path, destination: &[&str]) -> CdcRelay {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
             .args(["cdc", "--postgres", &pg.url(), "--mapping", mapping.to_str().unwrap()])
             .args(destination)
@@ -136,7 +138,7 @@ impl Relay {
                         .and_then(|a| a.parse().ok())
                         .expect("metrics address in the ready line");
                     std::thread::spawn(move || lines.for_each(drop));
-                    return Relay { child, metrics };
+                    return CdcRelay { child, metrics };
                 }
                 Some(Ok(_)) => continue,
                 _ => break,
@@ -161,7 +163,7 @@ impl Relay {
     }
 }
 
-impl Drop for Relay {
+impl Drop for CdcRelay {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -241,7 +243,7 @@ async fn design_4_a_price_update_in_psql_makes_the_next_edge_request_a_miss_with
     let origin = Origin::start().await;
     product_origin(&origin, &pg, 42);
     let node = Fresco::start(&origin.url(), &[]);
-    let relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let relay = CdcRelay::start(&pg, &write_mapping(&pg, MAPPING), &node);
 
     let url = node.url("/product/42");
     assert_eq!(get(&url).await.text(), "price=10.00");
@@ -284,7 +286,7 @@ async fn design_4_with_bus_the_relay_appends_to_the_clusters_log_and_every_node_
         get(&node.url("/product/42")).await;
         assert!(get(&node.url("/product/42")).await.is_hit());
     }
-    let _relay = Relay::start_to(&pg, &write_mapping(&pg, MAPPING), &["--bus", &nats.url()]);
+    let _relay = CdcRelay::start_to(&pg, &write_mapping(&pg, MAPPING), &["--bus", &nats.url()]);
     pg.psql("UPDATE products SET price = 20 WHERE id = 42");
     for node in [&a, &b] {
         eventually("the node applied product-42", Duration::from_secs(20), async || {
@@ -302,7 +304,7 @@ async fn design_4_a_category_move_invalidates_the_old_and_the_new_category() {
     pg.psql(PRODUCTS);
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
-    let _relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let _relay = CdcRelay::start(&pg, &write_mapping(&pg, MAPPING), &node);
     pg.psql("UPDATE products SET category_id = 7 WHERE id = 43");
     eventually("category-3 and category-7 invalidated together", Duration::from_secs(20), async || {
         cdc_invalidations(&node).await.iter().any(|(_, tags)| {
@@ -318,7 +320,7 @@ async fn design_4_a_rolled_back_transaction_invalidates_nothing() {
     pg.psql(PRODUCTS);
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
-    let _relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let _relay = CdcRelay::start(&pg, &write_mapping(&pg, MAPPING), &node);
     pg.psql("BEGIN; UPDATE products SET price = 1 WHERE id = 42; INSERT INTO products VALUES (900, 90, 1); ROLLBACK;");
     // A later committed change: once its invalidation is in, the relay has
     // passed the rolled-back transaction in the WAL.
@@ -340,7 +342,7 @@ async fn design_4_a_relay_killed_between_commits_loses_no_committed_change() {
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
     let mapping = write_mapping(&pg, MAPPING);
-    let mut relay = Relay::start(&pg, &mapping, &node);
+    let mut relay = CdcRelay::start(&pg, &mapping, &node);
     let mut expected = Vec::new();
     for round in 0..3u32 {
         // Committed right before the kill (maybe seen, maybe not delivered) ...
@@ -351,7 +353,7 @@ async fn design_4_a_relay_killed_between_commits_loses_no_committed_change() {
         pg.psql(&format!("INSERT INTO products VALUES ({}, {id}, 1)", id + 1));
         pg.psql(&format!("UPDATE products SET price = price + 1 WHERE id = {id}"));
         expected.extend([format!("product-{id}"), format!("product-{}", id + 1)]);
-        relay = Relay::start(&pg, &mapping, &node);
+        relay = CdcRelay::start(&pg, &mapping, &node);
     }
     eventually("every committed change is invalidated after the restarts", Duration::from_secs(30), async || {
         let all = cdc_invalidations(&node).await;
@@ -369,7 +371,7 @@ async fn design_4_a_change_seen_but_not_accepted_by_the_node_survives_a_relay_ki
     let dir = temp_dir("cdc-node");
     let node = Fresco::start_in(&dir, &origin.url(), &[]);
     let mapping = write_mapping(&pg, MAPPING);
-    let relay = Relay::start(&pg, &mapping, &node);
+    let relay = CdcRelay::start(&pg, &mapping, &node);
     let token = node.token();
     // The node goes away; the relay sees the commit but cannot deliver it.
     node.kill9();
@@ -388,7 +390,7 @@ async fn design_4_a_change_seen_but_not_accepted_by_the_node_survives_a_relay_ki
     relay.kill9();
     let node = Fresco::start_in(&dir, &origin.url(), &[]);
     assert_eq!(node.token(), token);
-    let _relay = Relay::start(&pg, &mapping, &node);
+    let _relay = CdcRelay::start(&pg, &mapping, &node);
     eventually("the change is delivered after both restarts", Duration::from_secs(30), async || {
         invalidated(&node, "product-43").await
     })
@@ -405,7 +407,7 @@ async fn design_4_a_50000_row_update_becomes_a_handful_of_invalidations_covering
     );
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
-    let relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let relay = CdcRelay::start(&pg, &write_mapping(&pg, MAPPING), &node);
     pg.psql("UPDATE products SET price = price + 1");
     let mut wanted: std::collections::BTreeSet<String> = (1..=50_000).map(|i| format!("product-{i}")).collect();
     wanted.extend((0..100).map(|c| format!("category-{c}")));
@@ -428,7 +430,7 @@ async fn design_4_an_outbox_message_invalidates_only_if_its_transaction_commits(
     pg.psql(PRODUCTS);
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
-    let relay = Relay::start(&pg, &write_mapping(&pg, MAPPING), &node);
+    let relay = CdcRelay::start(&pg, &write_mapping(&pg, MAPPING), &node);
     pg.psql(
         "BEGIN; SELECT pg_logical_emit_message(true, 'fresco', '{\"tags\":[\"search-shoes\"],\"mode\":\"soft\"}'); ROLLBACK;",
     );
@@ -488,7 +490,7 @@ async fn design_4_a_relay_whose_token_is_refused_stops_and_the_change_waits_for_
     let err = collected.join().unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(err.contains("401"), "the node's answer is shown: {err}");
-    let _relay = Relay::start(&pg, &mapping, &node);
+    let _relay = CdcRelay::start(&pg, &mapping, &node);
     eventually("the change is delivered with the right token", Duration::from_secs(30), async || {
         invalidated(&node, "product-42").await
     })
@@ -505,7 +507,7 @@ async fn design_4_a_table_with_delayed_purge_gets_a_second_soft_purge() {
         &pg,
         "[tables.products]\ntags = [\"product-{id}\"]\nmode = \"hard\"\ndelayed_purge = \"300ms\"\n",
     );
-    let _relay = Relay::start(&pg, &mapping, &node);
+    let _relay = CdcRelay::start(&pg, &mapping, &node);
     pg.psql("UPDATE products SET price = 5 WHERE id = 42");
     eventually("a hard purge, then a soft one", Duration::from_secs(20), async || {
         let all = cdc_invalidations(&node).await;
@@ -623,7 +625,7 @@ async fn design_4_the_relay_follows_through_a_postgres_restart_and_refuses_a_sec
     let origin = Origin::start().await;
     let node = Fresco::start(&origin.url(), &[]);
     let mapping = write_mapping(&pg, MAPPING);
-    let _relay = Relay::start(&pg, &mapping, &node);
+    let _relay = CdcRelay::start(&pg, &mapping, &node);
 
     let admin = node.admin_url("");
     let token = node.token();
@@ -694,7 +696,7 @@ async fn design_4_model_random_writes_rollbacks_and_relay_kills_never_leave_a_pa
     }
     let node = Fresco::start(&origin.url(), &[]);
     let mapping = write_mapping(&pg, MAPPING);
-    let mut relay = Relay::start(&pg, &mapping, &node);
+    let mut relay = CdcRelay::start(&pg, &mapping, &node);
     let mut price: Vec<u64> = vec![100; IDS as usize + 1];
     // Per id: invalidations counted before its oldest change not yet verified.
     let mut unverified: Vec<Option<usize>> = vec![None; IDS as usize + 1];
@@ -729,7 +731,7 @@ async fn design_4_model_random_writes_rollbacks_and_relay_kills_never_leave_a_pa
             8 => {
                 history.push("kill relay".into());
                 relay.kill9();
-                relay = Relay::start(&pg, &mapping, &node);
+                relay = CdcRelay::start(&pg, &mapping, &node);
             }
             _ => {
                 history.push("settle".into());

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 
-use crate::harness::{Fresco, Nats, Origin, Reply, get, metric, send, send_body, temp_dir};
+use crate::harness::{Fresco, Nats, Origin, Relay, Reply, get, metric, send, send_body, temp_dir};
 
 const TOKEN: &str = "cluster-token-0123456789";
 
@@ -59,65 +59,20 @@ async fn status(fresco: &Fresco, version: u64) -> Value {
 }
 
 /// The log's head as a node sees it.
+/// The sequence number of the newest entry in the stream `fresco` follows.
 async fn head(fresco: &Fresco) -> u64 {
-    nodes(fresco).await["head"].as_u64().unwrap_or(0)
+    let view = nodes(fresco).await;
+    view["head"].as_u64().unwrap_or(0) - view["base"].as_u64().unwrap()
+}
+
+/// The versions of the stream `fresco` follows are this plus sequence numbers.
+async fn base(fresco: &Fresco) -> u64 {
+    nodes(fresco).await["base"].as_u64().unwrap()
 }
 
 async fn readyz(fresco: &Fresco) -> (u16, Value) {
     let r = get(&fresco.admin_url("/readyz")).await;
     (r.status, body(&r))
-}
-
-/// A TCP link between one node and the bus that the test can cut: a real
-/// partition on loopback (the node keeps running, the bus too).
-struct Link {
-    listen: u16,
-    upstream: u16,
-    task: Option<tokio::task::JoinHandle<()>>,
-}
-
-impl Link {
-    async fn start(upstream: u16) -> Link {
-        let mut link = Link { listen: crate::harness::free_port(), upstream, task: None };
-        link.restore().await;
-        link
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.listen)
-    }
-
-    /// Drops every connection and refuses new ones.
-    async fn cut(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-            let _ = t.await;
-        }
-    }
-
-    async fn restore(&mut self) {
-        self.cut().await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.listen)).await.unwrap();
-        let upstream = self.upstream;
-        self.task = Some(tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                conns.spawn(async move {
-                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
-    }
-}
-
-impl Drop for Link {
-    fn drop(&mut self) {
-        if let Some(t) = self.task.take() {
-            t.abort();
-        }
-    }
 }
 
 async fn nodes(fresco: &Fresco) -> Value {
@@ -126,8 +81,15 @@ async fn nodes(fresco: &Fresco) -> Value {
         .unwrap()
 }
 
-async fn applied(fresco: &Fresco) -> f64 {
+/// The version `fresco` has applied, in the API's numbering.
+async fn applied_version(fresco: &Fresco) -> f64 {
     metric(fresco, "fresco_invalidation_applied_version").await
+}
+
+/// The sequence number `fresco` has applied in the stream it follows.
+async fn applied(fresco: &Fresco) -> f64 {
+    let version = applied_version(fresco).await;
+    version - base(fresco).await as f64
 }
 
 /// Polls until `f` holds, up to 10 s.
@@ -223,7 +185,7 @@ async fn a_node_killed_during_a_burst_applies_everything_before_serving() {
     assert_eq!((first.status, again.status), (202, 202), "{} {}", first.text(), again.text());
     let (first, again) = (body(&first), body(&again));
     assert_eq!((first["id"].clone(), first["version"].clone()), (again["id"].clone(), again["version"].clone()));
-    assert_eq!(first["version"], 201);
+    assert_eq!(first["version"].as_u64().unwrap(), base(&a).await + 201);
     eventually("both nodes apply it", async || applied(&a).await == 201.0 && applied(&b).await == 201.0).await;
     assert_eq!(head(&a).await, 201, "one entry for both requests");
     // Same final state: an object fetched now is stored and valid on both.
@@ -272,13 +234,13 @@ async fn a_node_past_the_retention_soft_purges_and_says_so() {
     origin.route("/kept", Reply::ok("kept").header("cache-control", "max-age=600").header("etag", "\"k1\""));
     let cfg = config();
     let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
-    let mut link = Link::start(nats.port).await;
-    let b = node(&origin, &link.url(), "b", &temp_dir("b"), &cfg);
+    let link = Relay::start(nats.port).await;
+    let b = node(&origin, &link.nats_url(), "b", &temp_dir("b"), &cfg);
     assert_eq!(post(&a, json!({"tags": ["one"]})).await.status, 202);
     eventually("b applies 1", async || applied(&b).await == 1.0).await;
     get(&b.url("/kept")).await;
     assert!(get(&b.url("/kept")).await.is_hit());
-    link.cut().await;
+    link.cut();
     for i in 0..5 {
         assert_eq!(post(&a, json!({"tags": [format!("gap-{i}")]})).await.status, 202);
     }
@@ -286,19 +248,20 @@ async fn a_node_past_the_retention_soft_purges_and_says_so() {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.get_stream("FRESCO_INVALIDATIONS").await.unwrap().purge().keep(1).await.unwrap();
-    link.restore().await;
+    link.heal();
     eventually("b applies 6 after the gap", async || applied(&b).await == 6.0).await;
     assert_eq!(metric(&b, "fresco_invalidation_retention_gaps_total").await, 1.0);
     let r = get(&b.url("/kept")).await;
     assert!(!r.is_hit() && r.cache_status().contains("detail=invalidated"), "soft-purged: {}", r.cache_status());
     assert_eq!(r.text(), "kept");
     // b skipped 2..=5: never listed as having applied them; 6 it applied.
-    let skipped = status(&a, 3).await;
+    let base = base(&a).await;
+    let skipped = status(&a, base + 3).await;
     let b_row = skipped["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "b").cloned().unwrap();
     assert_eq!(b_row["applied"], false, "{skipped}");
     assert_eq!(skipped["converged"], false, "b may still serve what entry 3 selected (stale): {skipped}");
     assert!(skipped["unconfirmed"].as_array().unwrap().contains(&json!("b")), "{skipped}");
-    eventually("entry 6 converges", async || status(&a, 6).await["converged"] == true).await;
+    eventually("entry 6 converges", async || status(&a, base + 6).await["converged"] == true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +370,7 @@ async fn a_purge_storm_through_two_nodes_loses_nothing() {
     }
     assert!(highest >= 900, "distinct tags are not merged away: {highest}");
     eventually("both nodes apply every accepted invalidation", async || {
-        applied(&a).await == highest as f64 && applied(&b).await == highest as f64
+        applied_version(&a).await == highest as f64 && applied_version(&b).await == highest as f64
     })
     .await;
     for n in [&a, &b] {
@@ -443,6 +406,7 @@ async fn a_recreated_stream_is_followed_and_its_purges_take_effect_everywhere() 
         applied(&a).await == 30.0 && applied(&b).await == 30.0 && applied(&c).await == 30.0
     })
     .await;
+    let old_last = applied_version(&a).await as u64;
     c.kill9();
     for n in [&a, &b] {
         for i in 0..20 {
@@ -471,7 +435,11 @@ async fn a_recreated_stream_is_followed_and_its_purges_take_effect_everywhere() 
         }
         versions.push(accepted.expect("the stream is back within 10 s"));
     }
-    assert!(versions.iter().all(|v| *v <= 20), "versions restart with the new stream: {versions:?}");
+    // Issue 8 item 9 / model finding F9: the new stream's sequences start
+    // at 1 again, but its versions (the API's ids) are above the old ones.
+    assert!(versions.iter().all(|v| *v > old_last), "numbered above the old stream ({old_last}): {versions:?}");
+    let (low, high) = (versions.iter().min().unwrap(), versions.iter().max().unwrap());
+    assert_eq!(high - low, 19, "one entry each, consecutive in the new stream: {versions:?}");
     for n in [&a, &b] {
         for i in 0..20 {
             let key = format!("/o{i}");
@@ -509,13 +477,13 @@ async fn a_partitioned_node_stops_serving_stored_objects_and_status_waits_for_it
     origin.route("/obj", Reply::ok("v1").header("cache-control", "max-age=600").header("surrogate-key", "obj"));
     let cfg = config();
     let a = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
-    let mut link = Link::start(nats.port).await;
-    let c = node(&origin, &link.url(), "c", &temp_dir("c"), &cfg);
+    let link = Relay::start(nats.port).await;
+    let c = node(&origin, &link.nats_url(), "c", &temp_dir("c"), &cfg);
     get(&c.url("/obj")).await;
     assert!(get(&c.url("/obj")).await.is_hit());
     assert_eq!(readyz(&c).await.0, 200, "{}", readyz(&c).await.1);
     eventually("both nodes heartbeat", async || nodes(&a).await["nodes"].as_array().unwrap().len() == 2).await;
-    link.cut().await;
+    link.cut();
     origin.route("/obj", Reply::ok("v2").header("cache-control", "max-age=600").header("surrogate-key", "obj"));
     let accepted = post(&a, json!({"tags": ["obj"]})).await;
     assert_eq!(accepted.status, 202, "{}", accepted.text());
@@ -545,9 +513,9 @@ async fn a_partitioned_node_stops_serving_stored_objects_and_status_waits_for_it
     let s = status(&a, version).await;
     assert!(s["down"].as_array().unwrap().contains(&json!("c")), "{s}");
     assert!(served_while_cut < 400);
-    link.restore().await;
+    link.heal();
     eventually("c is ready again", async || readyz(&c).await.0 == 200).await;
-    eventually("c applied the purge", async || applied(&c).await >= version as f64).await;
+    eventually("c applied the purge", async || applied_version(&c).await >= version as f64).await;
     get(&c.url("/obj")).await;
     let r = get(&c.url("/obj")).await;
     assert!(r.is_hit() && r.text() == "v2", "{}", r.cache_status());
@@ -562,21 +530,33 @@ async fn an_idempotency_key_makes_a_retry_yield_the_same_entry() {
     let origin = Origin::start().await;
     let cfg = config();
     let bus = node(&origin, &nats.url(), "a", &temp_dir("a"), &cfg);
-    let alone = Fresco::start_in(&temp_dir("alone"), &origin.url(), &["--config", cfg.to_str().unwrap()]);
+    let alone_dir = temp_dir("alone");
+    let alone = Fresco::start_in(&alone_dir, &origin.url(), &["--config", cfg.to_str().unwrap()]);
     for n in [&bus, &alone] {
         assert_eq!(post(n, json!({"tags": ["first"]})).await.status, 202);
         let once = post_keyed(n, "k-123", json!({"tags": ["x"], "mode": "soft"})).await;
         let twice = post_keyed(n, "k-123", json!({"tags": ["x"], "mode": "soft"})).await;
         assert_eq!((once.status, twice.status), (202, 202), "{}", twice.text());
-        assert_eq!(body(&once)["version"], 2);
+        let base = base(n).await;
+        assert_eq!(body(&once)["version"].as_u64().unwrap(), base + 2);
         assert_eq!(body(&once)["id"], body(&twice)["id"]);
         let other = post_keyed(n, "k-123", json!({"tags": ["y"]})).await;
         assert_eq!(other.status, 400, "{}", other.text());
         assert!(other.text().contains("Idempotency-Key"), "{}", other.text());
         let bad = post_keyed(n, "has space", json!({"tags": ["y"]})).await;
         assert_eq!(bad.status, 400, "{}", bad.text());
-        assert_eq!(body(&post(n, json!({"tags": ["x"], "mode": "soft"})).await)["version"], 3, "no key: a new entry");
+        let again = body(&post(n, json!({"tags": ["x"], "mode": "soft"})).await)["version"].as_u64();
+        assert_eq!(again.unwrap(), base + 3, "no key: a new entry");
     }
+    // The embedded log keeps the key with its entry: a retry after a crash
+    // and restart still yields the entry, not a second one.
+    alone.kill9();
+    let alone = Fresco::start_in(&alone_dir, &origin.url(), &["--config", cfg.to_str().unwrap()]);
+    let retry = post_keyed(&alone, "k-123", json!({"tags": ["x"], "mode": "soft"})).await;
+    assert_eq!(retry.status, 202, "{}", retry.text());
+    assert_eq!(body(&retry)["version"], 2, "the entry from before the restart");
+    let reused = post_keyed(&alone, "k-123", json!({"tags": ["y"]})).await;
+    assert_eq!(reused.status, 400, "{}", reused.text());
 }
 
 /// A `nats-server` with JetStream and two users, `admin` and `edge`, whose

@@ -7,7 +7,7 @@ use std::convert::Infallible;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,7 +19,8 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
 
 /// What the test origin answers for a path.
 #[derive(Clone, Debug)]
@@ -627,4 +628,83 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A loopback TCP relay to a service (the bus, a layer) that a test can cut
+/// (dropping the relayed connections and refusing new ones) and heal: a
+/// real partition of whatever connects through it, both ends running.
+pub struct Relay {
+    pub port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<JoinSet<()>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Relays 127.0.0.1:<new port> to 127.0.0.1:`target`.
+    pub async fn start(target: u16) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns = Arc::new(Mutex::new(JoinSet::new()));
+        let (c, j) = (cut.clone(), conns.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if c.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut set = j.lock().unwrap();
+                while set.try_join_next().is_some() {}
+                set.spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        });
+        Relay { port, cut, conns, task }
+    }
+
+    /// The relay as a bus address for a node.
+    pub fn nats_url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Drops every relayed connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.conns.lock().unwrap().abort_all();
+    }
+
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.conns.lock().unwrap().abort_all();
+    }
+}
+
+/// Runs the `fresco` CLI (a command other than `serve`) to completion:
+/// its exit code, stdout and stderr. `FRESCO_TOKEN` is not inherited.
+pub async fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
+        .args(args)
+        .env_remove("FRESCO_TOKEN")
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("run fresco {args:?}: {e}"));
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

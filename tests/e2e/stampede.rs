@@ -165,7 +165,7 @@ async fn origin_shield_coalesces_children() {
     let (ra, rb) = tokio::join!(burst(&url_a, 20, SITE), burst(&url_b, 20, SITE));
     for r in ra.iter().chain(rb.iter()) {
         assert_eq!(r.text(), "from origin");
-        assert_eq!(r.header("cdn-cache-control"), None, "targeted field not sent to clients");
+        assert_eq!(r.header("cdn-cache-control"), Some("max-age=120"), "forwarded downstream (RFC 9213 §2.1)");
         assert_eq!(r.header("surrogate-key"), None);
     }
     assert_eq!(origin.hits("/shared"), 1, "one origin request for both children");

@@ -386,18 +386,44 @@ async fn answer(st: &Mutex<State>, base: SystemTime, req: Request<Incoming>) -> 
         .and_then(|v| v.to_str().ok())
         .and_then(|v| httpdate::parse_http_date(v).ok());
     let invalidate_group = header(&req, "x-invalidate-group").to_string();
+    let range = header(&req, "range").to_string();
     let (parts, body) = req.into_parts();
     let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
     let req = Request::from_parts(parts, ());
     let echo = echo(&req, &body);
     let from = Reflected { echo, attacker_session };
 
-    let (resp, delay) =
+    let get = method == Method::GET;
+    let (mut resp, delay) =
         produce(&mut st.lock().unwrap(), base, method, path, client, rid, auth, inm, ims, invalidate_group, from);
+    // Like a file server, the origin answers one byte range of a GET 200
+    // with 206 (RFC 9110 §14), so that sliced objects are fetched in
+    // parts; the production is still the whole body.
+    let serial = resp.headers().get("x-serial").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if get
+        && resp.status() == StatusCode::OK
+        && let Some(body) = serial.and_then(|n| st.lock().unwrap().productions.get(n).and_then(|p| p.body.clone()))
+        && let Some((first, last)) = byte_range(&range, body.len())
+    {
+        let len = body.len();
+        *resp.body_mut() = Full::new(body.slice(first..=last));
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let v = HeaderValue::from_str(&format!("bytes {first}-{last}/{len}")).unwrap();
+        resp.headers_mut().insert(http::header::CONTENT_RANGE, v);
+    }
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
     resp
+}
+
+/// The one satisfiable byte range `bytes=a-b` or `bytes=a-` of a body of
+/// `len` bytes asks for; None for anything else (then the whole is sent).
+fn byte_range(range: &str, len: usize) -> Option<(usize, usize)> {
+    let (a, b) = range.strip_prefix("bytes=")?.split_once('-')?;
+    let first: usize = a.parse().ok()?;
+    let last = if b.is_empty() { len.checked_sub(1)? } else { b.parse::<usize>().ok()?.min(len.checked_sub(1)?) };
+    (first <= last).then_some((first, last))
 }
 
 /// What the origin took from a request besides its path and validators.
