@@ -18,6 +18,11 @@ use super::sink::{AdminSink, Sink};
 pub struct DemoDatabase {
     dir: PathBuf,
     bin: PathBuf,
+    port: u16,
+    /// The node's data directory, where its admin token appears.
+    data_dir: PathBuf,
+    /// The outcome of creating the cluster, once known.
+    created: tokio::sync::watch::Receiver<Option<Result<(), String>>>,
 }
 
 impl Drop for DemoDatabase {
@@ -89,59 +94,70 @@ fn create(bin: &Path, dir: &Path, port: u16) -> Result<(), String> {
     run(psql, "psql")
 }
 
-/// Starts the cluster and the relay into the node at `admin`, whose token
-/// it reads from `data_dir` once the node wrote it; prints the guide's
-/// database part. None, with a note, when PostgreSQL is not installed or
-/// does not start.
-pub async fn start(edge: SocketAddr, admin: SocketAddr, data_dir: PathBuf) -> Option<DemoDatabase> {
+/// Starts creating the cluster in the background, so that the node does
+/// not wait for initdb. None, with a note, when PostgreSQL is not installed.
+pub async fn start(data_dir: PathBuf) -> Option<DemoDatabase> {
     let Some(bin) = postgres_bin() else {
-        println!("(PostgreSQL is not installed: `apt-get install postgresql` adds the database part of the demo.)\n");
+        println!("(PostgreSQL is not installed: `apt-get install postgresql` adds the database part of the demo.)");
         return None;
     };
     let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
     let dir = std::env::temp_dir().join(format!("fresco-demo-pg-{}", std::process::id()));
-    let database = DemoDatabase { dir: dir.clone(), bin: bin.clone() };
-    let created = tokio::task::spawn_blocking(move || create(&bin, &dir, port)).await;
-    if let Err(e) = created.unwrap_or_else(|e| Err(e.to_string())) {
-        println!("(the demo's PostgreSQL did not start: {e})\n");
-        return None;
-    }
-    let mapping = Mapping::parse("[tables]\nproducts = [\"product-{id}\"]\n").ok()?;
-    let target = Target::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres")).ok()?;
-    tokio::spawn(async move {
-        let token_file = data_dir.join("admin-token");
-        let mut token = None;
-        for _ in 0..200 {
-            if let Ok(t) = std::fs::read_to_string(&token_file) {
-                token = Some(t.trim().to_string());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let sink = match AdminSink::new(&format!("http://{admin}"), token.as_deref()) {
-            Ok(s) => Sink::Admin(s),
-            Err(e) => return tracing::error!(error = %e, "the demo's relay cannot start"),
-        };
-        let options = Options {
-            slot: "fresco".into(),
-            publication: "fresco".into(),
-            window: Duration::from_millis(10),
-            metrics: None,
-        };
-        if let Err(e) = relay::run(target, mapping, sink, options).await {
-            tracing::error!(error = %e, "the demo's relay stopped");
-        }
+    let (tx, created) = tokio::sync::watch::channel(None);
+    let (b, d) = (bin.clone(), dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.send(Some(create(&b, &d, port)));
     });
+    Some(DemoDatabase { dir, bin, port, data_dir, created })
+}
+
+impl DemoDatabase {
+    /// Once the node listens: when the cluster is up, starts the relay into
+    /// the node's admin API (with the token the node wrote to its data
+    /// directory) and prints the guide's database part.
+    pub fn follow(&self, edge: SocketAddr, admin: SocketAddr) {
+        let port = self.port;
+        let Ok(mapping) = Mapping::parse("[tables]\nproducts = [\"product-{id}\"]\n") else { return };
+        let Ok(target) = Target::parse(&format!("postgres://postgres@127.0.0.1:{port}/postgres")) else { return };
+        let token_file = self.data_dir.join("admin-token");
+        let mut created = self.created.clone();
+        tokio::spawn(async move {
+            let outcome = match created.wait_for(Option::is_some).await {
+                Ok(outcome) => outcome.clone().unwrap_or_else(|| Err("not created".into())),
+                Err(_) => Err("its creation was abandoned".into()),
+            };
+            if let Err(e) = outcome {
+                return println!("(the demo's PostgreSQL did not start: {e})");
+            }
+            print_guide(edge, port);
+            let token = std::fs::read_to_string(&token_file).ok().map(|t| t.trim().to_string());
+            let sink = match AdminSink::new(&format!("http://{admin}"), token.as_deref()) {
+                Ok(s) => Sink::Admin(s),
+                Err(e) => return tracing::error!(error = %e, "the demo's relay cannot start"),
+            };
+            let options = Options {
+                slot: "fresco".into(),
+                publication: "fresco".into(),
+                window: Duration::from_millis(10),
+                metrics: None,
+            };
+            if let Err(e) = relay::run(target, mapping, sink, options).await {
+                tracing::error!(error = %e, "the demo's relay stopped");
+            }
+        });
+    }
+}
+
+fn print_guide(edge: SocketAddr, port: u16) {
     println!(
-        "Database (a throwaway PostgreSQL on 127.0.0.1:{port}, followed by `fresco cdc`; products -> product-{{id}}):\n\
+        "\nDatabase (a throwaway PostgreSQL on 127.0.0.1:{port}, followed by `fresco cdc`; products -> product-{{id}}):\n\
   curl -si http://{edge}/api/products/42        # twice: a hit, tagged product-42\n\
   psql -h 127.0.0.1 -p {port} -U postgres -c \"UPDATE products SET price = 24.99 WHERE id = 42\"\n\
   curl -si http://{edge}/api/products/42        # a miss: the commit purged product-42\n\
-                                                # (the demo app keeps its own price; the purge is the point)\n\
+                                            # (the demo app keeps its own price; the purge is the point)\n\
   psql -h 127.0.0.1 -p {port} -U postgres -c \"BEGIN; UPDATE products SET price = 1 WHERE id = 42; ROLLBACK\"\n\
-                                                # rolled back: nothing purged, still a hit\n\
+                                            # rolled back: nothing purged, still a hit\n\
   psql -h 127.0.0.1 -p {port} -U postgres -c \"SELECT pg_logical_emit_message(true, 'fresco', '{{\\\"tags\\\":[\\\"products\\\"]}}')\"\n\
-                                                # the outbox: purges the tag `products` as well\n"
+                                            # the outbox: purges the tag `products` as well\n"
     );
-    Some(database)
 }
