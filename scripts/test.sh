@@ -18,6 +18,8 @@ command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || need_apt+=(varnish)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# fresco cdc's tests run a throwaway PostgreSQL cluster (initdb, pg_ctl, psql).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null && command -v psql >/dev/null 2>&1 || need_apt+=(postgresql)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     stage "installing ${need_apt[*]} with apt-get"

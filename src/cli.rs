@@ -61,6 +61,9 @@ pub enum Command {
         #[arg(long, default_value = "api")]
         name: String,
     },
+    /// Follow PostgreSQL by logical replication and turn committed row
+    /// changes into tag invalidations (design §4).
+    Cdc(crate::cdc::CdcArgs),
     /// Run only the demo origin app (used by the benchmarks).
     Origin {
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -131,6 +134,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::Diagnose(args) => crate::tools::diagnose::run(args).await,
         Command::Deploy(args) => crate::tools::warm::run(args).await,
         Command::Origin { listen } => origin(listen).await.map_err(CliError::Usage),
+        Command::Cdc(args) => crate::cdc::run(args).await,
         Command::Token { name } => token(&name).map_err(CliError::Failed),
     }
 }

@@ -277,9 +277,16 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr, origin: SocketAddr, bus:
             ..Default::default()
         };
         let cfg = crate::config::Config::from_raw(raw).map_err(|e| e.to_string())?;
+        // With PostgreSQL installed: a throwaway cluster, followed by `fresco
+        // cdc` into this node once it listens (design §4); stopped and
+        // removed when the demo ends.
+        let database = crate::cdc::demo::start(data_dir.clone()).await;
         let addrs = second.as_ref().map(|s| (s.data, s.admin));
         crate::server::run_then(cfg, crate::server::shutdown_signal(), |edge, admin| {
-            print_guide(&Guide { edge, admin, origin: origin_addr, second: addrs, data_dir: &data_dir, exe: &exe })
+            print_guide(&Guide { edge, admin, origin: origin_addr, second: addrs, data_dir: &data_dir, exe: &exe });
+            if let Some(database) = &database {
+                database.follow(edge, admin);
+            }
         })
         .await
     }

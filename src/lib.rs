@@ -5,6 +5,7 @@
 pub mod access;
 pub mod access_log;
 pub mod admin;
+pub mod cdc;
 pub mod classes;
 pub mod cli;
 pub mod config;

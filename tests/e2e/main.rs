@@ -4,6 +4,7 @@
 mod harness;
 
 mod audit;
+mod cdc;
 mod cluster;
 mod dashboard;
 mod diagnose;
