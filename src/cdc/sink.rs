@@ -108,7 +108,7 @@ impl BusSink {
         };
         let publish = crate::invalidation::nats::publish_external(&self.js, invalidation, &req.key);
         match tokio::time::timeout(ATTEMPT_TIMEOUT, publish).await {
-            Ok(Ok(_version)) => Ok(()),
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(Failure::Transient(e)),
             Err(_) => Err(Failure::Transient(format!("no acknowledgement within {ATTEMPT_TIMEOUT:?}"))),
         }

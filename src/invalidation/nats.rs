@@ -958,19 +958,19 @@ impl NatsBus {
 /// Appends an invalidation to the cluster's stream from outside a node
 /// (`fresco cdc --bus`): the message a node's writer publishes, with `key`
 /// as the message id, so the stream's duplicate window drops a replay.
-/// Returns the version once JetStream acknowledged it (durable); a missing
+/// Resolves once JetStream acknowledged it (durable); a missing
 /// stream (no node has created it yet) is an error to retry.
 pub async fn publish_external(
     js: &jetstream::Context,
     invalidation: NewInvalidation,
     key: &str,
-) -> Result<u64, String> {
+) -> Result<(), String> {
     let payload = serde_json::to_vec(&Published { invalidation, accepted_ms: now_ms() })
         .map_err(|e| format!("cannot encode the invalidation: {e}"))?;
     let message = PublishMessage::build().payload(payload.into()).message_id(key);
     let ack = js.send_publish(SUBJECT, message).await.map_err(|e| format!("cannot publish to the bus: {e}"))?;
-    let ack = ack.await.map_err(|e| format!("the bus did not confirm: {e}"))?;
-    Ok(ack.sequence)
+    ack.await.map_err(|e| format!("the bus did not confirm: {e}"))?;
+    Ok(())
 }
 
 /// What the bus confirmed for one publish: the sequence of the entry, or
