@@ -960,11 +960,7 @@ impl NatsBus {
 /// as the message id, so the stream's duplicate window drops a replay.
 /// Resolves once JetStream acknowledged it (durable); a missing
 /// stream (no node has created it yet) is an error to retry.
-pub async fn publish_external(
-    js: &jetstream::Context,
-    invalidation: NewInvalidation,
-    key: &str,
-) -> Result<(), String> {
+pub async fn publish_external(js: &jetstream::Context, invalidation: NewInvalidation, key: &str) -> Result<(), String> {
     let payload = serde_json::to_vec(&Published { invalidation, accepted_ms: now_ms() })
         .map_err(|e| format!("cannot encode the invalidation: {e}"))?;
     let message = PublishMessage::build().payload(payload.into()).message_id(key);

@@ -351,6 +351,14 @@ impl Proxy {
                 return self.error(StatusCode::BAD_GATEWAY, status, &format!("{e}\n"));
             }
         };
+        // The origin's answer to this request may not be shared (it was
+        // this client's own: its credentials, a response that may not be
+        // stored): then the stored slices, of whatever version, are not
+        // this client's answer either. Its request goes to the origin as
+        // it came.
+        if !kept {
+            return self.pass_range(parts, &target, client, Fwd::UriMiss).await;
+        }
         let Some((version, _, _, total)) = slice_facts(&obj) else {
             return self.error(StatusCode::BAD_GATEWAY, CacheStatus::forward(Fwd::UriMiss), "inconsistent slice\n");
         };

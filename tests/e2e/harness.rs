@@ -305,7 +305,7 @@ impl Fresco {
             .unwrap_or_default();
         let mut child = Command::new(env!("CARGO_BIN_EXE_fresco"))
             .args(args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("FRESCO_NODE_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

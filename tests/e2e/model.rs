@@ -1674,3 +1674,24 @@ fn model_history_attackers() {
     }
     replay::<1>(ops);
 }
+
+/// A range request leaves an object stored in slices; then an attacker's
+/// request with its session cookie for the whole object (model seed
+/// 1795453943741491450): every request gets a response.
+#[test]
+fn model_history_cookie_on_a_sliced_object() {
+    replay::<1>(vec![
+        Op::Shape { path: 0, shape: shape_of(Cc::Fresh, true, Cookie::Never) },
+        Op::Get(Get {
+            node: 0,
+            client: 0,
+            path: 0,
+            auth: false,
+            cookie: false,
+            conditional: false,
+            range: Some((64, 1)),
+            cc: ReqCc::Plain,
+        }),
+        Op::Attack { node: 0, path: 0, attack: Attack::CookieDeception, victim: 0 },
+    ]);
+}
