@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 stage() { printf '==> %s\n' "$*"; }
 
-stage "checking tools the tests need (curl, openssl, nats-server, nginx, chromium, chromedriver)"
+stage "checking tools the tests need (curl, openssl, nats-server, nginx, chromium, chromedriver, varnish, redis, postgresql)"
 need_apt=()
 command -v curl >/dev/null 2>&1 || need_apt+=(curl)
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
@@ -38,6 +38,6 @@ stage "building the tests"
 cargo test --no-run --quiet
 stage "unit and property tests"
 cargo test --quiet --lib --bins
-stage "integration tests: fuzz corpus regressions, then end-to-end (real fresco processes, origins, nats-server, nginx, chromium on loopback)"
+stage "integration tests: fuzz corpus regressions, then end-to-end (real fresco processes, origins, nats-server, nginx, varnish, redis, postgresql, chromium on loopback)"
 cargo test --quiet --test '*'
 stage "all checks passed"
