@@ -844,9 +844,10 @@ impl NatsBus {
         }
     }
 
-    async fn beat(&self) {
+    /// What this node says of itself now.
+    fn heartbeat_now(&self, leaving: bool) -> Heartbeat {
         let pos = self.lock_following().pos.clone();
-        let hb = Heartbeat {
+        Heartbeat {
             node: self.cfg.node_id.clone(),
             stream: pos.stream,
             applied_version: pos.applied,
@@ -855,8 +856,12 @@ impl NatsBus {
             hits: self.counters.hits.load(Ordering::Relaxed),
             requests: self.counters.requests.load(Ordering::Relaxed),
             max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
-            leaving: false,
-        };
+            leaving,
+        }
+    }
+
+    async fn beat(&self) {
+        let hb = self.heartbeat_now(false);
         if let Ok(payload) = serde_json::to_vec(&hb) {
             let _ = self.client.publish(HEARTBEATS, payload.into()).await;
         }
@@ -867,18 +872,7 @@ impl NatsBus {
     /// left, on the heartbeat subject so that it arrives after its last
     /// heartbeat. Bounded: a bus out of reach does not hold the shutdown.
     pub async fn leave(&self) {
-        let pos = self.lock_following().pos.clone();
-        let hb = Heartbeat {
-            node: self.cfg.node_id.clone(),
-            stream: pos.stream,
-            applied_version: pos.applied,
-            applied_from: pos.from,
-            heartbeat_ms: now_ms(),
-            hits: self.counters.hits.load(Ordering::Relaxed),
-            requests: self.counters.requests.load(Ordering::Relaxed),
-            max_log_silence_ms: self.cfg.max_log_silence.as_millis() as u64,
-            leaving: true,
-        };
+        let hb = self.heartbeat_now(true);
         let Ok(payload) = serde_json::to_vec(&hb) else { return };
         let sent = async {
             self.client.publish(HEARTBEATS, payload.into()).await.ok()?;

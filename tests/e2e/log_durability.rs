@@ -281,15 +281,8 @@ async fn a_second_node_on_a_data_directory_is_refused_before_it_reads_the_log() 
 
 /// Runs `fresco purge ARGS` with no token in the environment.
 async fn purge_cli(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
-        .arg("purge")
-        .args(args)
-        .env_remove("FRESCO_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().expect("exited"), text)
+    let (code, stdout, stderr) = crate::harness::run_cli(&[&["purge"], args].concat()).await;
+    (code.expect("exited"), format!("{stdout}{stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,14 +14,8 @@ fn node_log(node: &Fresco) -> String {
 }
 
 async fn cli(args: &[&str]) -> (i32, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_fresco"))
-        .args(args)
-        .env_remove("FRESCO_TOKEN")
-        .output()
-        .await
-        .unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.code().expect("exited"), text)
+    let (code, stdout, stderr) = crate::harness::run_cli(args).await;
+    (code.expect("exited"), format!("{stdout}{stderr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
