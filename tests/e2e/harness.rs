@@ -708,3 +708,75 @@ pub async fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A real nginx on a free loopback port (`nginx-light` from Debian), serving
+/// files from `dir/www`, killed when dropped. Panics, saying how to install
+/// it, when it is missing: tests that use it must not pass without it.
+pub struct Nginx {
+    pub port: u16,
+    pub dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl Nginx {
+    /// Starts nginx with `http` (given the directory and the port) inside
+    /// its `http {}` block: the caller's log format and server block.
+    pub async fn start(tag: &str, http: impl FnOnce(&str, u16) -> String) -> Nginx {
+        let binary = ["nginx", "/usr/sbin/nginx"]
+            .into_iter()
+            .find(|b| Command::new(b).arg("-v").stderr(Stdio::null()).status().is_ok())
+            .expect("nginx is not installed: run scripts/test.sh, which installs it (apt-get install nginx-light)");
+        let dir = temp_dir(tag);
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        let d = dir.display().to_string();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 256; }}\n\
+             http {{\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n{}\n}}\n",
+            http(&d, port)
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(binary)
+            .args(["-p", &d, "-e", &format!("{d}/error.log"), "-c", &format!("{d}/nginx.conf")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn nginx");
+        let mut nginx = Nginx { port, dir, child };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                panic!("nginx exited ({status}): {}", nginx.error_log());
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen on {port}: {}", nginx.error_log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        nginx
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The file nginx serves as `/name`.
+    pub fn file(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("www").join(name)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+
+    pub fn access_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -4,105 +4,55 @@
 //! keeps connections open, which is what turns a framing mistake in a proxy
 //! into one user's bytes read as part of another user's request.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{Fresco, free_port, send, temp_dir};
+use crate::harness::{Fresco, Nginx, send};
 
-/// A real nginx serving a few static files and echo locations. Killed when
-/// dropped.
-struct Nginx {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    /// Starts nginx on a free loopback port; panics, saying how to install
-    /// it, when it is missing: these tests must not pass without it.
-    async fn start() -> Nginx {
-        let binary = ["nginx", "/usr/sbin/nginx"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("-v").stderr(Stdio::null()).status().is_ok())
-            .expect("nginx is not installed: run scripts/test.sh, which installs it (apt-get install nginx-light)");
-        let dir = temp_dir("nginx");
-        let port = free_port();
-        std::fs::create_dir_all(dir.join("www/static")).unwrap();
-        std::fs::write(dir.join("www/static/a.txt"), "static a\n").unwrap();
-        std::fs::write(dir.join("www/static/b.txt"), "static b\n").unwrap();
-        let d = dir.display();
-        // keepalive_timeout 60s and unlimited keepalive_requests: every
-        // upstream connection fresco pools stays open and is reused.
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  log_format conn '$connection $request_uri';\n  access_log {d}/access.log conn;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+/// A real nginx serving a few static files and echo locations, logging the
+/// connection of every request.
+async fn nginx() -> Nginx {
+    // keepalive_timeout 60s and unlimited keepalive_requests: every
+    // upstream connection fresco pools stays open and is reused.
+    let nginx = Nginx::start("nginx", |d, port| {
+        format!(
+            "  log_format conn '$connection $request_uri';\n  access_log {d}/access.log conn;\n\
                keepalive_timeout 60s;\n  keepalive_requests 1000000;\n\
                server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
                  location /static/ {{ add_header Cache-Control \"max-age=60\"; }}\n\
                  location /echo/ {{ add_header Cache-Control \"max-age=60\"; return 200 \"uri=$request_uri host=$http_host\\n\"; }}\n\
                  location /private/ {{ add_header Cache-Control \"private\"; return 200 \"uri=$request_uri host=$http_host\\n\"; }}\n\
-               }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(binary)
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c", &format!("{d}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx { port, dir, child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!("nginx exited ({status}): {}", nginx.log());
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}: {}", nginx.log());
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        nginx
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
-    }
-
-    /// (requests, distinct connections) nginx logged, and whether any
-    /// request line was for `/echo/smuggled`.
-    fn traffic(&self) -> (usize, usize, bool) {
-        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-        let connections: std::collections::HashSet<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
-        (log.lines().count(), connections.len(), log.contains("/echo/smuggled"))
-    }
-
-    /// The attack only bites through a reused upstream connection: check
-    /// that fresco did reuse them, so that a pass means something.
-    fn assert_reused_and_clean(&self) {
-        let (requests, connections, smuggled) = self.traffic();
-        assert!(requests >= 100, "the requests reached nginx: {requests}");
-        assert!(
-            connections * 4 <= requests,
-            "upstream keep-alive in use: {connections} connections for {requests} requests"
-        );
-        assert!(!smuggled, "nginx answered a smuggled request");
-    }
+               }}"
+        )
+    })
+    .await;
+    std::fs::create_dir_all(nginx.file("static")).unwrap();
+    std::fs::write(nginx.file("static/a.txt"), "static a\n").unwrap();
+    std::fs::write(nginx.file("static/b.txt"), "static b\n").unwrap();
+    nginx
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// (requests, distinct connections) nginx logged, and whether any request
+/// line was for `/echo/smuggled`.
+fn traffic(nginx: &Nginx) -> (usize, usize, bool) {
+    let log = nginx.access_log();
+    let connections: std::collections::HashSet<&str> = log.lines().filter_map(|l| l.split(' ').next()).collect();
+    (log.lines().count(), connections.len(), log.contains("/echo/smuggled"))
+}
+
+/// The attack only bites through a reused upstream connection: check that
+/// fresco did reuse them, so that a pass means something.
+fn assert_reused_and_clean(nginx: &Nginx) {
+    let (requests, connections, smuggled) = traffic(nginx);
+    assert!(requests >= 100, "the requests reached nginx: {requests}");
+    assert!(
+        connections * 4 <= requests,
+        "upstream keep-alive in use: {connections} connections for {requests} requests"
+    );
+    assert!(!smuggled, "nginx answered a smuggled request");
 }
 
 /// Writes `request` on a new connection and reads until the peer closes
@@ -154,7 +104,7 @@ async fn victim(fresco: &Fresco, path: &str, i: usize) {
 /// its own response, every time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9112_6_3_get_with_a_body_never_desynchronises_nginx_over_http1() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     let fresco = Fresco::start(&nginx.url(), &[]);
     for i in 0..100 {
         let attack_path = format!("/echo/attack-{i}");
@@ -167,14 +117,14 @@ async fn rfc9112_6_3_get_with_a_body_never_desynchronises_nginx_over_http1() {
         victim(&fresco, &path, i).await;
         victim(&fresco, "/echo/shared", i).await;
     }
-    nginx.assert_reused_and_clean();
+    assert_reused_and_clean(&nginx);
 }
 
 /// A response to a GET with content may depend on that content: it is
 /// never stored, so nothing the attacker sent can answer anyone else.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_with_content_is_passed_through_and_never_stored() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     let fresco = Fresco::start(&nginx.url(), &[]);
     for kind in 0..3 {
         let path = format!("/echo/body-{kind}");
@@ -190,7 +140,7 @@ async fn get_with_content_is_passed_through_and_never_stored() {
 /// victims on their own HTTP/2 connections.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9113_8_1_get_with_a_body_never_desynchronises_nginx_over_http2() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     let fresco = Fresco::start(&nginx.url(), &[]);
     let h2 = || {
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
@@ -227,7 +177,7 @@ async fn rfc9113_8_1_get_with_a_body_never_desynchronises_nginx_over_http2() {
         );
         victim(&fresco, "/echo/shared", i).await;
     }
-    nginx.assert_reused_and_clean();
+    assert_reused_and_clean(&nginx);
 }
 
 /// Issue 9 item 2, RFC 3986 §6.2.2.3: a path whose (encoded) dot segments
@@ -236,7 +186,7 @@ async fn rfc9113_8_1_get_with_a_body_never_desynchronises_nginx_over_http2() {
 /// its own authority as Host (RFC 9112 §3.2.2), not the attacker's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn path_and_host_variants_cannot_poison_what_nginx_answers() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     let fresco = Fresco::start(&nginx.url(), &[]);
     let attacks: [&[u8]; 4] = [
         b"GET /echo/x/%2e%2e/%2e%2e/echo/target HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n",

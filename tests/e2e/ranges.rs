@@ -3,11 +3,10 @@
 //! real (sparse) file and in front of the programmable origin, with real
 //! curl resuming a download.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
@@ -15,79 +14,30 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::harness::{Fresco, Origin, Reply, Seen, free_port, get, invalidate, send, temp_dir};
+use crate::harness::{Fresco, Nginx, Origin, Reply, Seen, get, invalidate, send, temp_dir};
 
 const MIB: u64 = 1 << 20;
 
-/// A real nginx serving files from a directory, logging for each request
-/// the bytes of body it sent. Killed when dropped.
-struct Nginx {
-    port: u16,
-    dir: PathBuf,
-    child: Child,
-}
-
-impl Nginx {
-    async fn start() -> Nginx {
-        let binary = ["nginx", "/usr/sbin/nginx"]
-            .into_iter()
-            .find(|b| Command::new(b).arg("-v").stderr(Stdio::null()).status().is_ok())
-            .expect("nginx is not installed: run scripts/test.sh, which installs it (apt-get install nginx-light)");
-        let dir = temp_dir("nginx-ranges");
-        let port = free_port();
-        std::fs::create_dir_all(dir.join("www")).unwrap();
-        let d = dir.display();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
-             events {{ worker_connections 256; }}\n\
-             http {{\n  log_format sent '$request_uri $status $body_bytes_sent \"$http_range\"';\n  access_log {d}/access.log sent;\n\
-               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+/// A real nginx serving files from its `www`, logging for each request the
+/// bytes of body it sent.
+async fn nginx() -> Nginx {
+    Nginx::start("nginx-ranges", |d, port| {
+        format!(
+            "  log_format sent '$request_uri $status $body_bytes_sent \"$http_range\"';\n  access_log {d}/access.log sent;\n\
                server {{\n    listen 127.0.0.1:{port};\n    root {d}/www;\n\
                  location / {{ add_header Cache-Control \"max-age=600\"; }}\n\
-               }}\n}}\n"
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new(binary)
-            .args(["-p", &d.to_string(), "-e", &format!("{d}/error.log"), "-c", &format!("{d}/nginx.conf")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn nginx");
-        let mut nginx = Nginx { port, dir, child };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-            if let Ok(Some(status)) = nginx.child.try_wait() {
-                panic!("nginx exited ({status})");
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen on {port}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        nginx
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    fn file(&self, name: &str) -> PathBuf {
-        self.dir.join("www").join(name)
-    }
-
-    /// (requests, body bytes sent) nginx logged for `uri`.
-    fn sent(&self, uri: &str) -> (usize, u64) {
-        let log = std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().filter(|l| l.split(' ').next() == Some(uri)).collect();
-        let bytes = lines.iter().filter_map(|l| l.split(' ').nth(2)).filter_map(|n| n.parse::<u64>().ok()).sum();
-        (lines.len(), bytes)
-    }
+               }}"
+        )
+    })
+    .await
 }
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// (requests, body bytes sent) nginx logged for `uri`.
+fn sent(nginx: &Nginx, uri: &str) -> (usize, u64) {
+    let log = nginx.access_log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.split(' ').next() == Some(uri)).collect();
+    let bytes = lines.iter().filter_map(|l| l.split(' ').nth(2)).filter_map(|n| n.parse::<u64>().ok()).sum();
+    (lines.len(), bytes)
 }
 
 /// Deterministic bytes that differ at every offset, so a part taken from
@@ -220,7 +170,7 @@ async fn get_partial(url: &str, headers: &[(&str, &str)]) -> (u16, Vec<u8>, bool
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     // 200 MiB, sparse but for 3 MiB of distinct bytes around the range.
     let around = 142 * MIB;
     let data = pattern(3 * MIB as usize, 1);
@@ -233,7 +183,7 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     assert_eq!(part.header("content-range"), Some("bytes 150000000-150000099/209715200"));
     let at = (150_000_000 - around) as usize;
     assert_eq!(&part.body[..], &data[at..at + 100], "exactly the bytes asked for");
-    let (requests, bytes) = nginx.sent("/big.bin");
+    let (requests, bytes) = sent(&nginx, "/big.bin");
     assert_eq!(requests, 1, "one origin request");
     assert!(bytes <= MIB, "the origin sent only the touched slice: {bytes} bytes");
 
@@ -243,7 +193,7 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     assert_eq!(again.body, part.body);
     let near = send("GET", &url, &[("range", "bytes=150000100-150000199")]).await;
     assert_eq!((near.status, &near.body[..]), (206, &data[at + 100..at + 200]));
-    assert_eq!(nginx.sent("/big.bin").0, 1);
+    assert_eq!(sent(&nginx, "/big.bin").0, 1);
 
     // Across a slice boundary: two slices, one new origin request.
     let boundary = 144 * MIB;
@@ -251,7 +201,7 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     let got = send("GET", &url, &[("range", across.as_str())]).await;
     let at = (boundary - 50 - around) as usize;
     assert_eq!((got.status, &got.body[..]), (206, &data[at..at + 100]));
-    let (requests, bytes) = nginx.sent("/big.bin");
+    let (requests, bytes) = sent(&nginx, "/big.bin");
     assert_eq!(requests, 2);
     assert!(bytes <= 2 * MIB, "{bytes}");
 
@@ -265,10 +215,10 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     assert_eq!((fine.status, &fine.body[..]), (206, &data[150_000_000 - around as usize..][..10]));
     // A range not understood is ignored (§14.2): the whole object, here
     // asked with HEAD, which needs only the first slice for its fields.
-    let fetched = nginx.sent("/big.bin").0;
+    let fetched = sent(&nginx, "/big.bin").0;
     let reversed = send("HEAD", &url, &[("range", "bytes=5-4")]).await;
     assert_eq!((reversed.status, reversed.header("content-length")), (200, Some("209715200")));
-    assert_eq!(nginx.sent("/big.bin").0, fetched + 1, "HEAD fetched the first slice only");
+    assert_eq!(sent(&nginx, "/big.bin").0, fetched + 1, "HEAD fetched the first slice only");
 
     // RFC 9110 §15.5.17: past the end, 416 with the complete length.
     let beyond = send("GET", &url, &[("range", "bytes=209715200-")]).await;
@@ -278,12 +228,12 @@ async fn rfc9110_14_a_range_of_a_200_mib_file_fetches_only_its_slice() {
     let head = send("HEAD", &url, &[]).await;
     assert_eq!((head.status, head.header("content-length")), (200, Some("209715200")));
     assert!(head.is_hit(), "{}", head.cache_status());
-    assert_eq!(nginx.sent("/big.bin").0, fetched + 1);
+    assert_eq!(sent(&nginx, "/big.bin").0, fetched + 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn curl_resumes_a_download_through_fresco() {
-    let nginx = Nginx::start().await;
+    let nginx = nginx().await;
     let big = pattern((3 * MIB + 12_345) as usize, 2);
     std::fs::write(nginx.file("video.bin"), &big).unwrap();
     let small = pattern(10_000, 3);
@@ -305,7 +255,7 @@ async fn curl_resumes_a_download_through_fresco() {
         assert!(std::fs::read(&out).unwrap() == *body, "the resumed {name} is the file");
     }
     // Resuming the large file fetched its slices, never the whole file in one go.
-    let (_, bytes) = nginx.sent("/video.bin");
+    let (_, bytes) = sent(&nginx, "/video.bin");
     assert!(bytes <= big.len() as u64, "{bytes}");
 }
 
