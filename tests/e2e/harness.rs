@@ -122,20 +122,9 @@ impl Origin {
     }
 
     fn spawn_server(listener: TcpListener, st: Arc<OriginState>) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let st = st.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(answer(&st, req).await) }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-            }
+        serve_http1(listener, move |req| {
+            let st = st.clone();
+            async move { answer(&st, req).await }
         })
     }
 
@@ -779,4 +768,31 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Serves HTTP/1.1 on `listener` with `handle` until the task is aborted:
+/// the test origins' server loop.
+pub fn serve_http1<B, F, Fut>(listener: TcpListener, handle: F) -> tokio::task::JoinHandle<()>
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { continue };
+            let handle = handle.clone();
+            conns.spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let response = handle(req);
+                    async move { Ok::<_, Infallible>(response.await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            });
+            while conns.try_join_next().is_some() {}
+        }
+    })
 }

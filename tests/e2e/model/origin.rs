@@ -20,7 +20,6 @@
 //! an invalidation never gets a 304 after it.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -29,8 +28,6 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 /// The Cache-Control variants the origin can answer with.
@@ -224,21 +221,9 @@ impl ModelOrigin {
         // is in the past and heuristic freshness is about a day.
         let base = SystemTime::now() - Duration::from_secs(10 * 86_400);
         let st = state.clone();
-        let task = tokio::spawn(async move {
-            let mut conns = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                let st = st.clone();
-                conns.spawn(async move {
-                    let svc = service_fn(move |req: Request<Incoming>| {
-                        let st = st.clone();
-                        async move { Ok::<_, Infallible>(answer(&st, base, req).await) }
-                    });
-                    let _ =
-                        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
-                });
-                while conns.try_join_next().is_some() {}
-            }
+        let task = crate::harness::serve_http1(listener, move |req| {
+            let st = st.clone();
+            async move { answer(&st, base, req).await }
         });
         ModelOrigin { addr, state, task }
     }
