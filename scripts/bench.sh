@@ -36,15 +36,7 @@ command -v wrk >/dev/null || { echo "wrk is required (apt-get install wrk)"; exi
 
 cargo build --release --quiet
 BIN=target/release/fresco
-WORK=$(mktemp -d)
-# varnishd drops privileges: its worker must be able to read the VCL.
-chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
+. scripts/bench-lib.sh
 
 # Servers on CPU 0, the load generator on CPU 1.
 ORIGIN_PORT=$(free_port)

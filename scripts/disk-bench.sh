@@ -42,15 +42,9 @@ command -v nginx >/dev/null || { echo "nginx is required (apt-get install nginx-
 
 if [ -z "${FRESCO_BIN:-}" ]; then cargo build --release --quiet --bin fresco; fi
 BIN=${FRESCO_BIN:-target/release/fresco}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/fresco-disk-bench.XXXXXX")
-chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+WAIT_PORT_TENTHS=600
+. scripts/bench-lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 600); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 metric() { curl -s "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
 wait_metric() { # admin-port metric at-least limit-seconds
   for _ in $(seq 1 $(($4 * 10))); do

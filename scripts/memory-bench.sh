@@ -20,15 +20,8 @@ CLIENTS=${CLIENTS:-4}
 # FRESCO_BIN: a binary already built (skips the build).
 if [ -z "${FRESCO_BIN:-}" ]; then cargo build --release --quiet --bin fresco; fi
 BIN=${FRESCO_BIN:-target/release/fresco}
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+. scripts/bench-lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 metric() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
 
 ORIGIN_PORT=$(free_port)

@@ -23,14 +23,9 @@ if [ -z "${FRESCO_BIN:-}" ]; then cargo build --quiet --bin fresco; fi
 BIN=${FRESCO_BIN:-target/debug/fresco}
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 [ -x "$NGINX" ] || { echo "nginx is needed (apt-get install nginx-light)"; exit 1; }
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$WORK"; }
-trap cleanup EXIT
+WAIT_PORT_TENTHS=200
+. scripts/bench-lib.sh
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 1 200); do (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.1; done; echo "port $1 never opened"; exit 1; }
 
 SIZE=$((SIZE_MIB * 1024 * 1024))
 mkdir -p "$WORK/www" "$WORK/tmp" "$WORK/cache"
