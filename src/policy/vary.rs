@@ -62,30 +62,41 @@ fn weighted_list(name: &HeaderName) -> bool {
 
 /// The normalised value of `name` in `request`, or None when absent.
 pub fn normalised(request: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let weighted = weighted_list(name);
+    let mut out = String::new();
+    // Only a weighted list is put in order, so only it needs its members apart.
     let mut members: Vec<String> = Vec::new();
     let mut any = false;
     for value in request.get_all(name) {
         any = true;
         let text = String::from_utf8_lossy(value.as_bytes());
         for member in text.split(',').map(str::trim).filter(|m| !m.is_empty()) {
-            members.push(member.split_whitespace().collect::<Vec<_>>().join(" "));
+            let member = member.split_whitespace().collect::<Vec<_>>().join(" ");
+            if weighted {
+                // `en; q=0.8` is `en;q=0.8` (OWS around parameters, §5.6.6);
+                // every weighted list is case-insensitive.
+                let member = member.split(';').map(str::trim).collect::<Vec<_>>().join(";");
+                members.push(member.replace(" =", "=").replace("= ", "=").to_ascii_lowercase());
+            } else {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                out.push_str(&member);
+            }
         }
     }
     if !any {
         return None;
     }
-    if case_insensitive(name) {
-        members.iter_mut().for_each(|m| m.make_ascii_lowercase());
-    }
-    if weighted_list(name) {
-        // `en; q=0.8` is `en;q=0.8` (OWS around parameters, §5.6.6).
-        for m in &mut members {
-            *m = m.split(';').map(str::trim).collect::<Vec<_>>().join(";").replace(" =", "=").replace("= ", "=");
-        }
+    if weighted {
         members.sort();
         members.dedup();
+        return Some(members.join(","));
     }
-    Some(members.join(","))
+    if case_insensitive(name) {
+        out.make_ascii_lowercase();
+    }
+    Some(out)
 }
 
 impl VaryKey {
