@@ -298,8 +298,6 @@ impl Forwarder {
                 let record = LayerOutcome { layer: self.cfg.name.clone(), ok, detail: detail.clone(), at_ms: now_ms() };
                 self.audit.layer_outcome(v, record);
             }
-            let backlog = self.audit.count_after(self.cursor);
-            metrics::gauge!("fresco_layer_backlog", "layer" => self.cfg.name.clone()).set(backlog as f64);
             self.layers.update(&self.cfg.name, |i| {
                 i.ok = ok;
                 i.last_error = (!ok).then(|| detail.clone());
@@ -307,6 +305,10 @@ impl Forwarder {
             if ok {
                 return detail;
             }
+            // While the layer is down the backlog grows: keep its gauge
+            // current (a pass sets it when entries flow).
+            let backlog = self.audit.count_after(self.cursor);
+            metrics::gauge!("fresco_layer_backlog", "layer" => self.cfg.name.clone()).set(backlog as f64);
             // The first failure and then one line a minute or so: a layer
             // down for an hour must not flood the log.
             if failures.is_multiple_of(64) {
